@@ -1,0 +1,3 @@
+"""pyflannel: a pure-Python, flanneld-compatible VXLAN overlay daemon."""
+
+__version__ = "0.1.0"

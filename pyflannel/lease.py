@@ -1,0 +1,223 @@
+"""Leases as flanneld stores them: the JSON codec, watch event types and the pure lease tracker.
+
+Writing: exactly the bytes flanneld (v0.15 and later, on both etcd APIs) writes for an IPv4 vxlan
+node, compact JSON in Go's field order::
+
+    {"PublicIP":"10.0.1.3","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"…"}}
+
+Reading: field names case-insensitive, unknown fields ignored, the older forms accepted (v0.14
+without ``PublicIPv6``; v0.10-v0.13 without ``VNI``).  A value that does not decode raises
+:class:`LeaseDecodeError`; callers skip it with a warning and never drop a good peer for it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from enum import Enum
+from ipaddress import IPv4Address, IPv4Network
+from typing import Any
+
+_MAC_RE = re.compile(r"^[0-9a-fA-F]{2}([:-])[0-9a-fA-F]{2}(\1[0-9a-fA-F]{2}){4}$")
+
+
+class LeaseDecodeError(ValueError):
+    """A lease value that is not valid flannel lease JSON."""
+
+
+def normalize_mac(text: str) -> str:
+    """Return *text* as a lowercase colon-separated MAC (Go's HardwareAddr.String())."""
+    if not _MAC_RE.match(text):
+        raise ValueError(f"invalid MAC address {text!r}")
+    return text.replace("-", ":").lower()
+
+
+@dataclass(frozen=True)
+class LeaseAttrs:
+    """What a lease says about its holder."""
+
+    public_ip: IPv4Address
+    backend_type: str = "vxlan"
+    vtep_mac: str | None = None
+    vni: int | None = None
+
+    def encode(self) -> str:
+        """Return the exact bytes flanneld writes for these attributes."""
+        out: dict[str, Any] = {"PublicIP": str(self.public_ip), "PublicIPv6": None}
+        if self.backend_type:
+            out["BackendType"] = self.backend_type
+        data: dict[str, Any] = {}
+        if self.vni is not None:
+            data["VNI"] = self.vni
+        if self.vtep_mac is not None:
+            data["VtepMAC"] = self.vtep_mac
+        if data:
+            out["BackendData"] = data
+        return json.dumps(out, separators=(",", ":"))
+
+
+def _fold(obj: dict[str, Any]) -> dict[str, Any]:
+    return {k.lower(): v for k, v in obj.items()}
+
+
+def decode_attrs(text: str | bytes) -> LeaseAttrs:
+    """Decode a lease value written by flanneld (any version since v0.10) or by pyflannel."""
+    try:
+        raw = json.loads(text)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise LeaseDecodeError(f"not JSON: {exc}") from None
+    if not isinstance(raw, dict):
+        raise LeaseDecodeError("not a JSON object")
+    obj = _fold(raw)
+    ip = obj.get("publicip")
+    if not isinstance(ip, str):
+        raise LeaseDecodeError("PublicIP missing or not a string")
+    try:
+        public_ip = IPv4Address(ip)
+    except ValueError:
+        raise LeaseDecodeError(f"PublicIP {ip!r} is not an IPv4 address") from None
+    btype = obj.get("backendtype") or ""
+    if not isinstance(btype, str):
+        raise LeaseDecodeError("BackendType is not a string")
+    data = obj.get("backenddata")
+    mac: str | None = None
+    vni: int | None = None
+    if data is not None:
+        if not isinstance(data, dict):
+            raise LeaseDecodeError("BackendData is not a JSON object")
+        data = _fold(data)
+        raw_mac = data.get("vtepmac")
+        if raw_mac is not None:
+            if not isinstance(raw_mac, str):
+                raise LeaseDecodeError("VtepMAC is not a string")
+            try:
+                mac = normalize_mac(raw_mac)
+            except ValueError as exc:
+                raise LeaseDecodeError(str(exc)) from None
+        raw_vni = data.get("vni")
+        if raw_vni is not None:
+            if isinstance(raw_vni, bool) or not isinstance(raw_vni, int) or raw_vni < 0:
+                raise LeaseDecodeError("VNI is not a non-negative integer")
+            vni = raw_vni
+    return LeaseAttrs(public_ip=public_ip, backend_type=btype, vtep_mac=mac, vni=vni)
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A subnet and its holder, as read from the registry.
+
+    ``expiration`` is a wall-clock time (seconds since the epoch), None for a key without TTL
+    (a reservation).  ``revision`` is the registry's modification index of the record.
+    """
+
+    subnet: IPv4Network
+    attrs: LeaseAttrs
+    expiration: float | None = None
+    revision: int = 0
+
+
+class EventKind(Enum):
+    """What happened to a key under ``subnets/``."""
+
+    ADDED = "added"  # created or rewritten (a renewal too)
+    REMOVED = "removed"  # deleted or expired
+    INVALID = "invalid"  # written, but not a lease: skipped with a warning
+
+
+@dataclass(frozen=True)
+class LeaseEvent:
+    """One change under ``subnets/``; ``lease`` is set for ADDED, ``reason`` for INVALID."""
+
+    kind: EventKind
+    key: str
+    subnet: IPv4Network | None = None
+    lease: Lease | None = None
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Every lease under ``subnets/`` at ``revision``, plus the records that did not decode."""
+
+    leases: tuple[Lease, ...]
+    revision: int
+    invalid: tuple[LeaseEvent, ...] = ()
+
+
+@dataclass(frozen=True)
+class Events:
+    """Incremental changes; ``revision`` is the last one seen (watch again from revision + 1)."""
+
+    events: tuple[LeaseEvent, ...]
+    revision: int
+
+
+WatchBatch = Snapshot | Events
+
+
+@dataclass(frozen=True)
+class Change:
+    """A difference in the known set of leases, for logging and for the lease keeper."""
+
+    kind: EventKind  # ADDED, REMOVED, or INVALID (a record skipped)
+    subnet: IPv4Network | None
+    old: Lease | None = None
+    new: Lease | None = None
+    key: str = ""
+    reason: str = ""
+
+    @property
+    def changed(self) -> bool:
+        """True for an ADDED that replaced a lease with different attributes."""
+        return self.old is not None and self.new is not None and self.old.attrs != self.new.attrs
+
+
+@dataclass
+class LeaseTracker:
+    """The set of known leases by subnet; pure, fed by snapshots and watch batches.
+
+    A snapshot is diffed against what is known (leases gone from it are REMOVED); an event applies
+    alone.  A record that does not decode changes nothing: a garbage write never removes a peer.
+    """
+
+    leases: dict[IPv4Network, Lease] = field(default_factory=dict)
+
+    def apply(self, batch: WatchBatch) -> list[Change]:
+        """Fold *batch* into the known set and return what changed."""
+        if isinstance(batch, Snapshot):
+            return self._reset(batch)
+        changes: list[Change] = []
+        for ev in batch.events:
+            changes.extend(self._update(ev))
+        return changes
+
+    def _reset(self, snap: Snapshot) -> list[Change]:
+        changes = [Change(EventKind.INVALID, ev.subnet, key=ev.key, reason=ev.reason)
+                   for ev in snap.invalid]
+        fresh = {lease.subnet: lease for lease in snap.leases}
+        # A key that exists but holds garbage keeps its last good lease (see module docstring).
+        garbage = {ev.subnet for ev in snap.invalid if ev.subnet is not None}
+        for subnet, old in list(self.leases.items()):
+            if subnet not in fresh and subnet not in garbage:
+                del self.leases[subnet]
+                changes.append(Change(EventKind.REMOVED, subnet, old=old))
+        for subnet, new in fresh.items():
+            prev = self.leases.get(subnet)
+            self.leases[subnet] = new
+            if prev is None or prev.attrs != new.attrs:
+                changes.append(Change(EventKind.ADDED, subnet, old=prev, new=new))
+        return changes
+
+    def _update(self, ev: LeaseEvent) -> list[Change]:
+        if ev.kind is EventKind.INVALID:
+            return [Change(EventKind.INVALID, ev.subnet, key=ev.key, reason=ev.reason)]
+        if ev.kind is EventKind.REMOVED:
+            if ev.subnet is None:
+                return []
+            old = self.leases.pop(ev.subnet, None)
+            return [] if old is None else [Change(EventKind.REMOVED, ev.subnet, old=old)]
+        assert ev.lease is not None
+        old = self.leases.get(ev.lease.subnet)
+        self.leases[ev.lease.subnet] = ev.lease
+        return [Change(EventKind.ADDED, ev.lease.subnet, old=old, new=ev.lease)]
