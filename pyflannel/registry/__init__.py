@@ -1,0 +1,152 @@
+"""The storage seam: what pyflannel needs from etcd, whatever the API.
+
+A registry only stores, compares-and-sets and watches, with revisions.  All policy (allocation,
+renewal, recovery from compaction, retry and backoff) lives once, above it, in
+:mod:`pyflannel.subnet`.  Implementations: :mod:`.etcd2` (python-etcd, v2 keys API),
+:mod:`.etcd3` (etcd3gw, v3 JSON gateway) and :mod:`.memory` (an in-memory fake for tests); one
+contract suite (``tests/contract``) holds them all to the same behaviour.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from ipaddress import IPv4Network
+from typing import Protocol
+
+from pyflannel.ipnet import parse_subnet_key, subnet_key
+from pyflannel.lease import (
+    EventKind,
+    Events,
+    Lease,
+    LeaseAttrs,
+    LeaseDecodeError,
+    LeaseEvent,
+    Snapshot,
+    decode_attrs,
+)
+
+#: flanneld's lease lifetime (subnetTTL): 24 hours.
+LEASE_TTL = 86400
+
+__all__ = [
+    "LEASE_TTL",
+    "EtcdOptions",
+    "Events",
+    "Registry",
+    "Snapshot",
+    "decode_record",
+    "join_key",
+]
+
+
+class Registry(Protocol):
+    """Network config and subnet leases in a key-value store with revisions."""
+
+    @property
+    def endpoint(self) -> str:
+        """The endpoint in use now, for log lines."""
+        ...
+
+    def get_network_config(self) -> str:
+        """Return the raw text at ``<prefix>/config``; NotFound if absent."""
+        ...
+
+    def list_subnets(self) -> Snapshot:
+        """Return every record under ``<prefix>/subnets`` and the revision to watch after."""
+        ...
+
+    def get_subnet(self, subnet: IPv4Network) -> Lease | None:
+        """Return the lease on *subnet*, or None (also when its value does not decode)."""
+        ...
+
+    def create_subnet(self, subnet: IPv4Network, attrs: LeaseAttrs, ttl: int) -> Lease:
+        """Create the lease only if the key is absent; AlreadyExists otherwise."""
+        ...
+
+    def update_subnet(self, subnet: IPv4Network, attrs: LeaseAttrs, ttl: int) -> Lease:
+        """Write the lease unconditionally with a fresh *ttl* (0: no TTL, a reservation)."""
+        ...
+
+    def delete_subnet(self, subnet: IPv4Network) -> None:
+        """Delete the lease; deleting an absent key is not an error."""
+        ...
+
+    def watch_subnets(self, after: int, stop: threading.Event) -> Iterator[Events]:
+        """Yield changes with revision > *after* until *stop* is set.
+
+        Yields an empty batch at least every few seconds so the caller can notice *stop*.
+        Raises Compacted when *after* is older than the store's history and
+        RegistryUnavailable when the store cannot be reached; the caller re-lists or retries.
+        """
+        ...
+
+    def close(self) -> None:
+        """Release connections."""
+        ...
+
+
+@dataclass(frozen=True)
+class EtcdOptions:
+    """How to reach etcd: the flags ``--etcd-*`` resolved."""
+
+    endpoints: tuple[str, ...] = ("http://127.0.0.1:4001", "http://127.0.0.1:2379")
+    prefix: str = "/coreos.com/network"
+    keyfile: str = ""
+    certfile: str = ""
+    cafile: str = ""
+    username: str = ""
+    password: str = ""
+    timeout: float = 5.0  # per request; watches use their own, longer poll period
+
+
+def join_key(prefix: str, *parts: str) -> str:
+    """Join key parts like Go's path.Join: one slash between, none trailing."""
+    out = "/" + "/".join(p.strip("/") for p in (prefix, *parts) if p.strip("/"))
+    return out
+
+
+def decode_record(
+    key: str, value: str | bytes | None, expiration: float | None, revision: int
+) -> LeaseEvent:
+    """Turn one stored record into an ADDED event, or an INVALID one saying why it was skipped."""
+    subnet = parse_subnet_key(key)
+    if subnet is None:
+        return LeaseEvent(EventKind.INVALID, key, reason="key is not a subnet (a.b.c.d-len)")
+    if value is None:
+        return LeaseEvent(EventKind.INVALID, key, subnet=subnet, reason="no value")
+    try:
+        attrs = decode_attrs(value)
+    except LeaseDecodeError as exc:
+        return LeaseEvent(EventKind.INVALID, key, subnet=subnet, reason=str(exc))
+    lease = Lease(subnet, attrs, expiration, revision)
+    return LeaseEvent(EventKind.ADDED, key, subnet=subnet, lease=lease)
+
+
+def removed(key: str) -> LeaseEvent | None:
+    """A REMOVED event for *key*, or None if the key is not a subnet key."""
+    subnet = parse_subnet_key(key)
+    if subnet is None:
+        return None
+    return LeaseEvent(EventKind.REMOVED, key, subnet=subnet)
+
+
+def subnets_key(prefix: str, subnet: IPv4Network | None = None) -> str:
+    """``<prefix>/subnets`` or ``<prefix>/subnets/<a.b.c.d-len>``."""
+    if subnet is None:
+        return join_key(prefix, "subnets")
+    return join_key(prefix, "subnets", subnet_key(subnet))
+
+
+def open_registry(api: str, opts: EtcdOptions) -> Registry:
+    """Build the registry for *api* ("v2" or "v3"); clients are imported only when used."""
+    if api == "v2":
+        from pyflannel.registry.etcd2 import EtcdV2Registry
+
+        return EtcdV2Registry(opts)
+    if api == "v3":
+        from pyflannel.registry.etcd3 import EtcdV3Registry
+
+        return EtcdV3Registry(opts)
+    raise ValueError(f"unknown etcd API {api!r}")
