@@ -1,0 +1,1 @@
+"""Backends turn leases into kernel state; pyflannel has one, VXLAN (:mod:`.vxlan`)."""

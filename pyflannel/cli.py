@@ -1,0 +1,213 @@
+"""The command line: flanneld's flags and ``FLANNELD_*`` variables into :class:`DaemonOptions`.
+
+Every flag can also come from ``FLANNELD_<NAME>`` (upper case, ``-`` → ``_``); the command line
+wins.  Unlike flanneld (which exits 0), an unknown flag or a bad value is one error line and
+exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address
+from pathlib import Path
+from typing import Any, NoReturn
+
+from pyflannel import __version__
+from pyflannel.registry import EtcdOptions
+
+EXIT_USAGE = 2
+
+
+@dataclass(frozen=True)
+class DaemonOptions:
+    """Everything the daemon is told at start, validated."""
+
+    etcd: EtcdOptions = field(default_factory=EtcdOptions)
+    etcd_api: str = "v2"
+    ifaces: tuple[str, ...] = ()
+    iface_regexes: tuple[str, ...] = ()
+    public_ip: IPv4Address | None = None
+    subnet_file: Path = Path("/run/flannel/subnet.env")
+    renew_margin_minutes: int = 60
+    ip_masq: bool = False
+    resync_interval: float = 30.0
+    log_format: str = "auto"
+    log_level: str = "info"
+
+
+def _bool(text: str) -> bool:
+    # Go's strconv.ParseBool
+    if text in ("1", "t", "T", "true", "TRUE", "True"):
+        return True
+    if text in ("0", "f", "F", "false", "FALSE", "False"):
+        return False
+    raise ValueError(f"invalid boolean {text!r}")
+
+
+def _ip(text: str) -> IPv4Address:
+    return IPv4Address(text)
+
+
+def _margin(text: str) -> int:
+    v = int(text)
+    if not 1 <= v <= 1439:
+        raise ValueError("must be between 1 and 1439 minutes")
+    return v
+
+
+def _positive(text: str) -> float:
+    v = float(text)
+    if v <= 0:
+        raise ValueError("must be positive")
+    return v
+
+
+def _choice(*allowed: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if text not in allowed:
+            raise ValueError(f"must be one of {', '.join(allowed)}")
+        return text
+
+    return parse
+
+
+@dataclass(frozen=True)
+class _Flag:
+    name: str
+    parse: Callable[[str], Any]
+    default: Any
+    help: str
+    repeat: bool = False
+    is_bool: bool = False
+
+
+FLAGS: tuple[_Flag, ...] = (
+    _Flag("etcd-endpoints", str, "http://127.0.0.1:4001,http://127.0.0.1:2379",
+          "comma-separated list of etcd endpoints"),
+    _Flag("etcd-prefix", str, "/coreos.com/network", "etcd prefix"),
+    _Flag("etcd-keyfile", str, "", "SSL key file used to secure etcd communication"),
+    _Flag("etcd-certfile", str, "", "SSL certification file used to secure etcd communication"),
+    _Flag("etcd-cafile", str, "", "SSL Certificate Authority file used to secure etcd communication"),
+    _Flag("etcd-username", str, "", "username for BasicAuth to etcd"),
+    _Flag("etcd-password", str, "", "password for BasicAuth to etcd"),
+    _Flag("etcd-api", _choice("v2", "v3"), "v2",
+          "etcd API: v2 (flanneld <= 0.17, etcd <= 3.5 with --enable-v2) or v3 (flanneld >= 0.18)"),
+    _Flag("iface", str, (), "interface to use (IP or name) for inter-host communication; "
+          "repeatable, first match wins", repeat=True),
+    _Flag("iface-regex", str, (), "regex matching the first interface (by IP, then name) to use; "
+          "repeatable", repeat=True),
+    _Flag("public-ip", _ip, None, "IP accessible by other nodes for inter-host communication"),
+    _Flag("subnet-file", Path, Path("/run/flannel/subnet.env"),
+          "filename where env variables (subnet, MTU, ...) will be written to"),
+    _Flag("subnet-lease-renew-margin", _margin, 60,
+          "subnet lease renewal margin, in minutes, ranging from 1 to 1439"),
+    _Flag("ip-masq", _bool, False, "setup IP masquerade rule for traffic destined outside of "
+          "overlay network (recorded in subnet.env)", is_bool=True),
+    _Flag("resync-interval", _positive, 30.0,
+          "seconds between full reconciliations of the kernel state (pyflannel)"),
+    _Flag("log-format", _choice("auto", "console", "json"), "auto",
+          "log format: console (key=value), json, or auto (console on a terminal, else json)"),
+    _Flag("log-level", _choice("debug", "info", "warning", "error"), "info", "log level"),
+)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # One line, exit 2: scripts and systemd journals show the reason, not a usage dump.
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _parser() -> _Parser:
+    p = _Parser(prog="pyflannel", description="flanneld-compatible VXLAN overlay daemon; every "
+                "flag can also be set as FLANNELD_<FLAG> (e.g. FLANNELD_ETCD_ENDPOINTS).")
+    for f in FLAGS:
+        # Go's flag package takes -name and --name alike.
+        names = [f"--{f.name}", f"-{f.name}"]
+        if f.is_bool:
+            p.add_argument(*names, dest=f.name, type=f.parse, nargs="?", const=True,
+                           default=argparse.SUPPRESS, help=f.help, metavar="true|false")
+        elif f.repeat:
+            p.add_argument(*names, dest=f.name, type=f.parse, action="append",
+                           default=argparse.SUPPRESS, help=f.help)
+        else:
+            p.add_argument(*names, dest=f.name, type=f.parse, default=argparse.SUPPRESS,
+                           help=f"{f.help} (default: {f.default})")
+    # klog's verbosity flag, accepted for FLANNELD_V compatibility: 2 or more means debug.
+    p.add_argument("-v", "--v", dest="v", type=int, default=argparse.SUPPRESS,
+                   help="verbosity (klog compatible): 2 or more turns on debug logs")
+    p.add_argument("--version", "-version", action="store_true", help="print the version and exit")
+    return p
+
+
+def parse_args(argv: Sequence[str], env: Mapping[str, str]) -> DaemonOptions:
+    """Parse *argv* and *env* into options; exits 2 with one error line on bad input."""
+    p = _parser()
+    ns = vars(p.parse_args(list(argv)))
+    if ns.pop("version", False):
+        print(__version__, file=sys.stderr)  # flanneld prints its version to stderr
+        raise SystemExit(0)
+    values: dict[str, Any] = {}
+    for f in FLAGS:
+        if f.name in ns:
+            values[f.name] = tuple(ns[f.name]) if f.repeat else ns[f.name]
+            continue
+        var = "FLANNELD_" + f.name.upper().replace("-", "_")
+        raw = env.get(var, "")
+        if not raw:
+            values[f.name] = f.default
+            continue
+        try:
+            if f.repeat:
+                values[f.name] = tuple(f.parse(x.strip()) for x in raw.split(",") if x.strip())
+            else:
+                values[f.name] = f.parse(raw)
+        except ValueError as exc:
+            p.error(f"{var}={raw!r}: {exc}")
+    verbosity = ns.get("v")
+    if verbosity is None and env.get("FLANNELD_V", ""):
+        try:
+            verbosity = int(env["FLANNELD_V"])
+        except ValueError:
+            p.error(f"FLANNELD_V={env['FLANNELD_V']!r}: not an integer")
+    log_level = values["log-level"]
+    if verbosity is not None and verbosity >= 2 and "log-level" not in ns:
+        log_level = "debug"
+    endpoints = tuple(e.strip() for e in values["etcd-endpoints"].split(",") if e.strip())
+    if not endpoints:
+        p.error("--etcd-endpoints: no endpoint given")
+    return DaemonOptions(
+        etcd=EtcdOptions(
+            endpoints=endpoints,
+            prefix=values["etcd-prefix"],
+            keyfile=values["etcd-keyfile"],
+            certfile=values["etcd-certfile"],
+            cafile=values["etcd-cafile"],
+            username=values["etcd-username"],
+            password=values["etcd-password"],
+        ),
+        etcd_api=values["etcd-api"],
+        ifaces=values["iface"],
+        iface_regexes=values["iface-regex"],
+        public_ip=values["public-ip"],
+        subnet_file=values["subnet-file"],
+        renew_margin_minutes=values["subnet-lease-renew-margin"],
+        ip_masq=values["ip-masq"],
+        resync_interval=values["resync-interval"],
+        log_format=values["log-format"],
+        log_level=log_level,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``pyflannel`` command."""
+    opts = parse_args(sys.argv[1:] if argv is None else argv, os.environ)
+    # Imported here so that --help and flag errors stay fast and never touch netlink or etcd.
+    from pyflannel.daemon import run
+    from pyflannel.logs import configure
+
+    configure(opts.log_format, opts.log_level)
+    return run(opts)

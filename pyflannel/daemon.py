@@ -1,0 +1,375 @@
+"""The composition root and lifecycle of the daemon.
+
+Start-up, in flanneld's order: network config (waiting for it), external interface, VXLAN
+device (its MAC goes into the lease), lease, device address, ``subnet.env``; then the steady
+state, run by two threads:
+
+* the watch thread lists the leases, watches for changes from the listing's revision, re-lists
+  after compaction and retries with backoff while etcd is away; it only updates the
+  :class:`~pyflannel.lease.LeaseTracker` and kicks the main thread;
+* the main thread reconciles the kernel with the leases (on a kick and every
+  ``--resync-interval``), renews the lease at expiry minus the margin, and re-acquires it if it
+  vanished.
+
+Nothing is torn down on exit: device, entries and lease stay, so a restart is hitless.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Callable
+import threading
+import time
+from dataclasses import dataclass
+from ipaddress import IPv4Interface, IPv4Network
+from types import FrameType
+from typing import TypeVar
+
+import structlog
+
+from pyflannel import systemd
+from pyflannel.backend.vxlan import desired_state
+from pyflannel.cli import DaemonOptions
+from pyflannel.config import VXLAN_OVERHEAD, NetworkConfig, parse_network_config
+from pyflannel.errors import (
+    Compacted,
+    ConfigError,
+    KernelError,
+    LeaseLost,
+    NotFound,
+    OutOfSubnets,
+    PyflannelError,
+    RegistryRefused,
+    RegistryUnavailable,
+)
+from pyflannel.iface import ExternalInterface, choose_external
+from pyflannel.lease import Change, EventKind, Lease, LeaseAttrs, LeaseTracker, WatchBatch
+from pyflannel.netlink import Link, Netlink, VxlanSpec
+from pyflannel.reconcile import apply, plan
+from pyflannel.registry import Registry, join_key, open_registry
+from pyflannel.retry import Backoff, OnceFilter
+from pyflannel.subnet import LeaseManager, read_subnet_hint, subnet_env_text, write_subnet_env
+
+log = structlog.get_logger("pyflannel")
+T = TypeVar("T")
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+
+
+class _Stopped(Exception):
+    """Raised inside start-up waits when a signal asked us to stop."""
+
+
+@dataclass
+class _Own:
+    """Our lease as the watch last saw it; written by the watch thread, read by the main one."""
+
+    gone: bool = False
+    taken_by: Lease | None = None
+
+
+class Daemon:
+    """One pyflannel instance: owns the registry, the netlink socket and the two threads."""
+
+    def __init__(self, opts: DaemonOptions, registry: Registry, nl: Netlink) -> None:
+        self.opts = opts
+        self.registry = registry
+        self.nl = nl
+        self.stop = threading.Event()
+        self._kick = threading.Event()
+        self._lock = threading.Lock()
+        self._tracker = LeaseTracker()
+        self._synced = False
+        self._own = _Own()
+        self._fatal: str | None = None
+        self._warned_skips: set[IPv4Network] = set()
+        # Set during start-up:
+        self.cfg: NetworkConfig
+        self.ext: ExternalInterface
+        self.dev: Link
+        self.attrs: LeaseAttrs
+        self.lease: Lease
+
+    # --- signals ------------------------------------------------------------------------------
+
+    def request_stop(self, signum: int = 0, _frame: FrameType | None = None) -> None:
+        """Ask every loop to end; a second signal then kills with the default action."""
+        if signum:
+            log.info("signal_received", signal=signal.Signals(signum).name)
+            signal.signal(signum, signal.SIG_DFL)
+        self.stop.set()
+        self._kick.set()
+
+    # --- start-up -----------------------------------------------------------------------------
+
+    def _retry(self, what: str, fn: Callable[[], T]) -> T:
+        """Call *fn* until it succeeds, backing off while etcd is unavailable.
+
+        Each distinct problem is logged once, not once per attempt.
+        """
+        backoff, once = Backoff(), OnceFilter()
+        while True:
+            if self.stop.is_set():
+                raise _Stopped
+            try:
+                result = fn()
+            except RegistryUnavailable as exc:
+                problem = str(exc)
+            except (NotFound, ConfigError) as exc:
+                if isinstance(exc, ConfigError) and "not supported: pyflannel" in str(exc):
+                    raise
+                problem = str(exc)
+            else:
+                if once.last is not None:
+                    log.info(f"{what}_recovered", after_retries=once.clear() + 1)
+                return result
+            if once.fresh(problem):
+                log.warning(f"{what}_waiting", problem=problem, endpoint=self.registry.endpoint)
+            self.stop.wait(backoff.next())
+
+    def _fetch_config(self) -> NetworkConfig:
+        try:
+            text = self.registry.get_network_config()
+        except NotFound:
+            key = join_key(self.opts.etcd.prefix, "config")
+            hint = getattr(self.registry, "config_hint", None)
+            extra = f"; {hint()}" if callable(hint) else ""
+            raise NotFound(f"network config {key} not found in the etcd "
+                           f"{self.opts.etcd_api} keyspace{extra}") from None
+        return parse_network_config(text)
+
+    def start(self) -> None:
+        """Config, interface, device, lease, address, subnet.env; raises on fatal problems."""
+        self.cfg = self._retry("network_config", self._fetch_config)
+        log.info("network_config", network=str(self.cfg.network), subnet_len=self.cfg.subnet_len,
+                 subnet_min=str(self.cfg.subnet_min), subnet_max=str(self.cfg.subnet_max),
+                 vni=self.cfg.backend.vni, port=self.cfg.backend.udp_port)
+        self.ext = choose_external(
+            self.nl.links(), self.nl.default_route_link(), ifaces=self.opts.ifaces,
+            iface_regexes=self.opts.iface_regexes, public_ip=self.opts.public_ip)
+        log.info("external_interface", iface=self.ext.link.name, iface_ip=str(self.ext.iface_ip),
+                 public_ip=str(self.ext.public_ip), mtu=self.ext.link.mtu)
+        backend = self.cfg.backend
+        spec = VxlanSpec(
+            name=backend.device_name, vni=backend.vni, port=backend.udp_port,
+            underlay_index=self.ext.link.index, local=self.ext.vtep_local,
+            mtu=(backend.mtu or self.ext.link.mtu) - VXLAN_OVERHEAD,
+            learning=backend.learning, gbp=backend.gbp)
+        self.dev, created = self.nl.ensure_vxlan(spec)
+        log.info("device_created" if created else "device_reused", device=self.dev.name,
+                 mac=self.dev.mac, mtu=self.dev.mtu, vni=spec.vni, local=str(spec.local))
+        self.attrs = LeaseAttrs(self.ext.public_ip, "vxlan", self.dev.mac, backend.vni)
+        hint = read_subnet_hint(self.opts.subnet_file)
+        manager = LeaseManager(self.registry, self.ext.public_ip, hint=hint)
+        self.manager = manager
+        self.lease = self._retry("lease", lambda: manager.acquire(self.cfg, self.attrs))
+        vtep = IPv4Interface(f"{self.lease.subnet.network_address}/32")
+        self.nl.ensure_address(self.dev, vtep, self.cfg.network)
+        text = subnet_env_text(self.cfg.network, self.lease.subnet, self.dev.mtu, self.opts.ip_masq)
+        write_subnet_env(self.opts.subnet_file, text)
+        log.info("subnet_env_written", path=str(self.opts.subnet_file),
+                 subnet=str(self.lease.subnet), mtu=self.dev.mtu)
+
+    # --- the watch thread ---------------------------------------------------------------------
+
+    def _watch(self) -> None:
+        backoff, once = Backoff(), OnceFilter()
+        revision: int | None = None
+        while not self.stop.is_set():
+            try:
+                if revision is None:
+                    snap = self.registry.list_subnets()
+                    self._ingest(snap)
+                    revision = snap.revision
+                for batch in self.registry.watch_subnets(revision, self.stop):
+                    if once.last is not None:
+                        log.info("etcd_reconnected", endpoint=self.registry.endpoint,
+                                 after_retries=once.clear() + 1)
+                        backoff.reset()
+                    if batch.events:
+                        self._ingest(batch)
+                    revision = batch.revision
+            except Compacted as exc:
+                log.info("watch_resync", reason="history compacted", revision=exc.revision)
+                revision = None
+            except RegistryUnavailable as exc:
+                if once.fresh(str(exc)):
+                    log.warning("etcd_unavailable", problem=str(exc),
+                                keeping="kernel state and last known leases")
+                self.stop.wait(backoff.next())
+            except RegistryRefused as exc:
+                self._fail(str(exc))
+                return
+            except Exception as exc:  # a bug must not silently end the watch: log, back off
+                log.exception("watch_error", error=str(exc))
+                self.stop.wait(backoff.next())
+
+    def _ingest(self, batch: WatchBatch) -> None:
+        with self._lock:
+            changes = self._tracker.apply(batch)
+            self._synced = True
+        for ch in changes:
+            self._log_change(ch)
+        self._kick.set()
+
+    def _log_change(self, ch: Change) -> None:
+        if ch.kind is EventKind.INVALID:
+            log.warning("record_skipped", key=ch.key, reason=ch.reason,
+                        effect="ignored; no peer is removed for it")
+            return
+        if ch.subnet == self.lease.subnet:
+            self._own_change(ch)
+            return
+        if ch.kind is EventKind.REMOVED:
+            assert ch.old is not None
+            log.info("peer_removed", subnet=str(ch.subnet), public_ip=str(ch.old.attrs.public_ip))
+            self._warned_skips.discard(ch.old.subnet)
+            return
+        assert ch.new is not None
+        a = ch.new.attrs
+        if ch.old is None:
+            log.info("peer_added", subnet=str(ch.subnet), public_ip=str(a.public_ip),
+                     vtep_mac=a.vtep_mac)
+        elif ch.changed:
+            log.info("peer_changed", subnet=str(ch.subnet), public_ip=str(a.public_ip),
+                     vtep_mac=a.vtep_mac, old_public_ip=str(ch.old.attrs.public_ip),
+                     old_vtep_mac=ch.old.attrs.vtep_mac)
+        else:
+            log.debug("peer_renewed", subnet=str(ch.subnet))
+
+    def _own_change(self, ch: Change) -> None:
+        if ch.kind is EventKind.REMOVED:
+            self._own.gone = True
+        elif ch.new is not None and ch.new.attrs != self.attrs:
+            self._own.taken_by = ch.new
+        elif ch.new is not None:
+            self.lease = ch.new  # our own write echoed back: its expiration is current
+
+    def _fail(self, message: str) -> None:
+        self._fatal = message
+        self.stop.set()
+        self._kick.set()
+
+    # --- the main loop ------------------------------------------------------------------------
+
+    def reconcile(self, reason: str) -> None:
+        """Make the kernel match the leases: desired from leases, actual from the kernel."""
+        with self._lock:
+            peers = [lease for s, lease in self._tracker.leases.items() if s != self.lease.subnet]
+        desired = desired_state(peers, self.dev.index,
+                                direct_routing=self.cfg.backend.direct_routing,
+                                is_onlink=self.nl.route_is_onlink)
+        for subnet, why in desired.skipped.items():
+            if subnet not in self._warned_skips:
+                self._warned_skips.add(subnet)
+                log.warning("peer_skipped", subnet=str(subnet), reason=why)
+        actual = self.nl.observe(self.dev.index, self.cfg.network, self.cfg.subnet_len,
+                                 self.lease.subnet)
+        p = plan(desired.state, actual)
+        if p.empty:
+            log.debug("reconciled", reason=reason, changes=0, peers=len(peers))
+            return
+        report = apply(p, self.nl, self.dev.index)
+        log.info("reconciled", reason=reason, peers=len(peers),
+                 neigh_set=len(p.set_neighs), fdb_set=len(p.set_fdb),
+                 route_set=len(p.set_routes), route_del=len(p.del_routes),
+                 neigh_del=len(p.del_neighs), fdb_del=len(p.del_fdb), failed=report.failed)
+        for err in report.errors:
+            log.warning("kernel_op_failed", op=err.op, target=err.target, errno=err.errno,
+                        error=str(err))
+
+    def _renew_due(self) -> float | None:
+        if self.lease.expiration is None:
+            return None  # a reservation never expires
+        return self.lease.expiration - self.opts.renew_margin_minutes * 60
+
+    def _keep_lease(self, backoff: Backoff) -> float | None:
+        """Handle lease loss, takeover and renewal; return when to look again (wall clock)."""
+        if self._own.taken_by is not None:
+            who = self._own.taken_by.attrs.public_ip
+            raise LeaseLost(f"our lease {self.lease.subnet} was overwritten by {who}")
+        if self._own.gone:
+            log.warning("lease_lost", subnet=str(self.lease.subnet),
+                        action="re-acquiring the same subnet; data path untouched")
+            try:
+                self.lease = self.manager.reacquire(self.lease, self.attrs)
+            except RegistryUnavailable as exc:
+                log.warning("lease_reacquire_failed", problem=str(exc))
+                return time.time() + backoff.next()
+            self._own.gone = False
+            log.info("lease_reacquired", subnet=str(self.lease.subnet))
+        due = self._renew_due()
+        if due is not None and time.time() >= due:
+            try:
+                self.lease = self.manager.renew(self.lease, self.attrs)
+            except RegistryUnavailable as exc:
+                log.warning("lease_renew_failed", problem=str(exc))
+                return time.time() + min(backoff.next(), 60.0)
+            backoff.reset()
+            log.info("lease_renewed", subnet=str(self.lease.subnet),
+                     expires=time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                           time.gmtime(self.lease.expiration or 0)))
+            due = self._renew_due()
+        return due
+
+    def serve(self) -> int:
+        """Run the steady state until a signal (exit 0) or a fatal problem (exit 1)."""
+        watcher = threading.Thread(target=self._watch, name="watch", daemon=True)
+        watcher.start()
+        ready = False
+        backoff = Backoff(initial=1.0, maximum=60.0)
+        next_resync = time.monotonic()
+        while not self.stop.is_set():
+            renew_at = self._keep_lease(backoff)
+            kicked = self._kick.is_set()
+            self._kick.clear()
+            now = time.monotonic()
+            if self._synced and (kicked or now >= next_resync):
+                try:
+                    self.reconcile("event" if kicked else "resync")
+                except KernelError as exc:
+                    log.error("reconcile_failed", error=str(exc))
+                next_resync = time.monotonic() + self.opts.resync_interval
+                if not ready:
+                    ready = True
+                    systemd.notify(f"READY=1\nSTATUS=serving {self.lease.subnet}")
+                    log.info("ready", subnet=str(self.lease.subnet))
+            timeout = next_resync - time.monotonic()
+            if renew_at is not None:
+                timeout = min(timeout, renew_at - time.time())
+            self._kick.wait(max(timeout, 0.0))
+        if self._fatal:
+            log.error("fatal", error=self._fatal)
+            return EXIT_FAILURE
+        systemd.notify("STOPPING=1")
+        log.info("exiting", reason="signal", kept="lease and kernel state (restart is hitless)")
+        return EXIT_OK
+
+
+def run(opts: DaemonOptions) -> int:
+    """Run a daemon with *opts*; returns the process exit code."""
+    try:
+        registry = open_registry(opts.etcd_api, opts.etcd)
+    except PyflannelError as exc:
+        log.error("etcd_setup_failed", error=str(exc))
+        return EXIT_FAILURE
+    nl = Netlink()
+    daemon = Daemon(opts, registry, nl)
+    signal.signal(signal.SIGTERM, daemon.request_stop)
+    signal.signal(signal.SIGINT, daemon.request_stop)
+    try:
+        daemon.start()
+        return daemon.serve()
+    except _Stopped:
+        log.info("exiting", reason="signal during start-up")
+        return EXIT_OK
+    except (OutOfSubnets, LeaseLost, RegistryRefused, ConfigError, KernelError) as exc:
+        log.error("fatal", error=str(exc), kind=type(exc).__name__)
+        return EXIT_FAILURE
+    except PyflannelError as exc:
+        log.error("fatal", error=str(exc), kind=type(exc).__name__)
+        return EXIT_FAILURE
+    finally:
+        registry.close()
+        nl.close()

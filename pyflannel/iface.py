@@ -1,0 +1,99 @@
+"""Choose the external (underlay) interface and the public IP, as flanneld does (§4.1).
+
+``--iface`` (names or addresses, in order), then ``--iface-regex`` (matched against addresses,
+then names), then the interface that owns ``--public-ip``, then the interface of the default
+route.  The public IP is ``--public-ip`` if given, else the interface's address.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from ipaddress import IPv4Address
+
+from pyflannel.errors import ConfigError
+from pyflannel.netlink import Link
+
+
+@dataclass(frozen=True)
+class ExternalInterface:
+    """The underlay: the device VXLAN packets leave through, and the addresses peers use."""
+
+    link: Link
+    iface_ip: IPv4Address  # the interface's own address
+    public_ip: IPv4Address  # what goes into the lease; peers send VXLAN here
+
+    @property
+    def vtep_local(self) -> IPv4Address:
+        """The VXLAN source address: the public IP when it is local (flanneld ≥ 0.27.4), else
+        the interface address (behind NAT the public IP is not ours to send from)."""
+        if any(a.ip == self.public_ip for a in self.link.addresses):
+            return self.public_ip
+        return self.iface_ip
+
+
+def _first_ipv4(link: Link) -> IPv4Address | None:
+    # Prefer global addresses over link-local ones, as flanneld does.
+    globals_ = [a.ip for a in link.addresses if not a.ip.is_link_local and not a.ip.is_loopback]
+    if globals_:
+        return globals_[0]
+    return link.addresses[0].ip if link.addresses else None
+
+
+def _by_name_or_ip(links: list[Link], spec: str) -> Link | None:
+    try:
+        ip = IPv4Address(spec)
+    except ValueError:
+        return next((lk for lk in links if lk.name == spec), None)
+    return next((lk for lk in links if any(a.ip == ip for a in lk.addresses)), None)
+
+
+def choose_external(
+    links: list[Link],
+    default_route_index: int | None,
+    *,
+    ifaces: tuple[str, ...] = (),
+    iface_regexes: tuple[str, ...] = (),
+    public_ip: IPv4Address | None = None,
+) -> ExternalInterface:
+    """Pick the external interface among *links* (pure; the caller reads the kernel)."""
+    chosen: Link | None = None
+    how = ""
+    if ifaces:
+        for spec in ifaces:
+            chosen = _by_name_or_ip(links, spec)
+            if chosen is not None and _first_ipv4(chosen) is not None:
+                break
+            chosen = None
+        if chosen is None:
+            raise ConfigError(f"no interface with an IPv4 address matches --iface {','.join(ifaces)}")
+        how = "--iface"
+    elif iface_regexes:
+        for pattern in iface_regexes:
+            try:
+                rx = re.compile(pattern)
+            except re.error as exc:
+                raise ConfigError(f"--iface-regex {pattern!r}: {exc}") from None
+            chosen = next((lk for lk in links if _first_ipv4(lk) is not None and any(
+                rx.search(str(a.ip)) for a in lk.addresses)), None) or next(
+                (lk for lk in links if _first_ipv4(lk) is not None and rx.search(lk.name)), None)
+            if chosen is not None:
+                break
+        if chosen is None:
+            raise ConfigError(f"no interface matches --iface-regex {','.join(iface_regexes)}")
+        how = "--iface-regex"
+    else:
+        if public_ip is not None:
+            chosen = _by_name_or_ip(links, str(public_ip))
+        if chosen is None and default_route_index is not None:
+            chosen = next((lk for lk in links if lk.index == default_route_index), None)
+        if chosen is None:
+            raise ConfigError(
+                "cannot choose the external interface: no default route; use --iface or --public-ip"
+            )
+    ip = _first_ipv4(chosen)
+    if ip is None:
+        raise ConfigError(f"interface {chosen.name} has no IPv4 address {how}".strip())
+    if chosen.mtu == 0:
+        raise ConfigError(f"interface {chosen.name} reports MTU 0")
+    return ExternalInterface(chosen, ip, public_ip or ip)
