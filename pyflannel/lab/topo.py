@@ -1,0 +1,317 @@
+"""Build and tear down the seed's topology from network namespaces.
+
+Two underlay subnets joined by a router namespace: 10.0.1.0/24 (etcd at .2, cell-1 at .3) and
+10.0.2.0/24 (cell-2 at .3); more cells alternate between the two subnets.  Each cell runs the
+real ``pyflannel`` process, builds ``br0`` from its FLANNEL_SUBNET and attaches two
+"containers" (namespaces on veths) with an HTTP server on :8000.  Used by the demo command and
+by the end-to-end tests.
+
+Everything is created inside namespaces named with one prefix, so the root namespace gets no
+link, and :meth:`Lab.down` (or :func:`remove_prefixed`) removes it all, even after a crash;
+only processes this lab started (by PID, recorded in its work directory) are killed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
+
+SEED_CONFIG = {
+    "Network": "172.16.0.0/16",
+    "SubnetLen": 24,
+    "SubnetMin": "172.16.10.0",
+    "SubnetMax": "172.16.99.0",
+    "Backend": {"Type": "vxlan", "Port": 8472},
+}
+ETCD_IP = "10.0.1.2"
+ETCD_URL = f"http://{ETCD_IP}:2379"
+CONTAINER_NAMES = "abcdefghijklmnopqrstuvwxyz"
+
+
+def run(*cmd: str, ns: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run *cmd* (inside netns *ns* if given) and return the finished process."""
+    full = ["ip", "netns", "exec", ns, *cmd] if ns else list(cmd)
+    res = subprocess.run(full, capture_output=True, text=True, check=False)
+    if check and res.returncode != 0:
+        raise RuntimeError(f"{' '.join(full)} failed ({res.returncode}): {res.stderr.strip()}")
+    return res
+
+
+def ip(ns: str, *args: str) -> None:
+    """``ip -n NS ARGS``."""
+    run("ip", "-n", ns, *args)
+
+
+@dataclass
+class Container:
+    """A namespace on a veth to its cell's br0."""
+
+    name: str
+    ns: str
+    host_veth: str
+    ip: IPv4Address | None = None
+
+
+@dataclass
+class Cell:
+    """A host running pyflannel."""
+
+    name: str
+    ns: str
+    underlay_ip: IPv4Address
+    gateway: IPv4Address
+    containers: list[Container] = field(default_factory=list)
+
+    @property
+    def subnet_index(self) -> int:
+        """1 or 2: which underlay subnet the cell is on."""
+        return int(str(self.underlay_ip).split(".")[2])
+
+
+def read_env(path: Path) -> dict[str, str]:
+    """Parse a subnet.env file."""
+    out: dict[str, str] = {}
+    for line in path.read_text().splitlines():
+        if "=" in line:
+            k, v = line.split("=", 1)
+            out[k.strip()] = v.strip()
+    return out
+
+
+class Lab:
+    """One instance of the topology; *prefix* names every namespace it makes."""
+
+    def __init__(self, workdir: Path, prefix: str = "pfl-", cells: int = 2, api: str = "v2",
+                 resync_interval: float = 2.0) -> None:
+        self.workdir = workdir
+        self.prefix = prefix
+        self.api = api
+        self.resync_interval = resync_interval
+        self.etcd_ns = f"{prefix}etcd"
+        self.router_ns = f"{prefix}router"
+        self.cells = [self._cell(i) for i in range(1, cells + 1)]
+        self.pidfile = workdir / "pids.json"
+
+    def _cell(self, i: int) -> Cell:
+        subnet = 1 if i % 2 else 2
+        host = 3 + (i - 1) // 2
+        return Cell(f"cell-{i}", f"{self.prefix}cell{i}", IPv4Address(f"10.0.{subnet}.{host}"),
+                    IPv4Address(f"10.0.{subnet}.1"))
+
+    # --- processes ------------------------------------------------------------------------------
+
+    def _pids(self) -> dict[str, int]:
+        try:
+            data = json.loads(self.pidfile.read_text())
+        except (OSError, ValueError):
+            return {}
+        return {str(k): int(v) for k, v in data.items()}
+
+    def _record(self, name: str, pid: int | None) -> None:
+        pids = self._pids()
+        if pid is None:
+            pids.pop(name, None)
+        else:
+            pids[name] = pid
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.pidfile.write_text(json.dumps(pids))
+
+    def spawn(self, name: str, ns: str, cmd: list[str], log: Path, cwd: Path | None = None,
+              env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        """Start *cmd* in *ns*, output to *log*, and record its PID under *name*."""
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with log.open("ab") as out:
+            proc = subprocess.Popen(["ip", "netns", "exec", ns, *cmd], stdout=out,
+                                    stderr=subprocess.STDOUT, cwd=cwd, start_new_session=True,
+                                    env={**os.environ, **(env or {})})
+        self._record(name, proc.pid)
+        return proc
+
+    def kill(self, name: str, sig: int = signal.SIGTERM, wait: float = 10.0) -> int | None:
+        """Signal the process recorded as *name*; wait for it; return its exit code if ours."""
+        pid = self._pids().get(name)
+        if pid is None:
+            return None
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            self._record(name, None)
+            return None
+        deadline = time.monotonic() + wait
+        code: int | None = None
+        while time.monotonic() < deadline:
+            try:
+                done, status = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:  # not our child (a previous `up`): poll for it
+                if not Path(f"/proc/{pid}").exists():
+                    break
+                time.sleep(0.05)
+                continue
+            if done:
+                code = os.waitstatus_to_exitcode(status)
+                break
+            time.sleep(0.05)
+        else:
+            os.kill(pid, signal.SIGKILL)
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
+        self._record(name, None)
+        return code
+
+    # --- underlay and etcd ----------------------------------------------------------------------
+
+    def build_underlay(self) -> None:
+        """Namespaces, the router with two switches, etcd host and cells on their subnets."""
+        for ns in (self.etcd_ns, self.router_ns, *(c.ns for c in self.cells)):
+            run("ip", "netns", "add", ns)
+            ip(ns, "link", "set", "lo", "up")
+        r = self.router_ns
+        for n in (1, 2):
+            ip(r, "link", "add", f"sw{n}", "type", "bridge")
+            ip(r, "addr", "add", f"10.0.{n}.1/24", "dev", f"sw{n}")
+            ip(r, "link", "set", f"sw{n}", "up")
+        run("sysctl", "-qw", "net.ipv4.ip_forward=1", ns=r)
+        hosts = [("etcd", self.etcd_ns, IPv4Address(ETCD_IP), 1)]
+        hosts += [(f"c{i + 1}", c.ns, c.underlay_ip, c.subnet_index) for i, c in enumerate(self.cells)]
+        for tag, ns, addr, sub in hosts:
+            # Created inside the namespaces: nothing ever appears in the root namespace.
+            ip(r, "link", "add", f"p-{tag}", "type", "veth", "peer", "name", "eth0", "netns", ns)
+            ip(r, "link", "set", f"p-{tag}", "master", f"sw{sub}", "up")
+            ip(ns, "addr", "add", f"{addr}/24", "dev", "eth0")
+            ip(ns, "link", "set", "eth0", "up")
+            ip(ns, "route", "add", "default", "via", f"10.0.{sub}.1")
+
+    def start_etcd(self) -> None:
+        """etcd on 10.0.1.2:2379 inside the etcd namespace (v2 and v3 APIs both served)."""
+        data = self.workdir / "etcd-data"
+        shutil.rmtree(data, ignore_errors=True)
+        self.spawn("etcd", self.etcd_ns, [
+            shutil.which("etcd") or "etcd", "--name", "lab", "--data-dir", str(data),
+            "--listen-client-urls", ETCD_URL, "--advertise-client-urls", ETCD_URL,
+            "--listen-peer-urls", "http://127.0.0.1:2380",
+            "--initial-advertise-peer-urls", "http://127.0.0.1:2380",
+            "--initial-cluster", "lab=http://127.0.0.1:2380", "--initial-cluster-state", "new",
+            "--enable-v2=true", "--heartbeat-interval=10", "--election-timeout=100",
+            "--logger=zap", "--log-outputs=stderr"], self.workdir / "etcd.log")
+        self.wait(lambda: run("curl", "-sf", f"{ETCD_URL}/health", ns=self.etcd_ns,
+                              check=False).returncode == 0, 20, "etcd health")
+
+    def etcdctl(self, *args: str, api: str | None = None) -> str:
+        """Run etcdctl against the lab's etcd with the lab's API (or *api*)."""
+        env = {"ETCDCTL_API": "2" if (api or self.api) == "v2" else "3"}
+        res = subprocess.run(["ip", "netns", "exec", self.etcd_ns, "etcdctl",
+                              "--endpoints", ETCD_URL, *args], capture_output=True, text=True,
+                             env={**os.environ, **env}, check=False)
+        if res.returncode != 0:
+            raise RuntimeError(f"etcdctl {' '.join(args)}: {res.stderr.strip()}")
+        return res.stdout
+
+    def put(self, key: str, value: str) -> None:
+        """Write a key with the lab's API."""
+        self.etcdctl("set" if self.api == "v2" else "put", key, value)
+
+    def put_config(self, config: dict[str, object] | None = None) -> None:
+        """Store the network config (the seed's by default)."""
+        self.put("/coreos.com/network/config", json.dumps(config or SEED_CONFIG))
+
+    # --- cells ----------------------------------------------------------------------------------
+
+    def subnet_file(self, cell: Cell) -> Path:
+        """Where *cell*'s daemon writes subnet.env."""
+        return self.workdir / cell.name / "subnet.env"
+
+    def start_daemon(self, cell: Cell, *extra: str) -> None:
+        """Run the real pyflannel command inside the cell's namespace."""
+        self.spawn(f"pyflannel-{cell.name}", cell.ns, [
+            sys.executable, "-m", "pyflannel", f"--etcd-endpoints={ETCD_URL}",
+            f"--etcd-api={self.api}", f"--public-ip={cell.underlay_ip}",
+            f"--subnet-file={self.subnet_file(cell)}", f"--resync-interval={self.resync_interval}",
+            "--log-format=json", *extra], self.workdir / cell.name / "pyflannel.log")
+
+    def wait_subnet_env(self, cell: Cell, timeout: float = 20) -> dict[str, str]:
+        """Wait for the cell's subnet.env and return its values."""
+        path = self.subnet_file(cell)
+        self.wait(path.exists, timeout, f"{path}")
+        return read_env(path)
+
+    def attach_containers(self, cell: Cell, count: int = 2, start: int = 0) -> None:
+        """br0 from FLANNEL_SUBNET (MTU from FLANNEL_MTU) and *count* containers on veths."""
+        env = read_env(self.subnet_file(cell))
+        gw = env["FLANNEL_SUBNET"]
+        net = IPv4Network(gw, strict=False)
+        mtu = env["FLANNEL_MTU"]
+        ns = cell.ns
+        ip(ns, "link", "add", "br0", "mtu", mtu, "type", "bridge")
+        ip(ns, "addr", "add", gw, "dev", "br0")
+        ip(ns, "link", "set", "br0", "up")
+        for sysctl in ("net.ipv4.ip_forward=1", "net.ipv4.conf.all.rp_filter=0",
+                       "net.ipv4.conf.default.rp_filter=0"):
+            run("sysctl", "-qw", sysctl, ns=ns)
+        for k in range(count):
+            idx = start + k
+            letter = CONTAINER_NAMES[idx]
+            con = Container(f"con_{letter}", f"{self.prefix}con_{letter}", f"veth{k + 1}0",
+                            net.network_address + 2 + k)
+            run("ip", "netns", "add", con.ns)
+            ip(con.ns, "link", "set", "lo", "up")
+            ip(ns, "link", "add", con.host_veth, "mtu", mtu, "type", "veth", "peer", "name",
+               "eth0", "netns", con.ns)
+            ip(ns, "link", "set", con.host_veth, "master", "br0", "up")
+            ip(con.ns, "link", "set", "eth0", "mtu", mtu)
+            ip(con.ns, "addr", "add", f"{con.ip}/{net.prefixlen}", "dev", "eth0")
+            ip(con.ns, "link", "set", "eth0", "up")
+            ip(con.ns, "route", "add", "default", "via", str(net.network_address + 1))
+            cell.containers.append(con)
+
+    def start_http(self, con: Container) -> None:
+        """``python3 -m http.server 8000`` inside the container, serving an empty directory."""
+        root = self.workdir / "www" / con.name
+        root.mkdir(parents=True, exist_ok=True)
+        (root / "index.html").write_text(f"hello from {con.name}\n")
+        self.spawn(f"http-{con.name}", con.ns, [sys.executable, "-m", "http.server", "8000"],
+                   self.workdir / f"http-{con.name}.log", cwd=root)
+
+    def wait_http(self, con: Container, timeout: float = 10) -> None:
+        """Wait until the container's server listens."""
+        self.wait(lambda: ":8000" in run("ss", "-ltn", ns=con.ns, check=False).stdout,
+                  timeout, f"http server in {con.name}")
+
+    @staticmethod
+    def wait(cond: object, timeout: float, what: str, interval: float = 0.05) -> None:
+        """Poll *cond* until it is true or *timeout* seconds pass."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if cond():  # type: ignore[operator]
+                return
+            time.sleep(interval)
+        raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+
+    # --- teardown -------------------------------------------------------------------------------
+
+    def down(self) -> None:
+        """Kill the lab's processes and delete its namespaces; safe to call at any point."""
+        for name in list(self._pids()):
+            self.kill(name, signal.SIGKILL, wait=5)
+        remove_prefixed(self.prefix)
+
+
+def remove_prefixed(prefix: str) -> list[str]:
+    """Delete every network namespace whose name starts with *prefix*; return their names."""
+    res = run("ip", "netns", "list", check=False)
+    gone = []
+    for line in res.stdout.splitlines():
+        name = line.split()[0] if line.split() else ""
+        if name.startswith(prefix):
+            run("ip", "netns", "del", name, check=False)
+            gone.append(name)
+    return gone
