@@ -191,10 +191,14 @@ class Lab:
             ip(ns, "link", "set", "eth0", "up")
             ip(ns, "route", "add", "default", "via", f"10.0.{sub}.1")
 
-    def start_etcd(self) -> None:
-        """etcd on 10.0.1.2:2379 inside the etcd namespace (v2 and v3 APIs both served)."""
+    def start_etcd(self, fresh: bool = True) -> None:
+        """etcd on 10.0.1.2:2379 inside the etcd namespace (v2 and v3 APIs both served).
+
+        *fresh* starts from an empty data directory; otherwise etcd restarts on its data.
+        """
         data = self.workdir / "etcd-data"
-        shutil.rmtree(data, ignore_errors=True)
+        if fresh:
+            shutil.rmtree(data, ignore_errors=True)
         self.spawn("etcd", self.etcd_ns, [
             shutil.which("etcd") or "etcd", "--name", "lab", "--data-dir", str(data),
             "--listen-client-urls", ETCD_URL, "--advertise-client-urls", ETCD_URL,
@@ -219,6 +223,16 @@ class Lab:
     def put(self, key: str, value: str) -> None:
         """Write a key with the lab's API."""
         self.etcdctl("set" if self.api == "v2" else "put", key, value)
+
+    def delete(self, key: str) -> None:
+        """Delete a key with the lab's API."""
+        self.etcdctl("rm" if self.api == "v2" else "del", key)
+
+    def get(self, key: str) -> str:
+        """Read a key's value with the lab's API."""
+        if self.api == "v2":
+            return self.etcdctl("get", key).rstrip("\n")
+        return self.etcdctl("get", "--print-value-only", key).rstrip("\n")
 
     def put_config(self, config: dict[str, object] | None = None) -> None:
         """Store the network config (the seed's by default)."""

@@ -1,0 +1,62 @@
+"""Diagnostics: capture and decode VXLAN on the underlay with scapy (tests and troubleshooting).
+
+``python -m pyflannel.diag capture --iface eth0 --timeout 5`` prints one JSON line per VXLAN
+packet seen: outer addresses and ports, the VNI, and the inner packet.  Run it inside the host's
+network namespace (``ip netns exec …``).  scapy is imported only here: it is never on the data
+path, where the kernel does all encapsulation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+
+def capture_vxlan(iface: str, port: int, timeout: float, count: int = 0) -> list[dict[str, Any]]:
+    """Sniff *iface* for *timeout* seconds and return the VXLAN packets on UDP *port*."""
+    from scapy.all import IP, UDP, sniff  # scapy.all registers the VXLAN layer too
+    from scapy.layers.vxlan import VXLAN
+    from scapy.packet import bind_layers
+
+    bind_layers(UDP, VXLAN, dport=port)
+
+    def is_vxlan(p: Any) -> bool:
+        return UDP in p and port in (p[UDP].sport, p[UDP].dport)
+
+    out: list[dict[str, Any]] = []
+    for p in sniff(iface=iface, timeout=timeout, count=count, lfilter=is_vxlan):
+        rec: dict[str, Any] = {
+            "src": p[IP].src, "dst": p[IP].dst, "sport": p[UDP].sport, "dport": p[UDP].dport,
+            "vni": int(p[VXLAN].vni) if VXLAN in p else None,
+        }
+        inner = p[VXLAN].payload if VXLAN in p else None
+        if inner is not None and IP in inner:
+            rec.update(inner_src=inner[IP].src, inner_dst=inner[IP].dst,
+                       inner_proto=int(inner[IP].proto))
+        out.append(rec)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line of the diagnostics helper."""
+    p = argparse.ArgumentParser(prog="python -m pyflannel.diag")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    cap = sub.add_parser("capture", help="print VXLAN packets seen on an interface as JSON lines")
+    cap.add_argument("--iface", required=True)
+    cap.add_argument("--port", type=int, default=8472)
+    cap.add_argument("--timeout", type=float, default=5.0)
+    cap.add_argument("--count", type=int, default=0, help="stop after this many (0: no limit)")
+    args = p.parse_args(argv)
+    try:
+        for rec in capture_vxlan(args.iface, args.port, args.timeout, args.count):
+            print(json.dumps(rec), flush=True)
+    except OSError as exc:
+        print(f"capture failed on {args.iface}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,119 @@
+"""The seed topology as a fixture: etcd, a router and three cells in network namespaces.
+
+cell-1 and cell-2 run pyflannel from the start, with br0, two containers each and HTTP servers;
+cell-3's namespace is wired to the underlay but its daemon is started by the tests that need it.
+Everything is removed at the end, also when a test fails.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pyflannel.lab.topo import Cell, Lab, run
+
+TOOLS = ("etcd", "etcdctl", "curl", "ping", "ss", "bridge")
+
+
+def _require() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("the end-to-end tests need root (network namespaces)")
+    missing = [t for t in TOOLS if shutil.which(t) is None]
+    if missing:
+        pytest.skip(f"missing tools: {', '.join(missing)}")
+
+
+@pytest.fixture(scope="module", params=["v2"])
+def lab(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    """Two running cells (plus an idle cell-3) on the given etcd API."""
+    _require()
+    api = request.param
+    lab = Lab(tmp_path_factory.mktemp(f"lab-{api}"), prefix=f"pfe{os.getpid() % 10000}{api}-",
+              cells=3, api=api, resync_interval=1.0)
+    try:
+        lab.build_underlay()
+        lab.start_etcd()
+        lab.put_config()
+        for cell in lab.cells[:2]:
+            lab.start_daemon(cell)
+        for i, cell in enumerate(lab.cells[:2]):
+            lab.wait_subnet_env(cell)
+            lab.attach_containers(cell, 2, start=2 * i)
+            for con in cell.containers:
+                lab.start_http(con)
+        for cell in lab.cells[:2]:
+            for con in cell.containers:
+                lab.wait_http(con)
+        yield lab
+    finally:
+        for cell in lab.cells:
+            log = lab.workdir / cell.name / "pyflannel.log"
+            if log.exists():
+                print(f"--- {cell.name} log (tail) ---\n{log.read_text()[-4000:]}")
+        lab.down()
+
+
+def ip_json(cell: Cell, *args: str) -> list[dict[str, object]]:
+    """``ip -j`` (or ``bridge -j``) output in *cell*'s namespace, parsed."""
+    tool = "bridge" if args and args[0] == "fdb" else "ip"
+    out = run(tool, "-j", "-n", cell.ns, *args).stdout
+    data = json.loads(out or "[]")
+    assert isinstance(data, list)
+    return data
+
+
+def routes(cell: Cell) -> dict[str, dict[str, object]]:
+    """Main-table IPv4 routes by destination."""
+    return {str(r["dst"]): r for r in ip_json(cell, "-4", "route", "show")}
+
+
+def neighs(cell: Cell) -> dict[str, str]:
+    """Neighbours on flannel.1: IP -> MAC."""
+    return {str(n["dst"]): str(n.get("lladdr")) for n in ip_json(cell, "neigh", "show", "dev", "flannel.1")}
+
+
+def fdb(cell: Cell) -> set[tuple[str, str]]:
+    """Permanent FDB entries on flannel.1 with a destination: (MAC, dst)."""
+    return {(str(e["mac"]), str(e["dst"])) for e in ip_json(cell, "fdb", "show", "dev", "flannel.1")
+            if "dst" in e}
+
+
+def subnet_of(lab: Lab, cell: Cell) -> str:
+    """The cell's lease subnet, e.g. ``172.16.34.0/24``, from its subnet.env."""
+    gw = lab.wait_subnet_env(cell)["FLANNEL_SUBNET"]
+    a, b, c, _ = gw.split("/")[0].split(".")
+    return f"{a}.{b}.{c}.0/24"
+
+
+def lease_key(subnet: str) -> str:
+    """The etcd key of a /24 lease."""
+    return "/coreos.com/network/subnets/" + subnet.replace("/", "-")
+
+
+def vtep_mac(cell: Cell) -> str:
+    """flannel.1's MAC on *cell*."""
+    return str(ip_json(cell, "link", "show", "flannel.1")[0]["address"])
+
+
+def daemon_log(lab: Lab, cell: Cell) -> list[dict[str, object]]:
+    """The JSON log lines of *cell*'s daemon so far."""
+    out = []
+    for line in (lab.workdir / cell.name / "pyflannel.log").read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            out.append({"event": "non-json", "line": line})
+    return out
+
+
+def ping(src_ns: str, dst: str, count: int = 1, interval: float = 0.2,
+         timeout: int = 2) -> subprocess.CompletedProcess[str]:
+    """ping from a namespace."""
+    return run("ping", "-c", str(count), "-i", str(interval), "-W", str(timeout), dst, ns=src_ns,
+               check=False)
