@@ -310,6 +310,28 @@ class Lab:
             time.sleep(interval)
         raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
 
+    # --- state, so that later commands (check, status, down) find what `up` built ----------
+
+    def save_state(self) -> None:
+        """Record the lab's shape in ``state.json`` in its work directory."""
+        state = {
+            "prefix": self.prefix, "api": self.api, "cells": len(self.cells),
+            "containers": {c.name: [[k.name, k.ns, k.host_veth, str(k.ip)] for k in c.containers]
+                           for c in self.cells},
+        }
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        (self.workdir / "state.json").write_text(json.dumps(state, indent=1))
+
+    @classmethod
+    def load(cls, workdir: Path) -> Lab:
+        """The lab recorded in *workdir* by :meth:`save_state`."""
+        state = json.loads((workdir / "state.json").read_text())
+        lab = cls(workdir, prefix=state["prefix"], cells=state["cells"], api=state["api"])
+        for cell in lab.cells:
+            for name, ns, veth, addr in state["containers"].get(cell.name, []):
+                cell.containers.append(Container(name, ns, veth, IPv4Address(addr)))
+        return lab
+
     # --- teardown -------------------------------------------------------------------------------
 
     def down(self) -> None:
@@ -319,13 +341,26 @@ class Lab:
         remove_prefixed(self.prefix)
 
 
-def remove_prefixed(prefix: str) -> list[str]:
-    """Delete every network namespace whose name starts with *prefix*; return their names."""
+def prefixed_namespaces(prefix: str) -> list[str]:
+    """The network namespaces whose name starts with *prefix*."""
     res = run("ip", "netns", "list", check=False)
-    gone = []
-    for line in res.stdout.splitlines():
-        name = line.split()[0] if line.split() else ""
-        if name.startswith(prefix):
-            run("ip", "netns", "del", name, check=False)
-            gone.append(name)
+    names = [line.split()[0] for line in res.stdout.splitlines() if line.split()]
+    return [n for n in names if n.startswith(prefix)]
+
+
+def remove_prefixed(prefix: str) -> list[str]:
+    """Kill what still runs inside the namespaces named *prefix*…, then delete them.
+
+    Only processes inside the lab's own namespaces are signalled (``ip netns pids``), so this is
+    safe after a crash, when the PID records may be gone.
+    """
+    gone = prefixed_namespaces(prefix)
+    for name in gone:
+        for pid in run("ip", "netns", "pids", name, check=False).stdout.split():
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except (ProcessLookupError, ValueError):
+                pass
+    for name in gone:
+        run("ip", "netns", "del", name, check=False)
     return gone
