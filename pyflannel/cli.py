@@ -120,6 +120,12 @@ class _Parser(argparse.ArgumentParser):
         # One line, exit 2: scripts and systemd journals show the reason, not a usage dump.
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
+    def _get_option_tuples(self, option_string: str) -> list[Any]:
+        # Go's flag package matches names exactly: a typo like --etcd-endpoint must fail, not
+        # silently mean --etcd-endpoints.  (allow_abbrev=False would not do: Python 3.11 still
+        # expands single-dash prefixes such as -etcd-pre.)
+        return []
+
 
 def _parser() -> _Parser:
     p = _Parser(prog="pyflannel", description="flanneld-compatible VXLAN overlay daemon; every "

@@ -8,6 +8,7 @@ for them.  Pure: no I/O.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any
@@ -140,6 +141,10 @@ def parse_network_config(text: str | bytes) -> NetworkConfig:
     if not net_text:
         raise ConfigError("please define a correct Network parameter in the flannel config")
     try:
+        # Go's ParseCIDR wants "a.b.c.d/len"; Python would also take a bare address (as a /32)
+        # or a netmask after the slash.
+        if not re.fullmatch(r"[^/]+/\d{1,2}", net_text):
+            raise ValueError(net_text)
         network = IPv4Network(net_text, strict=False)  # host bits are masked off, as Go does
     except ValueError:
         raise ConfigError(f"Network: invalid IPv4 CIDR {net_text!r}") from None

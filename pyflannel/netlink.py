@@ -13,6 +13,7 @@ import errno
 import os
 import secrets
 import socket
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from typing import Any
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl import ndmsg
+from pyroute2.netns import setns
 
 from pyflannel.errors import KernelError
 
@@ -118,6 +120,7 @@ class Netlink:
     def __init__(self, netns: str | None = None) -> None:
         # flags=0: a misspelt netns must fail, not be created (pyroute2 defaults to O_CREAT).
         self._ipr = IPRoute(netns=netns, flags=0) if netns else IPRoute()
+        self._netns = netns
 
     def close(self) -> None:
         """Close the netlink socket."""
@@ -224,14 +227,25 @@ class Netlink:
             and gbp == spec.gbp
         )
 
-    @staticmethod
-    def _disable_accept_ra(name: str) -> None:
+    def _disable_accept_ra(self, name: str) -> None:
         # flanneld does this too; a VXLAN device must not configure itself from stray RAs.
-        try:
-            with open(f"/proc/sys/net/ipv6/conf/{name}/accept_ra", "w") as f:
-                f.write("0")
-        except OSError:
-            pass  # IPv6 disabled in this namespace: nothing to turn off
+        # /proc/sys/net shows the namespace of the thread that opens it, so with a netns the
+        # write happens in a short-lived thread that joined it (setns is per thread).
+        def write() -> None:
+            try:
+                if self._netns:
+                    setns(self._netns, flags=0)
+                with open(f"/proc/sys/net/ipv6/conf/{name}/accept_ra", "w") as f:
+                    f.write("0")
+            except OSError:
+                pass  # IPv6 disabled in this namespace: nothing to turn off
+
+        if not self._netns:
+            write()
+            return
+        worker = threading.Thread(target=write, name="pyflannel-accept-ra")
+        worker.start()
+        worker.join()
 
     def ensure_address(self, link: Link, addr: IPv4Interface, network: IPv4Network) -> None:
         """Make *addr* the device's only IPv4 address inside *network*, then set the link up."""

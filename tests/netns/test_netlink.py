@@ -1,0 +1,449 @@
+"""The Netlink adapter and apply() against a real kernel, in a throwaway network namespace.
+
+Each test gets its own namespace ``pft-nl-<pid>-<n>`` holding a veth pair (``eth0``
+192.0.2.10/24 with a default route via 192.0.2.1, and its peer ``eth1``); nothing is created in
+the root namespace, and the namespace is deleted whatever the outcome.  Assertions read the
+kernel with ``ip``/``bridge``, as a user would.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+
+import pytest
+
+from pyflannel.backend.vxlan import desired_state
+from pyflannel.errors import KernelError
+from pyflannel.lease import Lease, LeaseAttrs
+from pyflannel.netlink import Fdb, KernelState, Link, Neigh, Netlink, Route, VxlanSpec
+from pyflannel.reconcile import apply, plan
+
+pytestmark = [
+    pytest.mark.netns,
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces"),
+    pytest.mark.skipif(shutil.which("ip") is None or shutil.which("bridge") is None,
+                       reason="needs iproute2 (ip, bridge)"),
+]
+
+NETWORK = IPv4Network("10.5.0.0/16")
+OWN = IPv4Network("10.5.34.0/24")
+LOCAL = IPv4Address("192.0.2.10")
+PEER_IP = IPv4Address("192.0.2.20")  # on eth0's link, not a local address
+_counter = itertools.count()
+
+
+def run(*cmd: str) -> str:
+    """Run *cmd*, fail the test with its stderr if it fails, return its stdout."""
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=10, check=False)
+    if res.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed: {res.stderr.strip()}")
+    return res.stdout
+
+
+def ip(ns: str, *args: str) -> str:
+    """``ip -n NS ARGS``."""
+    return run("ip", "-n", ns, *args)
+
+
+def bridge(ns: str, *args: str) -> str:
+    """``bridge -n NS ARGS``."""
+    return run("bridge", "-n", ns, *args)
+
+
+def namespaces() -> set[str]:
+    """Names of the existing network namespaces."""
+    return {line.split()[0] for line in run("ip", "netns", "list").splitlines() if line.strip()}
+
+
+def root_links() -> set[str]:
+    """Names of the links in the root namespace (where these tests must create nothing)."""
+    return {line.split(":")[1].strip().split("@")[0]
+            for line in run("ip", "-o", "link", "show").splitlines()}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _root_namespace_untouched() -> Iterator[None]:
+    """No device these tests create ever appears in the root namespace."""
+    ours = {"flannel.1", "flannel.2", "flannel.42", "eth1"}
+    before = root_links() & ours
+    yield
+    assert root_links() & ours == before
+
+
+@pytest.fixture(name="ns")
+def _ns() -> Iterator[str]:
+    name = f"pft-nl-{os.getpid()}-{next(_counter)}"
+    run("ip", "netns", "add", name)
+    try:
+        ip(name, "link", "set", "lo", "up")
+        ip(name, "link", "add", "eth0", "type", "veth", "peer", "name", "eth1")
+        ip(name, "addr", "add", f"{LOCAL}/24", "dev", "eth0")
+        ip(name, "link", "set", "eth0", "up")
+        ip(name, "link", "set", "eth1", "up")
+        ip(name, "route", "add", "default", "via", "192.0.2.1", "dev", "eth0")
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
+
+
+@pytest.fixture(name="nl")
+def _nl(ns: str) -> Iterator[Netlink]:
+    nl = Netlink(netns=ns)
+    try:
+        yield nl
+    finally:
+        nl.close()
+
+
+@pytest.fixture(name="eth0")
+def _eth0(nl: Netlink) -> Link:
+    link = nl.link("eth0")
+    assert link is not None
+    return link
+
+
+def spec_for(eth0: Link, **changes: object) -> VxlanSpec:
+    """flanneld's default device on eth0, with *changes*."""
+    base: dict[str, object] = {"name": "flannel.1", "vni": 1, "port": 8472,
+                               "underlay_index": eth0.index, "local": LOCAL, "mtu": 1450}
+    base.update(changes)
+    return VxlanSpec(**base)  # type: ignore[arg-type]
+
+
+@pytest.fixture(name="dev")
+def _dev(nl: Netlink, eth0: Link) -> Link:
+    """flannel.1 created, carrying 10.5.34.0/32 and up, as after start-up."""
+    dev, created = nl.ensure_vxlan(spec_for(eth0))
+    assert created
+    nl.ensure_address(dev, IPv4Interface(f"{OWN.network_address}/32"), NETWORK)
+    return dev
+
+
+def link_details(ns: str, name: str) -> str:
+    """``ip -d link show NAME`` as one string."""
+    return ip(ns, "-d", "link", "show", name)
+
+
+def mac_of(ns: str, name: str) -> str:
+    """The MAC of *name* as ip shows it."""
+    m = re.search(r"link/ether ([0-9a-f:]{17})", ip(ns, "link", "show", name))
+    assert m is not None
+    return m.group(1)
+
+
+def observe(nl: Netlink, dev: Link) -> KernelState:
+    """What pyflannel manages on *dev*, for the test network."""
+    return nl.observe(dev.index, NETWORK, 24, OWN)
+
+
+def peer(subnet: str, ip_: IPv4Address | str, mac: str) -> Lease:
+    """A vxlan peer lease."""
+    return Lease(IPv4Network(subnet), LeaseAttrs(IPv4Address(ip_), "vxlan", mac, 1))
+
+
+# --- the device ---------------------------------------------------------------------------------
+
+
+def test_ensure_vxlan_creates_flanneld_device(ns: str, nl: Netlink, eth0: Link) -> None:
+    """ensure_vxlan creates flannel.1 with VNI 1, dstport 8472, local, dev, nolearning and MTU."""
+    dev, created = nl.ensure_vxlan(spec_for(eth0))
+    assert created
+    assert dev.name == "flannel.1"
+    assert dev.mtu == 1450
+    text = link_details(ns, "flannel.1")
+    for token in ("mtu 1450", "vxlan id 1 ", "local 192.0.2.10", "dev eth0", "dstport 8472",
+                  "nolearning"):
+        assert token in text, f"{token!r} not in {text}"
+    assert "gbp" not in text
+    assert mac_of(ns, "flannel.1") == dev.mac
+    first = int(dev.mac.split(":")[0], 16)
+    assert first & 0x01 == 0  # unicast
+    assert first & 0x02 == 0x02  # locally administered
+
+
+def test_ensure_vxlan_options(ns: str, nl: Netlink, eth0: Link) -> None:
+    """VNI, port, learning, GBP and MTU from the spec reach the kernel."""
+    dev, created = nl.ensure_vxlan(spec_for(eth0, name="flannel.42", vni=42, port=4789,
+                                            learning=True, gbp=True, mtu=1400))
+    assert created
+    text = link_details(ns, "flannel.42")
+    for token in ("mtu 1400", "vxlan id 42 ", "dstport 4789", "gbp"):
+        assert token in text, f"{token!r} not in {text}"
+    assert "nolearning" not in text
+    assert dev.mtu == 1400
+
+
+def test_ensure_vxlan_turns_accept_ra_off(ns: str, nl: Netlink, eth0: Link) -> None:
+    """The new device ignores IPv6 router advertisements, in the namespace it was created in."""
+    nl.ensure_vxlan(spec_for(eth0))
+    value = run("ip", "netns", "exec", ns, "cat", "/proc/sys/net/ipv6/conf/flannel.1/accept_ra")
+    assert value.strip() == "0"
+
+
+def test_ensure_vxlan_reuses_compatible_device(ns: str, nl: Netlink, eth0: Link) -> None:
+    """A second ensure_vxlan keeps the device, its index and its MAC."""
+    first, _ = nl.ensure_vxlan(spec_for(eth0))
+    again, created = nl.ensure_vxlan(spec_for(eth0))
+    assert not created
+    assert (again.index, again.mac) == (first.index, first.mac)
+    assert mac_of(ns, "flannel.1") == first.mac
+
+
+def test_ensure_vxlan_reuse_fixes_mtu_and_ignores_learning(ns: str, nl: Netlink,
+                                                           eth0: Link) -> None:
+    """MTU and learning differences do not re-create the device; the MTU is set in place."""
+    first, _ = nl.ensure_vxlan(spec_for(eth0))
+    again, created = nl.ensure_vxlan(spec_for(eth0, mtu=1300, learning=True))
+    assert not created
+    assert (again.index, again.mac, again.mtu) == (first.index, first.mac, 1300)
+    assert "mtu 1300" in link_details(ns, "flannel.1")
+
+
+@pytest.mark.parametrize(
+    ("changes", "token"),
+    [
+        pytest.param({"port": 4789}, "dstport 4789", id="port"),
+        pytest.param({"local": IPv4Address("192.0.2.30")}, "local 192.0.2.30", id="local"),
+        pytest.param({"vni": 2}, "vxlan id 2 ", id="vni"),
+        pytest.param({"gbp": True}, "gbp", id="gbp"),
+    ],
+)
+def test_ensure_vxlan_recreates_incompatible(ns: str, nl: Netlink, eth0: Link,
+                                            changes: dict[str, object], token: str) -> None:
+    """A device with another port, local address, VNI or GBP flag is deleted and re-created."""
+    ip(ns, "addr", "add", "192.0.2.30/24", "dev", "eth0")
+    first, _ = nl.ensure_vxlan(spec_for(eth0))
+    again, created = nl.ensure_vxlan(spec_for(eth0, **changes))
+    assert created
+    assert again.index != first.index
+    assert token in link_details(ns, "flannel.1")
+    assert again.mac == mac_of(ns, "flannel.1")
+
+
+def test_ensure_vxlan_replaces_other_kind(ns: str, nl: Netlink, eth0: Link) -> None:
+    """A non-VXLAN device squatting on the name is replaced by the VXLAN device."""
+    ip(ns, "link", "add", "flannel.1", "type", "bridge")
+    dev, created = nl.ensure_vxlan(spec_for(eth0))
+    assert created
+    assert "vxlan id 1 " in link_details(ns, "flannel.1")
+    assert dev.index == int(ip(ns, "link", "show", "flannel.1").split(":")[0])
+
+
+def test_ensure_address_keeps_only_vtep_address_in_network(ns: str, nl: Netlink,
+                                                           eth0: Link) -> None:
+    """Only <subnet>.0/32 stays inside the network; addresses outside it are kept; link is up."""
+    dev, _ = nl.ensure_vxlan(spec_for(eth0))
+    ip(ns, "addr", "add", "10.5.9.0/32", "dev", "flannel.1")
+    ip(ns, "addr", "add", "10.5.34.7/24", "dev", "flannel.1")
+    ip(ns, "addr", "add", "10.99.0.1/24", "dev", "flannel.1")
+    for _ in range(2):  # idempotent
+        nl.ensure_address(dev, IPv4Interface("10.5.34.0/32"), NETWORK)
+        text = ip(ns, "-4", "addr", "show", "dev", "flannel.1")
+        assert sorted(re.findall(r"inet (\S+)", text)) == ["10.5.34.0/32", "10.99.0.1/24"]
+    flags = re.search(r"<([^>]*)>", ip(ns, "link", "show", "flannel.1"))
+    assert flags is not None
+    assert "UP" in flags.group(1).split(",")
+
+
+# --- entries ------------------------------------------------------------------------------------
+
+VTEP = IPv4Address("10.5.51.0")
+SUBNET = IPv4Network("10.5.51.0/24")
+MAC = "5a:1e:02:33:44:55"
+MAC2 = "5a:1e:02:33:44:66"
+
+
+def test_neigh_fdb_route_round_trip(ns: str, nl: Netlink, dev: Link) -> None:
+    """replace_* programs what flanneld programs, observe reads it back, delete_* removes it."""
+    nl.replace_neigh(dev.index, Neigh(VTEP, MAC))
+    nl.replace_fdb(dev.index, Fdb(MAC, PEER_IP))
+    nl.replace_route(Route(SUBNET, VTEP, dev.index, True))
+
+    assert observe(nl, dev) == KernelState(
+        neighs={VTEP: MAC}, fdb={Fdb(MAC, PEER_IP)},
+        routes={SUBNET: Route(SUBNET, VTEP, dev.index, True)})
+    assert re.search(rf"^10\.5\.51\.0 lladdr {MAC} PERMANENT",
+                     ip(ns, "neigh", "show", "dev", "flannel.1"), re.M)
+    assert f"{MAC} dst {PEER_IP} self permanent" in bridge(ns, "fdb", "show", "dev", "flannel.1")
+    route = ip(ns, "route", "show", str(SUBNET))
+    assert re.search(r"^10\.5\.51\.0/24 via 10\.5\.51\.0 dev flannel\.1 .*onlink", route, re.M)
+    assert "proto boot" in ip(ns, "-d", "route", "show", str(SUBNET))
+
+    nl.delete_route(Route(SUBNET, VTEP, dev.index, True))
+    nl.delete_neigh(dev.index, Neigh(VTEP, MAC))
+    nl.delete_fdb(dev.index, Fdb(MAC, PEER_IP))
+    assert observe(nl, dev) == KernelState()
+    assert ip(ns, "route", "show", str(SUBNET)).strip() == ""
+    assert "10.5.51.0" not in ip(ns, "neigh", "show", "dev", "flannel.1")
+    assert MAC not in bridge(ns, "fdb", "show", "dev", "flannel.1")
+
+
+def test_replace_overwrites(ns: str, nl: Netlink, dev: Link) -> None:
+    """replace_* on existing entries changes them in place (a new MAC, a new destination)."""
+    nl.replace_neigh(dev.index, Neigh(VTEP, MAC))
+    nl.replace_neigh(dev.index, Neigh(VTEP, MAC2))
+    nl.replace_fdb(dev.index, Fdb(MAC, PEER_IP))
+    nl.replace_fdb(dev.index, Fdb(MAC, IPv4Address("192.0.2.21")))
+    nl.replace_route(Route(SUBNET, IPv4Address("10.5.51.9"), dev.index, True))
+    nl.replace_route(Route(SUBNET, VTEP, dev.index, True))
+    st = observe(nl, dev)
+    assert st.neighs == {VTEP: MAC2}
+    assert st.fdb == {Fdb(MAC, IPv4Address("192.0.2.21"))}
+    assert st.routes == {SUBNET: Route(SUBNET, VTEP, dev.index, True)}
+
+
+def test_delete_absent_is_not_an_error(nl: Netlink, dev: Link) -> None:
+    """Deleting a neighbour, FDB entry or route that is not there succeeds."""
+    nl.delete_neigh(dev.index, Neigh(VTEP, MAC))
+    nl.delete_fdb(dev.index, Fdb(MAC, PEER_IP))
+    nl.delete_route(Route(SUBNET, VTEP, dev.index, True))
+    nl.replace_fdb(dev.index, Fdb(MAC, PEER_IP))
+    nl.delete_fdb(dev.index, Fdb(MAC, IPv4Address("192.0.2.99")))  # same MAC, other dst
+    nl.delete_fdb(dev.index, Fdb(MAC, PEER_IP))
+    nl.delete_fdb(dev.index, Fdb(MAC, PEER_IP))
+    assert observe(nl, dev) == KernelState()
+
+
+def test_kernel_errors_are_translated(nl: Netlink, dev: Link) -> None:
+    """A failing request raises KernelError with the errno, never pyroute2's exception."""
+    with pytest.raises(KernelError) as info:
+        nl.replace_neigh(dev.index + 1000, Neigh(VTEP, MAC))
+    assert info.value.errno > 0
+    assert info.value.op == "neigh.replace"
+
+
+def test_observe_ignores_unmanaged_routes(ns: str, nl: Netlink, dev: Link) -> None:
+    """Routes outside the network, of another length or to our own subnet are not managed."""
+    ip(ns, "route", "add", "198.51.100.0/24", "via", "192.0.2.1")
+    ip(ns, "route", "add", "10.5.60.0/25", "via", "192.0.2.1")
+    ip(ns, "route", "add", str(OWN), "via", "192.0.2.1")
+    nl.replace_route(Route(SUBNET, VTEP, dev.index, True))
+    assert set(observe(nl, dev).routes) == {SUBNET}
+
+
+def test_route_is_onlink(nl: Netlink) -> None:
+    """An address on a connected subnet is on-link; one behind the default gateway is not."""
+    assert nl.route_is_onlink(PEER_IP) is True
+    assert nl.route_is_onlink(IPv4Address("198.51.100.7")) is False
+
+
+def test_unknown_netns_is_not_created() -> None:
+    """Netlink(netns=...) with a misspelt name fails instead of creating a namespace."""
+    name = f"pft-nl-{os.getpid()}-missing"
+    try:
+        with pytest.raises(OSError):
+            Netlink(netns=name).close()
+        assert name not in namespaces()
+    finally:
+        subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
+
+
+# --- reconcile against the kernel ---------------------------------------------------------------
+
+PEERS = [
+    peer("10.5.51.0/24", "192.0.2.20", "5a:1e:02:33:44:51"),
+    peer("10.5.52.0/24", "192.0.2.21", "5a:1e:02:33:44:52"),
+    peer("10.5.53.0/24", "192.0.2.22", "5a:1e:02:33:44:53"),
+]
+
+
+def converge(nl: Netlink, dev: Link, desired: KernelState) -> None:
+    """apply(plan(desired, observe())) and check that it reported no error."""
+    report = apply(plan(desired, observe(nl, dev)), nl, dev.index)
+    assert report.errors == []
+
+
+def test_apply_converges_and_is_idempotent(ns: str, nl: Netlink, dev: Link) -> None:
+    """After apply(plan(desired, observe())) the kernel equals desired; the next plan is empty."""
+    desired = desired_state(PEERS, dev.index).state
+    converge(nl, dev, desired)
+    assert observe(nl, dev) == desired
+    assert plan(desired, observe(nl, dev)).empty
+    fdb = bridge(ns, "fdb", "show", "dev", "flannel.1")
+    for le in PEERS:
+        assert f"{le.attrs.vtep_mac} dst {le.attrs.public_ip} self permanent" in fdb
+
+
+def test_apply_peer_changes(ns: str, nl: Netlink, dev: Link) -> None:
+    """A changed MAC, a changed public IP and a removed peer leave exactly the new entries."""
+    converge(nl, dev, desired_state(PEERS, dev.index).state)
+    changed = [
+        peer("10.5.51.0/24", "192.0.2.20", "5a:1e:02:33:44:99"),  # new MAC
+        peer("10.5.52.0/24", "192.0.2.29", "5a:1e:02:33:44:52"),  # new public IP
+    ]  # 10.5.53.0/24 gone
+    desired = desired_state(changed, dev.index).state
+    converge(nl, dev, desired)
+    assert observe(nl, dev) == desired
+    fdb = bridge(ns, "fdb", "show", "dev", "flannel.1")
+    assert "5a:1e:02:33:44:51" not in fdb  # the old MAC's entry is gone (flanneld leaks it)
+    assert "dst 192.0.2.21" not in fdb
+    assert "5a:1e:02:33:44:53" not in fdb
+    assert "10.5.53.0" not in ip(ns, "route", "show")
+    assert "10.5.53.0" not in ip(ns, "neigh", "show", "dev", "flannel.1")
+    assert plan(desired, observe(nl, dev)).empty
+
+
+@pytest.mark.parametrize(
+    ("remove", "field"),
+    [
+        pytest.param(("route", "del", "10.5.52.0/24"), "set_routes", id="route"),
+        pytest.param(("neigh", "del", "10.5.52.0", "dev", "flannel.1"), "set_neighs", id="neigh"),
+    ],
+)
+def test_hand_deleted_entry_in_next_plan(ns: str, nl: Netlink, dev: Link,
+                                         remove: tuple[str, ...], field: str) -> None:
+    """An entry deleted by hand shows up in the next plan, and applying it restores it."""
+    desired = desired_state(PEERS, dev.index).state
+    converge(nl, dev, desired)
+    ip(ns, *remove)
+    p = plan(desired, observe(nl, dev))
+    assert len(getattr(p, field)) == 1
+    others = {"set_neighs", "set_fdb", "set_routes", "del_routes", "del_neighs", "del_fdb"}
+    assert all(getattr(p, f) == () for f in others - {field})
+    converge(nl, dev, desired)
+    assert observe(nl, dev) == desired
+
+
+def test_hand_deleted_fdb_in_next_plan(ns: str, nl: Netlink, dev: Link) -> None:
+    """An FDB entry deleted with ``bridge fdb del`` is planned again and restored."""
+    desired = desired_state(PEERS, dev.index).state
+    converge(nl, dev, desired)
+    bridge(ns, "fdb", "del", "5a:1e:02:33:44:52", "dev", "flannel.1", "dst", "192.0.2.21", "self")
+    p = plan(desired, observe(nl, dev))
+    assert p.set_fdb == (Fdb("5a:1e:02:33:44:52", IPv4Address("192.0.2.21")),)
+    assert (p.set_neighs, p.set_routes, p.del_fdb) == ((), (), ())
+    converge(nl, dev, desired)
+    assert observe(nl, dev) == desired
+
+
+def test_stray_entries_removed(ns: str, nl: Netlink, dev: Link) -> None:
+    """A neighbour, FDB entry and route that no lease backs are removed by the next apply."""
+    converge(nl, dev, desired_state(PEERS[:1], dev.index).state)
+    ip(ns, "neigh", "replace", "10.5.77.0", "lladdr", "5a:1e:02:33:44:77", "dev", "flannel.1",
+       "nud", "permanent")
+    bridge(ns, "fdb", "append", "5a:1e:02:33:44:77", "dev", "flannel.1", "dst", "192.0.2.77",
+           "self", "permanent")
+    ip(ns, "route", "replace", "10.5.77.0/24", "via", "10.5.77.0", "dev", "flannel.1", "onlink")
+    desired = desired_state(PEERS[:1], dev.index).state
+    converge(nl, dev, desired)
+    assert observe(nl, dev) == desired
+    assert "10.5.77.0" not in ip(ns, "route", "show")
+    assert "5a:1e:02:33:44:77" not in bridge(ns, "fdb", "show", "dev", "flannel.1")
+
+
+def test_direct_routing_round_trip(ns: str, nl: Netlink, dev: Link) -> None:
+    """A DirectRouting peer gets ``S via P`` on the underlay, and the next plan is empty."""
+    desired = desired_state(PEERS[:1], dev.index, direct_routing=True,
+                            is_onlink=nl.route_is_onlink).state
+    assert desired.routes[IPv4Network("10.5.51.0/24")].oif is None
+    converge(nl, dev, desired)
+    assert re.search(r"^10\.5\.51\.0/24 via 192\.0\.2\.20 dev eth0",
+                     ip(ns, "route", "show", "10.5.51.0/24"), re.M)
+    assert "10.5.51.0" not in ip(ns, "neigh", "show", "dev", "flannel.1")
+    assert plan(desired, observe(nl, dev)).empty

@@ -1,0 +1,258 @@
+"""The command line: flanneld's flag names, defaults and FLANNELD_* variables."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Mapping
+from ipaddress import IPv4Address
+from pathlib import Path
+
+import pytest
+
+from pyflannel import __version__
+from pyflannel.cli import DaemonOptions, parse_args
+from pyflannel.registry import EtcdOptions
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def opts(*argv: str, env: Mapping[str, str] | None = None) -> DaemonOptions:
+    """Parse *argv* with *env* (empty by default: the test's own environment never leaks in)."""
+    return parse_args(list(argv), env or {})
+
+
+def usage_error(capsys: pytest.CaptureFixture[str], *argv: str,
+                env: Mapping[str, str] | None = None) -> str:
+    """Parse *argv*, expect exit code 2, and return the single stderr line."""
+    with pytest.raises(SystemExit) as info:
+        opts(*argv, env=env)
+    assert info.value.code == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("pyflannel: error: ")
+    return lines[0]
+
+
+def test_defaults_are_flanneld_defaults() -> None:
+    """With no flags and no environment, every value is flanneld's default."""
+    o = opts()
+    assert o.etcd == EtcdOptions(
+        endpoints=("http://127.0.0.1:4001", "http://127.0.0.1:2379"),
+        prefix="/coreos.com/network",
+        keyfile="", certfile="", cafile="", username="", password="",
+    )
+    assert o.ifaces == ()
+    assert o.iface_regexes == ()
+    assert o.public_ip is None
+    assert o.subnet_file == Path("/run/flannel/subnet.env")
+    assert o.renew_margin_minutes == 60
+    assert o.ip_masq is False
+    assert o.log_level == "info"
+
+
+def test_flanneld_flag_names() -> None:
+    """Every flanneld etcd-mode flag is accepted under its flanneld name."""
+    o = opts(
+        "--etcd-endpoints=http://10.0.1.2:2379", "--etcd-prefix=/my/net",
+        "--etcd-keyfile=/k", "--etcd-certfile=/c", "--etcd-cafile=/ca",
+        "--etcd-username=u", "--etcd-password=p", "--iface=eth1", "--iface-regex=^en",
+        "--public-ip=10.0.1.3", "--subnet-file=/tmp/s.env", "--subnet-lease-renew-margin=30",
+        "--ip-masq",
+    )
+    assert o.etcd == EtcdOptions(endpoints=("http://10.0.1.2:2379",), prefix="/my/net",
+                                 keyfile="/k", certfile="/c", cafile="/ca", username="u",
+                                 password="p")
+    assert o.ifaces == ("eth1",)
+    assert o.iface_regexes == ("^en",)
+    assert o.public_ip == IPv4Address("10.0.1.3")
+    assert o.subnet_file == Path("/tmp/s.env")
+    assert o.renew_margin_minutes == 30
+    assert o.ip_masq is True
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["-etcd-prefix", "/x"],
+        ["--etcd-prefix", "/x"],
+        ["-etcd-prefix=/x"],
+        ["--etcd-prefix=/x"],
+    ],
+)
+def test_go_flag_syntax(argv: list[str]) -> None:
+    """``-flag value``, ``--flag value``, ``-flag=value`` and ``--flag=value`` work, as in Go."""
+    assert opts(*argv).etcd.prefix == "/x"
+
+
+def test_endpoints_comma_separated() -> None:
+    """--etcd-endpoints is a comma-separated list; blanks around commas are dropped."""
+    o = opts("--etcd-endpoints", "http://a:2379, http://b:2379,")
+    assert o.etcd.endpoints == ("http://a:2379", "http://b:2379")
+
+
+def test_env_used_when_flag_absent() -> None:
+    """FLANNELD_<FLAG> supplies a flag that is not on the command line."""
+    env = {
+        "FLANNELD_ETCD_ENDPOINTS": "http://10.0.1.2:2379",
+        "FLANNELD_ETCD_PREFIX": "/env/net",
+        "FLANNELD_PUBLIC_IP": "10.0.2.3",
+        "FLANNELD_SUBNET_FILE": "/tmp/env.env",
+        "FLANNELD_SUBNET_LEASE_RENEW_MARGIN": "15",
+        "FLANNELD_IFACE_REGEX": "^eth",
+    }
+    o = opts(env=env)
+    assert o.etcd.endpoints == ("http://10.0.1.2:2379",)
+    assert o.etcd.prefix == "/env/net"
+    assert o.public_ip == IPv4Address("10.0.2.3")
+    assert o.subnet_file == Path("/tmp/env.env")
+    assert o.renew_margin_minutes == 15
+    assert o.iface_regexes == ("^eth",)
+
+
+def test_cli_wins_over_env() -> None:
+    """A flag on the command line wins over its FLANNELD_* variable."""
+    env = {"FLANNELD_ETCD_PREFIX": "/env", "FLANNELD_IFACE": "eth9", "FLANNELD_IP_MASQ": "true",
+           "FLANNELD_SUBNET_LEASE_RENEW_MARGIN": "5"}
+    o = opts("--etcd-prefix=/cli", "-iface", "eth1", "--ip-masq=false",
+             "--subnet-lease-renew-margin", "90", env=env)
+    assert o.etcd.prefix == "/cli"
+    assert o.ifaces == ("eth1",)
+    assert o.ip_masq is False
+    assert o.renew_margin_minutes == 90
+
+
+def test_empty_env_ignored() -> None:
+    """An empty FLANNELD_* variable counts as unset, as in flanneld."""
+    o = opts(env={"FLANNELD_ETCD_PREFIX": "", "FLANNELD_IFACE": ""})
+    assert o.etcd.prefix == "/coreos.com/network"
+    assert o.ifaces == ()
+
+
+def test_unrelated_env_ignored() -> None:
+    """Variables without the FLANNELD_ prefix (or for unknown flags) change nothing."""
+    o = opts(env={"ETCD_PREFIX": "/no", "FLANNELD_BOGUS": "1", "FLANNEL_SUBNET": "10.0.0.1/24"})
+    assert o == opts()
+
+
+def test_iface_repeatable_in_order() -> None:
+    """--iface may be repeated; the order is kept (first match wins later)."""
+    o = opts("--iface", "eth1", "-iface=10.0.1.3", "--iface=eth0")
+    assert o.ifaces == ("eth1", "10.0.1.3", "eth0")
+
+
+def test_iface_regex_repeatable() -> None:
+    """--iface-regex may be repeated too."""
+    assert opts("--iface-regex=^en", "--iface-regex", "^eth").iface_regexes == ("^en", "^eth")
+
+
+def test_iface_env_comma_separated() -> None:
+    """FLANNELD_IFACE may list several interfaces separated by commas."""
+    o = opts(env={"FLANNELD_IFACE": "eth1, 10.0.1.3,eth0"})
+    assert o.ifaces == ("eth1", "10.0.1.3", "eth0")
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "expected"),
+    [
+        ([], {}, False),
+        (["--ip-masq"], {}, True),
+        (["-ip-masq"], {}, True),
+        (["--ip-masq=true"], {}, True),
+        (["--ip-masq=1"], {}, True),
+        (["--ip-masq=false"], {}, False),
+        (["--ip-masq=0"], {}, False),
+        (["--ip-masq=F"], {}, False),
+        ([], {"FLANNELD_IP_MASQ": "true"}, True),
+        ([], {"FLANNELD_IP_MASQ": "1"}, True),
+        ([], {"FLANNELD_IP_MASQ": "false"}, False),
+        (["--ip-masq=false"], {"FLANNELD_IP_MASQ": "true"}, False),
+    ],
+)
+def test_bool_forms(argv: list[str], env: dict[str, str], expected: bool) -> None:
+    """Booleans take Go's forms: bare flag, =true/=false (and ParseBool spellings), or the env."""
+    assert opts(*argv, env=env).ip_masq is expected
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "needle"),
+    [
+        (["--bogus"], {}, "--bogus"),
+        (["--public-ip=banana"], {}, "public-ip"),
+        (["--public-ip=fd00::1"], {}, "public-ip"),
+        (["--ip-masq=maybe"], {}, "ip-masq"),
+        (["--subnet-lease-renew-margin=abc"], {}, "subnet-lease-renew-margin"),
+        (["--subnet-lease-renew-margin=0"], {}, "subnet-lease-renew-margin"),
+        (["--subnet-lease-renew-margin=1440"], {}, "subnet-lease-renew-margin"),
+        (["--subnet-lease-renew-margin=-5"], {}, "subnet-lease-renew-margin"),
+        (["--etcd-prefix"], {}, "etcd-prefix"),
+        (["--etcd-endpoints="], {}, "etcd-endpoints"),
+        ([], {"FLANNELD_PUBLIC_IP": "banana"}, "FLANNELD_PUBLIC_IP"),
+        ([], {"FLANNELD_IP_MASQ": "yes"}, "FLANNELD_IP_MASQ"),
+        ([], {"FLANNELD_SUBNET_LEASE_RENEW_MARGIN": "0"}, "FLANNELD_SUBNET_LEASE_RENEW_MARGIN"),
+        ([], {"FLANNELD_V": "loud"}, "FLANNELD_V"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(capsys: pytest.CaptureFixture[str], argv: list[str],
+                                         env: dict[str, str], needle: str) -> None:
+    """A bad value or unknown flag exits with code 2 and one error line naming the culprit."""
+    line = usage_error(capsys, *argv, env=env)
+    assert needle in line
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["--etcd-endpoint=http://10.0.1.2:2379"], ["-etcd-pre", "/x"], ["--public=10.0.1.3"],
+     ["--ip-mas"]],
+)
+def test_abbreviations_rejected(capsys: pytest.CaptureFixture[str], argv: list[str]) -> None:
+    """A shortened flag name is unknown, as in Go's flag package (a typo never half-works)."""
+    usage_error(capsys, *argv)
+
+
+@pytest.mark.parametrize(("margin", "ok"), [("1", True), ("60", True), ("1439", True),
+                                            ("0", False), ("1440", False)])
+def test_renew_margin_range(capsys: pytest.CaptureFixture[str], margin: str, ok: bool) -> None:
+    """--subnet-lease-renew-margin accepts 1 to 1439 minutes, as flanneld does."""
+    if ok:
+        assert opts("--subnet-lease-renew-margin", margin).renew_margin_minutes == int(margin)
+    else:
+        usage_error(capsys, "--subnet-lease-renew-margin", margin)
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "level"),
+    [
+        ([], {"FLANNELD_V": "2"}, "debug"),
+        ([], {"FLANNELD_V": "10"}, "debug"),
+        ([], {"FLANNELD_V": "1"}, "info"),
+        ([], {"FLANNELD_V": "0"}, "info"),
+        (["-v", "2"], {}, "debug"),
+        (["--v=3"], {}, "debug"),
+        (["-v", "0"], {"FLANNELD_V": "5"}, "info"),
+    ],
+)
+def test_verbosity(argv: list[str], env: dict[str, str], level: str) -> None:
+    """klog verbosity 2 or more (flag or FLANNELD_V) turns on debug logs; the flag wins over env."""
+    assert opts(*argv, env=env).log_level == level
+
+
+def test_version_exits_zero(capsys: pytest.CaptureFixture[str]) -> None:
+    """--version prints the version on stderr and exits 0, like flanneld."""
+    with pytest.raises(SystemExit) as info:
+        opts("--version")
+    assert info.value.code == 0
+    assert capsys.readouterr().err.strip() == __version__
+
+
+def test_real_process_bogus_flag() -> None:
+    """``python -m pyflannel --bogus`` exits 2 with one line on stderr and nothing on stdout."""
+    res = subprocess.run([sys.executable, "-m", "pyflannel", "--bogus"], cwd=REPO,
+                         capture_output=True, text=True, timeout=30, check=False)
+    assert res.returncode == 2
+    assert res.stdout == ""
+    lines = res.stderr.splitlines()
+    assert len(lines) == 1, res.stderr
+    assert "--bogus" in lines[0]

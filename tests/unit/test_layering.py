@@ -1,0 +1,57 @@
+"""Import rules of the architecture, checked on the source with ``ast``."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PKG = Path(__file__).resolve().parents[2] / "pyflannel"
+
+PURE = [
+    "config.py", "ipnet.py", "lease.py", "reconcile.py", "subnet.py", "backend/vxlan.py",
+    "iface.py", "retry.py", "errors.py",
+]
+FORBIDDEN_IN_PURE = {"etcd", "etcd3gw", "requests", "pyroute2", "subprocess"}
+
+
+def imported_roots(path: Path) -> set[str]:
+    """Top-level names of every module *path* imports, anywhere in the file (functions too)."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    roots: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            roots.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            roots.add(node.module.split(".")[0])
+        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+              and node.func.id == "__import__" and node.args
+              and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)):
+            roots.add(node.args[0].value.split(".")[0])
+    return roots
+
+
+def package_modules() -> list[Path]:
+    """Every Python file of the package."""
+    return sorted(PKG.rglob("*.py"))
+
+
+def test_package_found() -> None:
+    """The check looks at the real package (a wrong path would make every rule pass)."""
+    names = {p.relative_to(PKG).as_posix() for p in package_modules()}
+    assert {"netlink.py", *PURE} <= names
+
+
+def test_only_netlink_imports_pyroute2() -> None:
+    """pyroute2 is imported by pyflannel/netlink.py and by no other module."""
+    importers = sorted(p.relative_to(PKG).as_posix() for p in package_modules()
+                       if "pyroute2" in imported_roots(p))
+    assert importers == ["netlink.py"]
+
+
+@pytest.mark.parametrize("module", PURE)
+def test_pure_module_imports(module: str) -> None:
+    """The pure core imports no etcd client, no HTTP client, no pyroute2 and no subprocess."""
+    bad = imported_roots(PKG / module) & FORBIDDEN_IN_PURE
+    assert bad == set(), f"{module} imports {sorted(bad)}"

@@ -1,0 +1,293 @@
+"""Lease values as flanneld writes and reads them, and the pure tracker of known leases."""
+
+from __future__ import annotations
+
+import json
+from ipaddress import IPv4Address, IPv4Network
+
+import pytest
+
+from pyflannel.lease import (
+    Change,
+    EventKind,
+    Events,
+    Lease,
+    LeaseAttrs,
+    LeaseDecodeError,
+    LeaseEvent,
+    LeaseTracker,
+    Snapshot,
+    decode_attrs,
+)
+
+FLANNELD_BYTES = (
+    '{"PublicIP":"192.168.64.3","PublicIPv6":null,"BackendType":"vxlan",'
+    '"BackendData":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"}}'
+)
+MAC = "c6:d2:32:6f:8f:44"
+IP = IPv4Address("192.168.64.3")
+
+
+# --- codec --------------------------------------------------------------------------------------
+
+
+def test_encode_exact_flanneld_bytes() -> None:
+    """Encoding gives byte for byte what flanneld writes (Documentation/reservations.md)."""
+    assert LeaseAttrs(IP, "vxlan", MAC, 1).encode() == FLANNELD_BYTES
+
+
+def test_encode_roundtrip() -> None:
+    """What pyflannel encodes it decodes to the same attributes."""
+    attrs = LeaseAttrs(IPv4Address("10.0.1.3"), "vxlan", "02:00:00:aa:bb:cc", 7)
+    assert decode_attrs(attrs.encode()) == attrs
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        pytest.param(FLANNELD_BYTES, LeaseAttrs(IP, "vxlan", MAC, 1), id="current"),
+        pytest.param(FLANNELD_BYTES.encode(), LeaseAttrs(IP, "vxlan", MAC, 1), id="bytes"),
+        pytest.param(
+            '{"PublicIP":"192.168.64.3","BackendType":"vxlan",'
+            '"BackendData":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"}}',
+            LeaseAttrs(IP, "vxlan", MAC, 1), id="v0.14-no-PublicIPv6"),
+        pytest.param(
+            '{"PublicIP":"192.168.64.3","BackendType":"vxlan",'
+            '"BackendData":{"VtepMAC":"c6:d2:32:6f:8f:44"}}',
+            LeaseAttrs(IP, "vxlan", MAC, None), id="v0.10-v0.13-no-VNI"),
+        pytest.param(
+            '{"publicip":"192.168.64.3","BACKENDTYPE":"vxlan",'
+            '"backendData":{"vni":3,"vtepmac":"c6:d2:32:6f:8f:44"}}',
+            LeaseAttrs(IP, "vxlan", MAC, 3), id="mixed-case-names"),
+        pytest.param(
+            '{"PublicIP":"192.168.64.3","BackendType":"vxlan",'
+            '"BackendData":{"VNI":1,"VtepMAC":"C6:D2:32:6F:8F:44"}}',
+            LeaseAttrs(IP, "vxlan", MAC, 1), id="uppercase-mac"),
+        pytest.param(
+            '{"PublicIP":"192.168.64.3","PublicIPv6":"fd00::5","BackendType":"vxlan",'
+            '"BackendData":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"},'
+            '"BackendV6Data":{"VNI":1,"VtepMAC":"aa:bb:cc:dd:ee:ff"}}',
+            LeaseAttrs(IP, "vxlan", MAC, 1), id="dual-stack"),
+        pytest.param(
+            '{"PublicIP":"192.168.64.3","BackendType":"vxlan","Extra":{"x":[1]},'
+            '"BackendData":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44","Other":true}}',
+            LeaseAttrs(IP, "vxlan", MAC, 1), id="unknown-fields"),
+        pytest.param(
+            '{"PublicIP":"192.168.64.3","BackendType":"vxlan",'
+            '"BackendData":{"VNI":16777215,"VtepMAC":"c6:d2:32:6f:8f:44"}}',
+            LeaseAttrs(IP, "vxlan", MAC, 16777215), id="uint32-vni"),
+        pytest.param(
+            '{"PublicIP":"192.168.64.3","BackendType":"host-gw"}',
+            LeaseAttrs(IP, "host-gw", None, None), id="other-backend"),
+        pytest.param('{"PublicIP":"192.168.64.3"}', LeaseAttrs(IP, "", None, None),
+                     id="no-backend"),
+    ],
+)
+def test_decode(text: str | bytes, expected: LeaseAttrs) -> None:
+    """Every form flanneld has written since v0.10 decodes, case-insensitively, MAC lower-cased."""
+    assert decode_attrs(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        pytest.param("not json", id="not-json"),
+        pytest.param("", id="empty"),
+        pytest.param(b"\xff\xfe", id="not-utf8"),
+        pytest.param("[1, 2]", id="array"),
+        pytest.param('"192.168.64.3"', id="string"),
+        pytest.param("null", id="null"),
+        pytest.param('{"BackendType":"vxlan","BackendData":{"VtepMAC":"c6:d2:32:6f:8f:44"}}',
+                     id="PublicIP-missing"),
+        pytest.param('{"PublicIP":null}', id="PublicIP-null"),
+        pytest.param('{"PublicIP":"fd00::5"}', id="PublicIP-ipv6"),
+        pytest.param('{"PublicIP":3232251907}', id="PublicIP-number"),
+        pytest.param('{"PublicIP":"192.168.64"}', id="PublicIP-short"),
+        pytest.param('{"PublicIP":"192.168.64.3","BackendType":5}', id="BackendType-number"),
+        pytest.param('{"PublicIP":"192.168.64.3","BackendData":[1]}', id="BackendData-array"),
+        pytest.param('{"PublicIP":"192.168.64.3","BackendData":{"VtepMAC":"zz:d2:32:6f:8f:44"}}',
+                     id="bad-mac"),
+        pytest.param('{"PublicIP":"192.168.64.3","BackendData":{"VtepMAC":"c6:d2:32:6f:8f"}}',
+                     id="short-mac"),
+        pytest.param('{"PublicIP":"192.168.64.3","BackendData":{"VtepMAC":42}}', id="mac-number"),
+        pytest.param('{"PublicIP":"192.168.64.3","BackendData":{"VNI":-1}}', id="negative-vni"),
+        pytest.param('{"PublicIP":"192.168.64.3","BackendData":{"VNI":"1"}}', id="string-vni"),
+        pytest.param('{"PublicIP":"192.168.64.3","BackendData":{"VNI":true}}', id="bool-vni"),
+        pytest.param('{"PublicIP":"192.168.64.3","BackendData":{"VNI":1.5}}', id="float-vni"),
+    ],
+)
+def test_decode_garbage(text: str | bytes) -> None:
+    """Anything that is not a valid lease raises LeaseDecodeError (a ValueError), nothing else."""
+    with pytest.raises(LeaseDecodeError):
+        decode_attrs(text)
+
+
+def test_encode_is_compact_json_in_go_field_order() -> None:
+    """The encoded value has no spaces and Go's field order, even without VNI."""
+    text = LeaseAttrs(IPv4Address("10.0.0.1"), "vxlan", "02:00:00:00:00:01").encode()
+    assert " " not in text
+    assert list(json.loads(text)) == ["PublicIP", "PublicIPv6", "BackendType", "BackendData"]
+
+
+# --- tracker ------------------------------------------------------------------------------------
+
+NET_A = IPv4Network("10.5.1.0/24")
+NET_B = IPv4Network("10.5.2.0/24")
+NET_C = IPv4Network("10.5.3.0/24")
+
+
+def lease(net: IPv4Network, host: int = 1, mac: str = "02:00:00:00:00:01", rev: int = 1) -> Lease:
+    """A vxlan lease on *net* held by 192.168.1.<host>."""
+    return Lease(net, LeaseAttrs(IPv4Address(f"192.168.1.{host}"), "vxlan", mac, 1),
+                 expiration=1000.0, revision=rev)
+
+
+def added(le: Lease) -> LeaseEvent:
+    """An incremental ADDED event for *le*."""
+    return LeaseEvent(EventKind.ADDED, f"/x/subnets/{le.subnet}", subnet=le.subnet, lease=le)
+
+
+def removed(net: IPv4Network) -> LeaseEvent:
+    """An incremental REMOVED event for *net*."""
+    return LeaseEvent(EventKind.REMOVED, f"/x/subnets/{net}", subnet=net)
+
+
+def invalid(net: IPv4Network | None, key: str = "/x/subnets/junk") -> LeaseEvent:
+    """An INVALID record (a key holding garbage) for *net*."""
+    return LeaseEvent(EventKind.INVALID, key, subnet=net, reason="not JSON")
+
+
+def kinds(changes: list[Change]) -> list[tuple[EventKind, IPv4Network | None]]:
+    """The (kind, subnet) pairs of *changes*, sorted for comparison."""
+    return sorted(((c.kind, c.subnet) for c in changes), key=lambda t: (t[0].value, str(t[1])))
+
+
+def tracker_with(*leases: Lease) -> LeaseTracker:
+    """A tracker that has already seen a snapshot of *leases*."""
+    t = LeaseTracker()
+    t.apply(Snapshot(tuple(leases), revision=1))
+    return t
+
+
+def test_first_snapshot_adds_everything() -> None:
+    """The first snapshot emits ADDED for every lease, without an old value."""
+    t = LeaseTracker()
+    changes = t.apply(Snapshot((lease(NET_A), lease(NET_B, 2)), revision=5))
+    assert kinds(changes) == [(EventKind.ADDED, NET_A), (EventKind.ADDED, NET_B)]
+    assert all(c.old is None and c.new is not None for c in changes)
+    assert set(t.leases) == {NET_A, NET_B}
+
+
+def test_snapshot_diff_adds_and_removes() -> None:
+    """A later snapshot is diffed: new leases ADDED, vanished ones REMOVED with their last attrs."""
+    a, b, c = lease(NET_A), lease(NET_B, 2), lease(NET_C, 3)
+    t = tracker_with(a, b)
+    changes = t.apply(Snapshot((b, c), revision=9))
+    assert kinds(changes) == [(EventKind.ADDED, NET_C), (EventKind.REMOVED, NET_A)]
+    gone = next(ch for ch in changes if ch.kind is EventKind.REMOVED)
+    assert gone.old == a
+    assert gone.new is None
+    assert set(t.leases) == {NET_B, NET_C}
+
+
+def test_snapshot_unchanged_emits_nothing() -> None:
+    """A snapshot equal to what is known emits nothing, even if revisions or expirations moved."""
+    a, b = lease(NET_A), lease(NET_B, 2)
+    t = tracker_with(a, b)
+    a2 = Lease(a.subnet, a.attrs, expiration=99999.0, revision=77)
+    assert t.apply(Snapshot((a2, b), revision=80)) == []
+
+
+def test_snapshot_changed_attrs_emits_added_with_old() -> None:
+    """A lease whose attributes changed between snapshots is ADDED again, carrying the old lease."""
+    a = lease(NET_A, mac="02:00:00:00:00:01")
+    t = tracker_with(a)
+    a2 = lease(NET_A, mac="02:00:00:00:00:99", rev=2)
+    changes = t.apply(Snapshot((a2,), revision=3))
+    assert len(changes) == 1
+    assert changes[0].kind is EventKind.ADDED
+    assert changes[0].old == a
+    assert changes[0].new == a2
+    assert changes[0].changed
+    assert t.leases[NET_A] == a2
+
+
+def test_incremental_added_always_emitted() -> None:
+    """Every incremental ADDED is emitted, a renewal with identical attributes too."""
+    a = lease(NET_A)
+    t = tracker_with(a)
+    renewal = Lease(a.subnet, a.attrs, expiration=2000.0, revision=2)
+    changes = t.apply(Events((added(renewal),), revision=2))
+    assert len(changes) == 1
+    assert changes[0].kind is EventKind.ADDED
+    assert changes[0].old == a
+    assert changes[0].new == renewal
+    assert not changes[0].changed
+    assert t.leases[NET_A] == renewal
+
+
+def test_incremental_added_new_lease() -> None:
+    """An incremental ADDED for an unknown subnet adds it, with no old value."""
+    t = LeaseTracker()
+    changes = t.apply(Events((added(lease(NET_B, 2)),), revision=3))
+    assert [(c.kind, c.subnet, c.old) for c in changes] == [(EventKind.ADDED, NET_B, None)]
+
+
+def test_incremental_removed_carries_stored_lease() -> None:
+    """An incremental REMOVED emits the stored lease so its MAC and IP can be cleaned up."""
+    a = lease(NET_A)
+    t = tracker_with(a)
+    changes = t.apply(Events((removed(NET_A),), revision=2))
+    assert [(c.kind, c.subnet, c.old) for c in changes] == [(EventKind.REMOVED, NET_A, a)]
+    assert t.leases == {}
+
+
+def test_removed_unknown_subnet_emits_nothing() -> None:
+    """A REMOVED for a subnet nobody knew of emits nothing and changes nothing."""
+    a = lease(NET_A)
+    t = tracker_with(a)
+    assert t.apply(Events((removed(NET_C),), revision=2)) == []
+    assert t.leases == {NET_A: a}
+
+
+def test_invalid_snapshot_record_keeps_known_lease() -> None:
+    """A known key that now holds garbage is reported INVALID but its last good lease is kept."""
+    a, b = lease(NET_A), lease(NET_B, 2)
+    t = tracker_with(a, b)
+    changes = t.apply(Snapshot((b,), revision=5, invalid=(invalid(NET_A),)))
+    assert kinds(changes) == [(EventKind.INVALID, NET_A)]
+    assert t.leases == {NET_A: a, NET_B: b}
+
+
+def test_invalid_non_subnet_key_in_snapshot() -> None:
+    """A non-subnet key in a snapshot is reported INVALID and removes nothing else."""
+    a = lease(NET_A)
+    t = tracker_with(a)
+    changes = t.apply(Snapshot((a,), revision=5, invalid=(invalid(None, "/x/subnets/foo"),)))
+    assert [(c.kind, c.key) for c in changes] == [(EventKind.INVALID, "/x/subnets/foo")]
+    assert t.leases == {NET_A: a}
+
+
+def test_invalid_event_keeps_known_lease() -> None:
+    """An incremental INVALID record on a known subnet never removes that peer."""
+    a = lease(NET_A)
+    t = tracker_with(a)
+    changes = t.apply(Events((invalid(NET_A), invalid(None)), revision=3))
+    assert [c.kind for c in changes] == [EventKind.INVALID, EventKind.INVALID]
+    assert t.leases == {NET_A: a}
+
+
+def test_empty_events_batch_changes_nothing() -> None:
+    """An empty incremental batch (a keep-alive) is not a snapshot and removes nothing."""
+    a = lease(NET_A)
+    t = tracker_with(a)
+    assert t.apply(Events((), revision=10)) == []
+    assert t.leases == {NET_A: a}
+
+
+def test_empty_snapshot_removes_everything() -> None:
+    """An empty snapshot (every key gone) removes every known lease."""
+    t = tracker_with(lease(NET_A), lease(NET_B, 2))
+    changes = t.apply(Snapshot((), revision=10))
+    assert kinds(changes) == [(EventKind.REMOVED, NET_A), (EventKind.REMOVED, NET_B)]
+    assert t.leases == {}

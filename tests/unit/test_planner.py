@@ -1,0 +1,356 @@
+"""From leases to kernel entries (desired_state), the diff (plan) and its execution (apply)."""
+
+from __future__ import annotations
+
+import errno
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Network
+
+import pytest
+
+from pyflannel.backend.vxlan import desired_state
+from pyflannel.errors import KernelError
+from pyflannel.lease import Lease, LeaseAttrs
+from pyflannel.netlink import Fdb, KernelState, Neigh, Route
+from pyflannel.reconcile import Plan, apply, plan
+
+DEV = 7
+S1 = IPv4Network("10.5.51.0/24")
+S2 = IPv4Network("10.5.52.0/24")
+S3 = IPv4Network("10.5.53.0/24")
+P1 = IPv4Address("192.168.1.12")
+P2 = IPv4Address("192.168.1.13")
+P3 = IPv4Address("192.168.1.14")
+M1 = "5a:1e:02:33:44:55"
+M2 = "5a:1e:02:33:44:66"
+M3 = "5a:1e:02:33:44:77"
+
+
+def peer(subnet: IPv4Network, ip: IPv4Address, mac: str | None, btype: str = "vxlan") -> Lease:
+    """A peer's lease."""
+    return Lease(subnet, LeaseAttrs(ip, btype, mac, 1), expiration=1e9)
+
+
+def vtep(subnet: IPv4Network) -> IPv4Address:
+    """The remote VTEP address of *subnet* (its network address)."""
+    return subnet.network_address
+
+
+def onlink(subnet: IPv4Network, dev: int = DEV) -> Route:
+    """The encapsulated route to *subnet*: via S.0 onlink on the VXLAN device."""
+    return Route(subnet, vtep(subnet), dev, True)
+
+
+def programmed(*peers: tuple[IPv4Network, IPv4Address, str]) -> KernelState:
+    """The kernel state of fully programmed (subnet, public IP, MAC) peers."""
+    st = KernelState()
+    for subnet, ip, mac in peers:
+        st.neighs[vtep(subnet)] = mac
+        st.fdb.add(Fdb(mac, ip))
+        st.routes[subnet] = onlink(subnet)
+    return st
+
+
+# --- desired_state ------------------------------------------------------------------------------
+
+
+def test_desired_normal_peer() -> None:
+    """A vxlan peer gets neighbour S.0 -> MAC, FDB MAC -> public IP and route S via S.0 onlink."""
+    d = desired_state([peer(S1, P1, M1)], DEV)
+    assert d.state.neighs == {IPv4Address("10.5.51.0"): M1}
+    assert d.state.fdb == {Fdb(M1, P1)}
+    assert d.state.routes == {S1: Route(S1, IPv4Address("10.5.51.0"), DEV, True)}
+    assert d.skipped == {}
+
+
+def test_desired_many_peers() -> None:
+    """Each peer contributes its own three entries."""
+    d = desired_state([peer(S1, P1, M1), peer(S2, P2, M2)], DEV)
+    assert d.state == programmed((S1, P1, M1), (S2, P2, M2))
+
+
+@pytest.mark.parametrize("btype", ["host-gw", "udp", ""])
+def test_desired_non_vxlan_skipped(btype: str) -> None:
+    """A lease of another backend is skipped with a reason and programs nothing."""
+    d = desired_state([peer(S1, P1, M1, btype), peer(S2, P2, M2)], DEV)
+    assert d.state == programmed((S2, P2, M2))
+    assert set(d.skipped) == {S1}
+    assert "not vxlan" in d.skipped[S1]
+
+
+def test_desired_backend_type_case_insensitive() -> None:
+    """BackendType "VXLAN" is vxlan (flanneld lower-cases backend types)."""
+    d = desired_state([peer(S1, P1, M1, "VXLAN")], DEV)
+    assert d.state == programmed((S1, P1, M1))
+
+
+def test_desired_without_mac_skipped() -> None:
+    """A vxlan lease without a VtepMAC cannot be encapsulated to and is skipped."""
+    d = desired_state([peer(S1, P1, None)], DEV)
+    assert d.state == KernelState()
+    assert "VtepMAC" in d.skipped[S1]
+
+
+def test_desired_direct_routing_onlink() -> None:
+    """With DirectRouting and an on-link peer only ``S via P`` is wanted, no neighbour or FDB."""
+    asked: list[IPv4Address] = []
+
+    def is_onlink(ip: IPv4Address) -> bool:
+        asked.append(ip)
+        return True
+
+    d = desired_state([peer(S1, P1, M1)], DEV, direct_routing=True, is_onlink=is_onlink)
+    assert d.state.neighs == {}
+    assert d.state.fdb == set()
+    assert d.state.routes == {S1: Route(S1, P1, None, False)}
+    assert asked == [P1]
+
+
+def test_desired_direct_routing_off_link_peer_encapsulated() -> None:
+    """With DirectRouting a peer behind a gateway is still reached through VXLAN."""
+    d = desired_state([peer(S1, P1, M1), peer(S2, P2, M2)], DEV, direct_routing=True,
+                      is_onlink=lambda ip: ip == P2)
+    assert d.state.routes[S1] == onlink(S1)
+    assert d.state.routes[S2] == Route(S2, P2, None, False)
+    assert d.state.neighs == {vtep(S1): M1}
+    assert d.state.fdb == {Fdb(M1, P1)}
+
+
+def test_desired_no_direct_routing_never_asks_kernel() -> None:
+    """Without DirectRouting the on-link test is never consulted."""
+
+    def boom(_ip: IPv4Address) -> bool:
+        raise AssertionError("is_onlink called")
+
+    d = desired_state([peer(S1, P1, M1)], DEV, is_onlink=boom)
+    assert d.state == programmed((S1, P1, M1))
+
+
+# --- plan ---------------------------------------------------------------------------------------
+
+
+def test_plan_add() -> None:
+    """A new peer: set neighbour, FDB and route; delete nothing."""
+    p = plan(programmed((S1, P1, M1)), KernelState())
+    assert p.set_neighs == (Neigh(vtep(S1), M1),)
+    assert p.set_fdb == (Fdb(M1, P1),)
+    assert p.set_routes == (onlink(S1),)
+    assert (p.del_routes, p.del_neighs, p.del_fdb) == ((), (), ())
+
+
+def test_plan_remove() -> None:
+    """A vanished peer: delete its route, neighbour and FDB entry; set nothing."""
+    p = plan(programmed((S2, P2, M2)), programmed((S1, P1, M1), (S2, P2, M2)))
+    assert (p.set_neighs, p.set_fdb, p.set_routes) == ((), (), ())
+    assert p.del_routes == (onlink(S1),)
+    assert p.del_neighs == (Neigh(vtep(S1), M1),)
+    assert p.del_fdb == (Fdb(M1, P1),)
+
+
+def test_plan_unchanged_is_empty() -> None:
+    """When the kernel already matches, the plan is empty."""
+    st = programmed((S1, P1, M1), (S2, P2, M2))
+    p = plan(st, programmed((S1, P1, M1), (S2, P2, M2)))
+    assert p.empty
+    assert p == Plan(vtep_macs={vtep(S1): M1, vtep(S2): M2})
+
+
+def test_plan_empty_both() -> None:
+    """No peers and nothing in the kernel: an empty plan."""
+    assert plan(KernelState(), KernelState()).empty
+
+
+def test_plan_mac_change() -> None:
+    """A peer's new MAC: neighbour and FDB set for the new MAC, the old FDB entry deleted."""
+    p = plan(programmed((S1, P1, M2)), programmed((S1, P1, M1)))
+    assert p.set_neighs == (Neigh(vtep(S1), M2),)
+    assert p.set_fdb == (Fdb(M2, P1),)
+    assert p.del_fdb == (Fdb(M1, P1),)
+    assert p.del_neighs == ()  # replaced, not deleted
+    assert p.set_routes == ()
+    assert p.del_routes == ()
+
+
+def test_plan_public_ip_change() -> None:
+    """A peer's new public IP: the FDB entry to the new address set, the old one deleted."""
+    p = plan(programmed((S1, P2, M1)), programmed((S1, P1, M1)))
+    assert p.set_fdb == (Fdb(M1, P2),)
+    assert p.del_fdb == (Fdb(M1, P1),)
+    assert (p.set_neighs, p.set_routes, p.del_routes, p.del_neighs) == ((), (), (), ())
+
+
+@pytest.mark.parametrize(
+    "have",
+    [
+        Route(S1, IPv4Address("10.5.51.99"), DEV, True),  # wrong gateway
+        Route(S1, vtep(S1), DEV + 1, True),  # wrong device
+        Route(S1, vtep(S1), DEV, False),  # not onlink
+    ],
+)
+def test_plan_wrong_route_replaced(have: Route) -> None:
+    """A route with the wrong gateway, device or flags is replaced, not deleted."""
+    actual = programmed((S1, P1, M1))
+    actual.routes[S1] = have
+    p = plan(programmed((S1, P1, M1)), actual)
+    assert p.set_routes == (onlink(S1),)
+    assert p.del_routes == ()
+    assert (p.set_neighs, p.set_fdb) == ((), ())
+
+
+def test_plan_direct_route_any_device() -> None:
+    """A direct route (no device wanted) matches whatever underlay device the kernel chose."""
+    want = KernelState(routes={S1: Route(S1, P1, None, False)})
+    have = KernelState(routes={S1: Route(S1, P1, 3, False)})
+    assert plan(want, have).empty
+
+
+def test_plan_switch_to_direct_routing() -> None:
+    """Turning a peer direct replaces its route and removes its neighbour and FDB entry."""
+    want = KernelState(routes={S1: Route(S1, P1, None, False)})
+    p = plan(want, programmed((S1, P1, M1)))
+    assert p.set_routes == (Route(S1, P1, None, False),)
+    assert p.del_neighs == (Neigh(vtep(S1), M1),)
+    assert p.del_fdb == (Fdb(M1, P1),)
+    assert p.del_routes == ()
+
+
+def test_plan_deterministic_order() -> None:
+    """Operations come in a stable sorted order whatever the dict order."""
+    a = plan(programmed((S2, P2, M2), (S1, P1, M1)), KernelState())
+    b = plan(programmed((S1, P1, M1), (S2, P2, M2)), KernelState())
+    assert a == b
+    assert [r.dst for r in a.set_routes] == [S1, S2]
+
+
+# --- apply --------------------------------------------------------------------------------------
+
+
+@dataclass
+class RecordingWriter:
+    """A KernelWriter that records every call and fails the ones named in *fail*."""
+
+    fail: set[tuple[str, object]] = field(default_factory=set)
+    calls: list[tuple[str, object]] = field(default_factory=list)
+
+    def _do(self, op: str, key: object) -> None:
+        self.calls.append((op, key))
+        if (op, key) in self.fail:
+            raise KernelError(op, str(key), errno.EINVAL, "Invalid argument")
+
+    def replace_neigh(self, dev: int, n: Neigh) -> None:
+        assert dev == DEV
+        self._do("replace_neigh", n.ip)
+
+    def delete_neigh(self, dev: int, n: Neigh) -> None:
+        assert dev == DEV
+        self._do("delete_neigh", n.ip)
+
+    def replace_fdb(self, dev: int, f: Fdb) -> None:
+        assert dev == DEV
+        self._do("replace_fdb", f.mac)
+
+    def delete_fdb(self, dev: int, f: Fdb) -> None:
+        assert dev == DEV
+        self._do("delete_fdb", f.mac)
+
+    def replace_route(self, r: Route) -> None:
+        self._do("replace_route", r.dst)
+
+    def delete_route(self, r: Route) -> None:
+        self._do("delete_route", r.dst)
+
+
+def test_apply_order_add() -> None:
+    """Neighbours go in first, then FDB entries, then routes."""
+    w = RecordingWriter()
+    report = apply(plan(programmed((S1, P1, M1), (S2, P2, M2)), KernelState()), w, DEV)
+    assert w.calls == [
+        ("replace_neigh", vtep(S1)), ("replace_neigh", vtep(S2)),
+        ("replace_fdb", M1), ("replace_fdb", M2),
+        ("replace_route", S1), ("replace_route", S2),
+    ]
+    assert (report.applied, report.failed) == (6, 0)
+
+
+def test_apply_order_remove() -> None:
+    """Routes are removed before neighbours and FDB entries."""
+    w = RecordingWriter()
+    apply(plan(KernelState(), programmed((S1, P1, M1))), w, DEV)
+    assert w.calls == [("delete_route", S1), ("delete_neigh", vtep(S1)), ("delete_fdb", M1)]
+
+
+def test_apply_failed_neigh_holds_back_only_that_route() -> None:
+    """A peer whose neighbour failed gets no route; the other peers are programmed fully."""
+    w = RecordingWriter(fail={("replace_neigh", vtep(S1))})
+    report = apply(plan(programmed((S1, P1, M1), (S2, P2, M2)), KernelState()), w, DEV)
+    routes = [k for op, k in w.calls if op == "replace_route"]
+    assert routes == [S2]
+    assert ("replace_fdb", M1) in w.calls  # its FDB entry is still attempted
+    assert (report.applied, report.failed) == (4, 1)
+    assert report.errors[0].op == "replace_neigh"
+
+
+def test_apply_failed_fdb_holds_back_only_that_route() -> None:
+    """A peer whose FDB entry failed gets no route; the other peers are programmed fully."""
+    w = RecordingWriter(fail={("replace_fdb", M2)})
+    report = apply(plan(programmed((S1, P1, M1), (S2, P2, M2), (S3, P3, M3)), KernelState()),
+                   w, DEV)
+    routes = [k for op, k in w.calls if op == "replace_route"]
+    assert routes == [S1, S3]
+    assert (report.applied, report.failed) == (7, 1)
+
+
+def test_apply_failed_fdb_holds_back_route_when_neigh_already_right() -> None:
+    """The route is held back after an FDB failure even if the neighbour needed no change."""
+    actual = programmed((S1, P1, M1))
+    del actual.routes[S1]
+    actual.fdb.clear()
+    w = RecordingWriter(fail={("replace_fdb", M1)})
+    report = apply(plan(programmed((S1, P1, M1)), actual), w, DEV)
+    assert w.calls == [("replace_fdb", M1)]
+    assert (report.applied, report.failed) == (0, 1)
+
+
+def test_apply_all_deletions_attempted() -> None:
+    """Every deletion is attempted even when earlier ones fail; failures are collected."""
+    w = RecordingWriter(fail={("delete_route", S1), ("delete_neigh", vtep(S1)),
+                              ("delete_fdb", M2)})
+    report = apply(plan(KernelState(), programmed((S1, P1, M1), (S2, P2, M2))), w, DEV)
+    assert sorted(w.calls, key=str) == sorted([
+        ("delete_route", S1), ("delete_route", S2),
+        ("delete_neigh", vtep(S1)), ("delete_neigh", vtep(S2)),
+        ("delete_fdb", M1), ("delete_fdb", M2),
+    ], key=str)
+    assert (report.applied, report.failed) == (3, 3)
+    assert all(isinstance(e, KernelError) for e in report.errors)
+
+
+def test_apply_failure_does_not_raise_and_deletions_follow() -> None:
+    """A failed set does not stop the deletions of the same plan."""
+    w = RecordingWriter(fail={("replace_neigh", vtep(S2)), ("replace_route", S3)})
+    desired = programmed((S2, P2, M2), (S3, P3, M3))
+    report = apply(plan(desired, programmed((S1, P1, M1))), w, DEV)
+    assert ("delete_route", S1) in w.calls
+    assert ("delete_neigh", vtep(S1)) in w.calls
+    assert ("delete_fdb", M1) in w.calls
+    assert ("replace_route", S2) not in w.calls
+    assert ("replace_route", S3) in w.calls
+    # set: 2 neighs (1 fails), 2 fdb, 1 route attempted (fails); delete: 3
+    assert (report.applied, report.failed) == (6, 2)
+
+
+def test_apply_direct_route_not_held_back() -> None:
+    """A direct route has no neighbour or FDB entry and is never held back by their failures."""
+    desired = programmed((S1, P1, M1))
+    desired.routes[S2] = Route(S2, P2, None, False)
+    w = RecordingWriter(fail={("replace_neigh", vtep(S1)), ("replace_fdb", M1)})
+    apply(plan(desired, KernelState()), w, DEV)
+    assert [k for op, k in w.calls if op == "replace_route"] == [S2]
+
+
+def test_apply_empty_plan_does_nothing() -> None:
+    """An empty plan makes no call."""
+    w = RecordingWriter()
+    report = apply(Plan(), w, DEV)
+    assert w.calls == []
+    assert (report.applied, report.failed) == (0, 0)

@@ -1,0 +1,126 @@
+"""subnet.env: the exact text flanneld writes, the atomic write, and the previous-subnet hint."""
+
+from __future__ import annotations
+
+import os
+import stat
+from ipaddress import IPv4Network
+from pathlib import Path
+
+import pytest
+
+from pyflannel.subnet import read_subnet_hint, subnet_env_text, write_subnet_env
+
+SEED_TEXT = (
+    "FLANNEL_NETWORK=172.16.0.0/16\n"
+    "FLANNEL_SUBNET=172.16.34.1/24\n"
+    "FLANNEL_MTU=1450\n"
+    "FLANNEL_IPMASQ=false\n"
+)
+
+
+def test_seed_text_exact() -> None:
+    """The seed's cell gets exactly flanneld's four lines, subnet +1, in order, no quotes."""
+    text = subnet_env_text(IPv4Network("172.16.0.0/16"), IPv4Network("172.16.34.0/24"), 1450, False)
+    assert text == SEED_TEXT
+
+
+def test_ip_masq_true_and_small_subnet() -> None:
+    """FLANNEL_IPMASQ is Go's bool text and the subnet keeps its own prefix length."""
+    text = subnet_env_text(IPv4Network("10.4.0.0/24"), IPv4Network("10.4.0.64/26"), 1350, True)
+    assert text == (
+        "FLANNEL_NETWORK=10.4.0.0/24\n"
+        "FLANNEL_SUBNET=10.4.0.65/26\n"
+        "FLANNEL_MTU=1350\n"
+        "FLANNEL_IPMASQ=true\n"
+    )
+
+
+def test_write_creates_parent_mode_0644_no_temp(tmp_path: Path) -> None:
+    """The write creates missing parent directories, leaves a 0644 file and no temporary file."""
+    path = tmp_path / "run" / "flannel" / "subnet.env"
+    old_umask = os.umask(0o077)  # the mode must not depend on the caller's umask
+    try:
+        write_subnet_env(path, SEED_TEXT)
+    finally:
+        os.umask(old_umask)
+    assert path.read_text() == SEED_TEXT
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    assert sorted(p.name for p in path.parent.iterdir()) == ["subnet.env"]
+
+
+def test_write_replaces_atomically(tmp_path: Path) -> None:
+    """Rewriting renames a new file over the old one (a reader never sees a half-written file)."""
+    path = tmp_path / "subnet.env"
+    path.write_text("FLANNEL_NETWORK=old\n")
+    before = path.stat().st_ino
+    write_subnet_env(path, SEED_TEXT)
+    assert path.read_text() == SEED_TEXT
+    assert path.stat().st_ino != before  # a new inode: renamed in, not rewritten in place
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["subnet.env"]
+
+
+def test_write_failure_leaves_no_temp(tmp_path: Path) -> None:
+    """A failed rename (target is a directory) raises and leaves no temporary file behind."""
+    path = tmp_path / "subnet.env"
+    path.mkdir()
+    (path / "keep").write_text("x")  # a non-empty directory cannot be replaced by a file
+    with pytest.raises(OSError):
+        write_subnet_env(path, SEED_TEXT)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["subnet.env"]
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        pytest.param(SEED_TEXT, "172.16.34.0/24", id="seed"),
+        pytest.param("FLANNEL_SUBNET=10.5.34.1/24\n", "10.5.34.0/24", id="host-bits-masked"),
+        pytest.param("FLANNEL_NETWORK=10.5.0.0/16\r\nFLANNEL_SUBNET=10.5.34.1/24\r\n",
+                     "10.5.34.0/24", id="crlf"),
+        pytest.param("FLANNEL_SUBNET=10.4.0.65/26", "10.4.0.64/26", id="no-newline"),
+        pytest.param("# comment\nFLANNEL_IPV6_SUBNET=fc00::1/64\nFLANNEL_SUBNET=10.5.9.1/24\n",
+                     "10.5.9.0/24", id="other-lines"),
+    ],
+)
+def test_read_hint_valid(tmp_path: Path, content: str, expected: str) -> None:
+    """FLANNEL_SUBNET is read as a CIDR and masked to its network (10.5.34.1/24 -> 10.5.34.0/24)."""
+    path = tmp_path / "subnet.env"
+    path.write_text(content)
+    assert read_subnet_hint(path) == IPv4Network(expected)
+
+
+def test_read_hint_round_trip(tmp_path: Path) -> None:
+    """What write_subnet_env wrote, read_subnet_hint reads back as the lease subnet."""
+    path = tmp_path / "subnet.env"
+    write_subnet_env(path, SEED_TEXT)
+    assert read_subnet_hint(path) == IPv4Network("172.16.34.0/24")
+
+
+def test_read_hint_missing(tmp_path: Path) -> None:
+    """A missing file gives no hint."""
+    assert read_subnet_hint(tmp_path / "absent.env") is None
+
+
+def test_read_hint_directory(tmp_path: Path) -> None:
+    """A path that is a directory gives no hint rather than an error."""
+    assert read_subnet_hint(tmp_path) is None
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        pytest.param(b"", id="empty"),
+        pytest.param(b"\xff\xfe\x00garbage", id="binary"),
+        pytest.param(b"FLANNEL_NETWORK=10.5.0.0/16\n", id="no-subnet-line"),
+        pytest.param(b"FLANNEL_SUBNET=\n", id="empty-value"),
+        pytest.param(b"FLANNEL_SUBNET=banana\n", id="not-a-cidr"),
+        pytest.param(b"FLANNEL_SUBNET=10.5.34.300/24\n", id="bad-octet"),
+        pytest.param(b"FLANNEL_SUBNET=fc00::1/64\n", id="ipv6"),
+        pytest.param(b"FLANNEL_SUBNET=10.5.34.1/24,10.5.35.1/24\n", id="two-values"),
+    ],
+)
+def test_read_hint_garbage(tmp_path: Path, content: bytes) -> None:
+    """Garbage, an invalid value or more than one value gives no hint."""
+    path = tmp_path / "subnet.env"
+    path.write_bytes(content)
+    assert read_subnet_hint(path) is None
