@@ -44,7 +44,8 @@ from pyflannel.errors import (
 )
 from pyflannel.iface import ExternalInterface, choose_external
 from pyflannel.lease import Change, EventKind, Lease, LeaseAttrs, LeaseTracker, WatchBatch
-from pyflannel.netlink import Link, Netlink, VxlanSpec
+from pyflannel.kernel import Link, VxlanSpec
+from pyflannel.netlink import Netlink
 from pyflannel.reconcile import apply, plan
 from pyflannel.registry import Registry, join_key, open_registry
 from pyflannel.retry import Backoff, OnceFilter

@@ -16,9 +16,10 @@ from typing import Any
 
 def capture_vxlan(iface: str, port: int, timeout: float, count: int = 0) -> list[dict[str, Any]]:
     """Sniff *iface* for *timeout* seconds and return the VXLAN packets on UDP *port*."""
-    from scapy.all import IP, UDP, sniff  # scapy.all registers the VXLAN layer too
-    from scapy.layers.vxlan import VXLAN
+    from scapy.layers.inet import IP, UDP
+    from scapy.layers.vxlan import VXLAN  # registers the layer; it decodes as Raw without it
     from scapy.packet import bind_layers
+    from scapy.sendrecv import sniff
 
     bind_layers(UDP, VXLAN, dport=port)
 

@@ -16,7 +16,6 @@ import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Any
 
@@ -26,6 +25,7 @@ from pyroute2.netlink.rtnl import ndmsg
 from pyroute2.netns import setns
 
 from pyflannel.errors import KernelError
+from pyflannel.kernel import Fdb, KernelState, Link, Neigh, Route, VxlanSpec
 
 NUD_PERMANENT = ndmsg.states["permanent"]
 NUD_NOARP = ndmsg.states["noarp"]
@@ -36,67 +36,6 @@ RTPROT_KERNEL = 2
 #: flanneld's routes carry proto "boot"; ours do too, so either daemon can take over the other's.
 RTPROT_BOOT = 3
 _MISSING = {errno.ENOENT, errno.ESRCH, errno.ENODEV, errno.EADDRNOTAVAIL}
-
-
-@dataclass(frozen=True)
-class Link:
-    """A network device as the kernel reports it."""
-
-    index: int
-    name: str
-    mac: str
-    mtu: int
-    up: bool = False
-    addresses: tuple[IPv4Interface, ...] = ()
-
-
-@dataclass(frozen=True)
-class Neigh:
-    """A permanent neighbour on the VXLAN device: overlay IP ``ip`` is at VTEP MAC ``mac``."""
-
-    ip: IPv4Address
-    mac: str
-
-
-@dataclass(frozen=True)
-class Fdb:
-    """A permanent ``self`` FDB entry on the VXLAN device: VTEP ``mac`` is reached at ``dst``."""
-
-    mac: str
-    dst: IPv4Address
-
-
-@dataclass(frozen=True)
-class Route:
-    """A route to a peer subnet: onlink via its VTEP address, or (direct) via its public IP."""
-
-    dst: IPv4Network
-    gateway: IPv4Address
-    oif: int | None  # None: let the kernel choose (direct routing)
-    onlink: bool
-
-
-@dataclass(frozen=True)
-class VxlanSpec:
-    """What the VXLAN device must look like (flannel-behaviour.md §4.2)."""
-
-    name: str
-    vni: int
-    port: int
-    underlay_index: int
-    local: IPv4Address
-    mtu: int
-    learning: bool = False
-    gbp: bool = False
-
-
-@dataclass
-class KernelState:
-    """What the kernel holds that pyflannel manages: the entries on the VXLAN device."""
-
-    neighs: dict[IPv4Address, str] = field(default_factory=dict)
-    fdb: set[Fdb] = field(default_factory=set)
-    routes: dict[IPv4Network, Route] = field(default_factory=dict)
 
 
 def random_vtep_mac() -> str:

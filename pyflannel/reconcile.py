@@ -17,7 +17,7 @@ from ipaddress import IPv4Address
 from typing import Protocol
 
 from pyflannel.errors import KernelError
-from pyflannel.netlink import Fdb, KernelState, Neigh, Route
+from pyflannel.kernel import Fdb, KernelState, Neigh, Route
 
 
 @dataclass(frozen=True)

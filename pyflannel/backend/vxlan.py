@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 
 from pyflannel.lease import Lease
-from pyflannel.netlink import Fdb, KernelState, Neigh, Route
+from pyflannel.kernel import Fdb, KernelState, Neigh, Route
 
 
 @dataclass

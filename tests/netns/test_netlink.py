@@ -21,7 +21,8 @@ import pytest
 from pyflannel.backend.vxlan import desired_state
 from pyflannel.errors import KernelError
 from pyflannel.lease import Lease, LeaseAttrs
-from pyflannel.netlink import Fdb, KernelState, Link, Neigh, Netlink, Route, VxlanSpec
+from pyflannel.kernel import Fdb, KernelState, Link, Neigh, Route, VxlanSpec
+from pyflannel.netlink import Netlink
 from pyflannel.reconcile import apply, plan
 
 pytestmark = [

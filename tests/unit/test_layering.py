@@ -11,7 +11,7 @@ PKG = Path(__file__).resolve().parents[2] / "pyflannel"
 
 PURE = [
     "config.py", "ipnet.py", "lease.py", "reconcile.py", "subnet.py", "backend/vxlan.py",
-    "iface.py", "retry.py", "errors.py",
+    "iface.py", "retry.py", "errors.py", "kernel.py",
 ]
 FORBIDDEN_IN_PURE = {"etcd", "etcd3gw", "requests", "pyroute2", "subprocess"}
 
@@ -55,3 +55,12 @@ def test_pure_module_imports(module: str) -> None:
     """The pure core imports no etcd client, no HTTP client, no pyroute2 and no subprocess."""
     bad = imported_roots(PKG / module) & FORBIDDEN_IN_PURE
     assert bad == set(), f"{module} imports {sorted(bad)}"
+
+
+@pytest.mark.parametrize("module", PURE)
+def test_pure_module_does_not_load_the_netlink_adapter(module: str) -> None:
+    """The pure core takes kernel records from pyflannel.kernel, never pyflannel.netlink (which
+    would load pyroute2 behind its back)."""
+    tree = ast.parse((PKG / module).read_text())
+    names = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    assert "pyflannel.netlink" not in names

@@ -11,7 +11,7 @@ import pytest
 from pyflannel.backend.vxlan import desired_state
 from pyflannel.errors import KernelError
 from pyflannel.lease import Lease, LeaseAttrs
-from pyflannel.netlink import Fdb, KernelState, Neigh, Route
+from pyflannel.kernel import Fdb, KernelState, Neigh, Route
 from pyflannel.reconcile import Plan, apply, plan
 
 DEV = 7

@@ -1,0 +1,71 @@
+"""Plain records of the kernel state pyflannel manages; pure, shared by the planner, the VXLAN
+backend and the netlink adapter (which alone turns them into netlink requests)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+
+
+@dataclass(frozen=True)
+class Link:
+    """A network device as the kernel reports it."""
+
+    index: int
+    name: str
+    mac: str
+    mtu: int
+    up: bool = False
+    addresses: tuple[IPv4Interface, ...] = ()
+
+
+@dataclass(frozen=True)
+class Neigh:
+    """A permanent neighbour on the VXLAN device: overlay IP ``ip`` is at VTEP MAC ``mac``."""
+
+    ip: IPv4Address
+    mac: str
+
+
+@dataclass(frozen=True)
+class Fdb:
+    """A permanent ``self`` FDB entry on the VXLAN device: VTEP ``mac`` is reached at ``dst``."""
+
+    mac: str
+    dst: IPv4Address
+
+
+@dataclass(frozen=True)
+class Route:
+    """A route to a peer subnet: onlink via its VTEP address, or (direct) via its public IP."""
+
+    dst: IPv4Network
+    gateway: IPv4Address
+    oif: int | None  # None: let the kernel choose (direct routing)
+    onlink: bool
+
+
+@dataclass(frozen=True)
+class VxlanSpec:
+    """What the VXLAN device must look like (flannel-behaviour.md §4.2)."""
+
+    name: str
+    vni: int
+    port: int
+    underlay_index: int
+    local: IPv4Address
+    mtu: int
+    learning: bool = False
+    gbp: bool = False
+
+
+@dataclass
+class KernelState:
+    """What the kernel holds that pyflannel manages: the entries on the VXLAN device."""
+
+    neighs: dict[IPv4Address, str] = field(default_factory=dict)
+    fdb: set[Fdb] = field(default_factory=set)
+    routes: dict[IPv4Network, Route] = field(default_factory=dict)
+
+
+__all__ = ["Fdb", "KernelState", "Link", "Neigh", "Route", "VxlanSpec"]
