@@ -1,0 +1,161 @@
+"""Start-up against a real etcd as a user meets it: a config that is missing, broken or
+unsupported, etcd that is not there yet, no free subnet; clear logs, sane exit codes, no
+tracebacks."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pyflannel.lab.topo import Cell, Lab
+
+from .conftest import _require, daemon_log
+
+pytestmark = [pytest.mark.e2e]
+
+
+@pytest.fixture(scope="module")
+def lab1(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    """etcd and one cell; no daemon, no config."""
+    _require()
+    lab = Lab(tmp_path_factory.mktemp("lab-start"), prefix=f"pfs{os.getpid() % 10000}-", cells=1)
+    try:
+        lab.build_underlay()
+        lab.start_etcd()
+        yield lab
+    finally:
+        lab.down()
+
+
+_runs = iter(range(1000))
+
+
+def start(lab: Lab, prefix: str, *extra: str) -> tuple[Cell, str]:
+    """Start a daemon on cell-1 with its own etcd prefix and subnet file; return its log name."""
+    cell = lab.cells[0]
+    n = next(_runs)
+    name = f"run{n}"
+    lab.spawn(name, cell.ns, [
+        sys.executable,
+        "-m", "pyflannel", "--etcd-endpoints=http://10.0.1.2:2379", f"--etcd-prefix={prefix}",
+        f"--subnet-file={lab.workdir / name / 'subnet.env'}", "--log-format=json", *extra],
+        lab.workdir / name / "pyflannel.log")
+    return cell, name
+
+
+def log_of(lab: Lab, name: str) -> list[dict[str, object]]:
+    """Parsed log lines of run *name*."""
+    path = lab.workdir / name / "pyflannel.log"
+    text = path.read_text() if path.exists() else ""
+    assert "Traceback" not in text, text
+    out = []
+    for line in text.splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            out.append({"event": "non-json", "line": line})
+    return out
+
+
+def events(lab: Lab, name: str, event: str) -> list[dict[str, object]]:
+    """Log lines of run *name* with that event name."""
+    return [e for e in log_of(lab, name) if e.get("event") == event]
+
+
+def exit_code(lab: Lab, name: str, timeout: float = 15) -> int | None:
+    """Wait for run *name* to exit by itself; its exit code (None if it did not)."""
+    pid = lab._pids()[name]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            lab._record(name, None)
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.05)
+    return None
+
+
+def test_missing_config_is_waited_for_and_logged_once(lab1: Lab) -> None:
+    """Without a config the daemon waits, says so once (not once per retry), and starts as soon
+    as the config appears."""
+    _, name = start(lab1, "/t1")
+    Lab.wait(lambda: events(lab1, name, "network_config_waiting"), 10, "waiting log")
+    time.sleep(3)  # several retries
+    waiting = events(lab1, name, "network_config_waiting")
+    assert len(waiting) == 1
+    assert "/t1/config not found in the etcd v2 keyspace" in str(waiting[0]["problem"])
+    lab1.put("/t1/config", '{"Network":"10.50.0.0/16","Backend":{"Type":"vxlan"}}')
+    Lab.wait((lab1.workdir / name / "subnet.env").exists, 15, "subnet.env")
+    assert events(lab1, name, "network_config_recovered")
+    assert lab1.kill(name, signal.SIGTERM) == 0
+
+
+def test_invalid_config_each_problem_logged_once(lab1: Lab) -> None:
+    """A broken config is reported once per distinct problem, with flanneld's text, and the
+    daemon proceeds when it is fixed."""
+    lab1.put("/t2/config", "{not json")
+    _, name = start(lab1, "/t2")
+    Lab.wait(lambda: events(lab1, name, "network_config_waiting"), 10, "first problem")
+    lab1.put("/t2/config", '{"Network":"10.51.0.0/16","SubnetLen":31,"Backend":{"Type":"vxlan"}}')
+    Lab.wait(lambda: len(events(lab1, name, "network_config_waiting")) == 2, 15, "second problem")
+    time.sleep(2)
+    problems = [str(e["problem"]) for e in events(lab1, name, "network_config_waiting")]
+    assert len(problems) == 2
+    assert "not valid JSON" in problems[0] and "SubnetLen must be less than /31" in problems[1]
+    lab1.put("/t2/config", '{"Network":"10.51.0.0/16","Backend":{"Type":"vxlan"}}')
+    Lab.wait((lab1.workdir / name / "subnet.env").exists, 15, "subnet.env")
+    assert lab1.kill(name, signal.SIGTERM) == 0
+
+
+def test_unsupported_backend_exits_1_with_a_clear_error(lab1: Lab) -> None:
+    """A config without Backend (flanneld's udp) or with another type is a clear error, exit 1."""
+    lab1.put("/t3/config", '{"Network":"10.52.0.0/16"}')
+    _, name = start(lab1, "/t3")
+    assert exit_code(lab1, name) == 1
+    fatal = events(lab1, name, "fatal")
+    assert fatal and 'backend type "udp" is not supported' in str(fatal[0]["error"])
+
+
+def test_out_of_subnets_exits_1(lab1: Lab) -> None:
+    """When every subnet is leased the daemon says `out of subnets` and exits 1."""
+    lab1.put("/t4/config", json.dumps({"Network": "10.53.0.0/16", "SubnetMin": "10.53.5.0",
+                                       "SubnetMax": "10.53.5.0", "Backend": {"Type": "vxlan"}}))
+    lab1.put("/t4/subnets/10.53.5.0-24", '{"PublicIP":"10.0.2.99","BackendType":"vxlan",'
+                                         '"BackendData":{"VNI":1,"VtepMAC":"02:00:00:00:63:01"}}')
+    _, name = start(lab1, "/t4")
+    assert exit_code(lab1, name) == 1
+    assert "out of subnets" in str(events(lab1, name, "fatal")[0]["error"])
+
+
+def test_etcd_down_at_start_is_waited_for(lab1: Lab) -> None:
+    """With etcd not running the daemon waits with backoff, and starts once etcd is back; an
+    unreachable first endpoint is skipped for the next one."""
+    lab1.put("/t5/config", '{"Network":"10.54.0.0/16","Backend":{"Type":"vxlan"}}')
+    lab1.kill("etcd", signal.SIGTERM)
+    try:
+        cell = lab1.cells[0]
+        _, name = start(lab1, "/t5", "--etcd-endpoints=http://10.0.1.2:1,http://10.0.1.2:2379")
+        Lab.wait(lambda: events(lab1, name, "network_config_waiting"), 10, "waiting")
+        time.sleep(2)
+        assert len(events(lab1, name, "network_config_waiting")) == 1
+        assert not (lab1.workdir / name / "subnet.env").exists()
+    finally:
+        lab1.start_etcd(fresh=False)
+    Lab.wait((lab1.workdir / name / "subnet.env").exists, 20, "subnet.env after etcd is back")
+    assert cell.ns
+    assert lab1.kill(name, signal.SIGTERM) == 0
+
+
+def test_sigterm_while_waiting_exits_0(lab1: Lab) -> None:
+    """SIGTERM during start-up (no config yet) ends the daemon with exit code 0."""
+    _, name = start(lab1, "/t6")
+    Lab.wait(lambda: events(lab1, name, "network_config_waiting"), 10, "waiting")
+    assert lab1.kill(name, signal.SIGTERM) == 0
+    assert Path(lab1.workdir / name / "subnet.env").exists() is False
