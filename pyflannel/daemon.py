@@ -151,6 +151,19 @@ class Daemon:
             iface_regexes=self.opts.iface_regexes, public_ip=self.opts.public_ip)
         log.info("external_interface", iface=self.ext.link.name, iface_ip=str(self.ext.iface_ip),
                  public_ip=str(self.ext.public_ip), mtu=self.ext.link.mtu)
+        self._ensure_device()
+        hint = read_subnet_hint(self.opts.subnet_file)
+        manager = LeaseManager(self.registry, self.ext.public_ip, hint=hint)
+        self.manager = manager
+        self.lease = self._retry("lease", lambda: manager.acquire(self.cfg, self.attrs))
+        self._ensure_address()
+        text = subnet_env_text(self.cfg.network, self.lease.subnet, self.dev.mtu, self.opts.ip_masq)
+        write_subnet_env(self.opts.subnet_file, text)
+        log.info("subnet_env_written", path=str(self.opts.subnet_file),
+                 subnet=str(self.lease.subnet), mtu=self.dev.mtu)
+
+    def _ensure_device(self) -> None:
+        """Create or reuse flannel.<VNI>; our lease attributes follow its MAC."""
         backend = self.cfg.backend
         spec = VxlanSpec(
             name=backend.device_name, vni=backend.vni, port=backend.udp_port,
@@ -161,16 +174,21 @@ class Daemon:
         log.info("device_created" if created else "device_reused", device=self.dev.name,
                  mac=self.dev.mac, mtu=self.dev.mtu, vni=spec.vni, local=str(spec.local))
         self.attrs = LeaseAttrs(self.ext.public_ip, "vxlan", self.dev.mac, backend.vni)
-        hint = read_subnet_hint(self.opts.subnet_file)
-        manager = LeaseManager(self.registry, self.ext.public_ip, hint=hint)
-        self.manager = manager
-        self.lease = self._retry("lease", lambda: manager.acquire(self.cfg, self.attrs))
+
+    def _ensure_address(self) -> None:
         vtep = IPv4Interface(f"{self.lease.subnet.network_address}/32")
         self.nl.ensure_address(self.dev, vtep, self.cfg.network)
-        text = subnet_env_text(self.cfg.network, self.lease.subnet, self.dev.mtu, self.opts.ip_masq)
-        write_subnet_env(self.opts.subnet_file, text)
-        log.info("subnet_env_written", path=str(self.opts.subnet_file),
-                 subnet=str(self.lease.subnet), mtu=self.dev.mtu)
+
+    def _restore_device(self) -> None:
+        """flannel.<VNI> vanished (deleted by hand): re-create it, republish a changed MAC in
+        our lease so that peers follow, and let the next reconcile re-add every peer."""
+        old_mac = self.attrs.vtep_mac
+        self._ensure_device()
+        self._ensure_address()
+        if self.attrs.vtep_mac != old_mac:
+            self.lease = self.manager.renew(self.lease, self.attrs)
+            log.info("lease_updated", subnet=str(self.lease.subnet), vtep_mac=self.attrs.vtep_mac,
+                     reason="device re-created with a new MAC")
 
     # --- the watch thread ---------------------------------------------------------------------
 
@@ -256,6 +274,11 @@ class Daemon:
 
     def reconcile(self, reason: str) -> None:
         """Make the kernel match the leases: desired from leases, actual from the kernel."""
+        current = self.nl.link(self.dev.name)
+        if current is None or current.index != self.dev.index:
+            log.warning("device_missing", device=self.dev.name, action="re-creating")
+            self._restore_device()
+            reason = "device re-created"
         with self._lock:
             peers = [lease for s, lease in self._tracker.leases.items() if s != self.lease.subnet]
         desired = desired_state(peers, self.dev.index,
@@ -329,7 +352,7 @@ class Daemon:
             if self._synced and (kicked or now >= next_resync):
                 try:
                     self.reconcile("event" if kicked else "resync")
-                except KernelError as exc:
+                except (KernelError, RegistryUnavailable) as exc:
                     log.error("reconcile_failed", error=str(exc))
                 next_resync = time.monotonic() + self.opts.resync_interval
                 if not ready:

@@ -240,6 +240,20 @@ def test_etcd_outage_keeps_the_data_path_and_catches_up(lab: Lab) -> None:
         lab.delete(key)
 
 
+def test_deleted_device_is_recreated_and_peers_follow(lab: Lab) -> None:
+    """`ip link del flannel.1` on a cell: the device comes back with its address and peers, its
+    new MAC is published in the lease, and the other cell follows; traffic flows again."""
+    c1, c2 = lab.cells[:2]
+    s2 = subnet_of(lab, c2)
+    run("ip", "-n", c2.ns, "link", "del", "flannel.1")
+    wait(lambda: run("ip", "-n", c2.ns, "link", "show", "flannel.1", check=False).returncode == 0
+         and subnet_of(lab, c1) in routes(c2), 10, "device re-created")
+    new_mac = vtep_mac(c2)
+    wait(lambda: neighs(c1).get(s2.split("/")[0]) == new_mac
+         and (new_mac, str(c2.underlay_ip)) in fdb(c1), 10, "peer follows the new MAC")
+    assert json.loads(lab.get(lease_key(s2)))["BackendData"]["VtepMAC"] == new_mac
+    wait(lambda: curl(lab, c1.containers[0].ns, str(c2.containers[0].ip)) == "200", 10, "curl")
+
 def test_third_cell_joins_then_leaves(lab: Lab) -> None:
     """cell-3 joins and is programmed on the others; SIGTERM exits 0 and keeps its state; its
     lease deleted in etcd removes it from the others."""
@@ -289,3 +303,4 @@ def test_lease_taken_over_exits_nonzero(lab: Lab) -> None:
     fatal = [e for e in daemon_log(lab, c3) if e["event"] == "fatal"]
     assert fatal and "10.0.2.200" in str(fatal[-1]["error"])
     lab.delete(lease_key(s3))
+
