@@ -43,7 +43,10 @@ def _up(args: argparse.Namespace) -> int:
             env = lab.wait_subnet_env(cell)
             print(f"  {cell.name} ({cell.underlay_ip}): pyflannel leased "
                   f"{IPv4Network(env['FLANNEL_SUBNET'], strict=False)}, MTU {env['FLANNEL_MTU']}")
-            lab.attach_containers(cell, 2, start=2 * i)
+            if args.cni:
+                lab.attach_containers_cni(cell, 2, start=2 * i)
+            else:
+                lab.attach_containers(cell, 2, start=2 * i)
             for con in cell.containers:
                 lab.start_http(con)
         for cell in lab.cells:
@@ -164,11 +167,11 @@ def _down(args: argparse.Namespace) -> int:
     try:
         lab = Lab.load(args.workdir)
     except (OSError, ValueError, KeyError):
-        lab = Lab(args.workdir, prefix=args.prefix, cells=0)
+        # No state (a crash during `up`): cell directories are found by name.
+        cells = len(list(args.workdir.glob("cell-*"))) if args.workdir.is_dir() else 0
+        lab = Lab(args.workdir, prefix=args.prefix, cells=cells)
     before = prefixed_namespaces(lab.prefix)
     lab.down()
-    (args.workdir / "state.json").unlink(missing_ok=True)
-    (args.workdir / "pids.json").unlink(missing_ok=True)
     print(f"lab down: removed {len(before)} namespaces" if before else "nothing to remove")
     return 0
 
@@ -184,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--api", choices=["v2", "v3"], default="v2", help="etcd API pyflannel uses")
     up.add_argument("--cells", type=int, default=2, choices=range(2, 9), metavar="N",
                     help="number of cells (2-8), alternating between the two subnets")
+    up.add_argument("--cni", action="store_true",
+                    help="attach the containers through pyflannel-cni and the bridge plugin")
     sub.add_parser("check", help="curl across cells and print a pass/fail table")
     sub.add_parser("status", help="show leases, devices and programmed entries")
     sub.add_parser("down", help="remove everything the lab made")

@@ -34,6 +34,10 @@ SEED_CONFIG = {
 ETCD_IP = "10.0.1.2"
 ETCD_URL = f"http://{ETCD_IP}:2379"
 CONTAINER_NAMES = "abcdefghijklmnopqrstuvwxyz"
+#: What the lab writes in its work directory (besides one directory per cell).
+LAB_FILES = ("etcd-data", "etcd.log", "www", "state.json", "pids.json")
+#: Where the standard CNI plugins are: Debian's containernetworking-plugins, then the usual path.
+CNI_PATH = "/usr/lib/cni:/opt/cni/bin"
 
 
 def run(*cmd: str, ns: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -58,6 +62,7 @@ class Container:
     ns: str
     host_veth: str
     ip: IPv4Address | None = None
+    cni_result: dict[str, object] | None = None  # what pyflannel-cni ADD returned
 
 
 @dataclass
@@ -287,13 +292,60 @@ class Lab:
             ip(con.ns, "route", "add", "default", "via", str(net.network_address + 1))
             cell.containers.append(con)
 
+    def cni_config(self, cell: Cell) -> dict[str, object]:
+        """The network config the lab gives pyflannel-cni on *cell* (state under the workdir)."""
+        return {
+            "cniVersion": "1.0.0", "name": "pyflannel-lab", "type": "pyflannel-cni",
+            "subnetFile": str(self.subnet_file(cell)),
+            "dataDir": str(self.workdir / cell.name / "cni-state"),
+            "delegate": {"bridge": "br0"},
+            "ipam": {"dataDir": str(self.workdir / cell.name / "cni-ipam")},
+        }
+
+    def cni(self, cell: Cell, command: str, con: Container,
+            prev_result: dict[str, object] | None = None) -> dict[str, object]:
+        """Run pyflannel-cni *command* (ADD, DEL, CHECK) for *con* inside *cell*; CHECK needs
+        the ADD result as *prev_result*, as a runtime passes it."""
+        conf = self.cni_config(cell)
+        if prev_result is not None:
+            conf["prevResult"] = prev_result
+        env = {"CNI_COMMAND": command, "CNI_CONTAINERID": con.name,
+               "CNI_NETNS": f"/var/run/netns/{con.ns}", "CNI_IFNAME": "eth0",
+               "CNI_PATH": CNI_PATH}
+        res = subprocess.run(["ip", "netns", "exec", cell.ns, sys.executable, "-m",
+                              "pyflannel.cni"], input=json.dumps(conf),
+                             capture_output=True, text=True, env={**os.environ, **env},
+                             check=False)
+        if res.returncode != 0:
+            raise RuntimeError(f"pyflannel-cni {command} {con.name}: {res.stdout}{res.stderr}")
+        out = json.loads(res.stdout) if res.stdout.strip() else {}
+        assert isinstance(out, dict)
+        return out
+
+    def attach_containers_cni(self, cell: Cell, count: int = 2, start: int = 0) -> None:
+        """Like :meth:`attach_containers`, but through pyflannel-cni and the bridge plugin."""
+        for sysctl in ("net.ipv4.ip_forward=1", "net.ipv4.conf.all.rp_filter=0",
+                       "net.ipv4.conf.default.rp_filter=0"):
+            run("sysctl", "-qw", sysctl, ns=cell.ns)
+        for k in range(count):
+            letter = CONTAINER_NAMES[start + k]
+            con = Container(f"con_{letter}", f"{self.prefix}con_{letter}", "")
+            run("ip", "netns", "add", con.ns)
+            ip(con.ns, "link", "set", "lo", "up")
+            result = self.cni(cell, "ADD", con)
+            ips = result.get("ips")
+            assert isinstance(ips, list) and ips, result
+            con.ip = IPv4Address(str(ips[0]["address"]).split("/")[0])
+            con.cni_result = result
+            cell.containers.append(con)
+
     def start_http(self, con: Container) -> None:
         """``python3 -m http.server 8000`` inside the container, serving an empty directory."""
         root = self.workdir / "www" / con.name
         root.mkdir(parents=True, exist_ok=True)
         (root / "index.html").write_text(f"hello from {con.name}\n")
         self.spawn(f"http-{con.name}", con.ns, [sys.executable, "-m", "http.server", "8000"],
-                   self.workdir / f"http-{con.name}.log", cwd=root)
+                   self.workdir / "www" / f"{con.name}.log", cwd=root)
 
     def wait_http(self, con: Container, timeout: float = 10) -> None:
         """Wait until the container's server listens."""
@@ -335,10 +387,19 @@ class Lab:
     # --- teardown -------------------------------------------------------------------------------
 
     def down(self) -> None:
-        """Kill the lab's processes and delete its namespaces; safe to call at any point."""
+        """Kill the lab's processes, delete its namespaces and its work directory's contents;
+        safe to call at any point, also after a crash or a half-finished start."""
         for name in list(self._pids()):
             self.kill(name, signal.SIGKILL, wait=5)
         remove_prefixed(self.prefix)
+        for entry in LAB_FILES:
+            path = self.workdir / entry
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+        for cell in self.cells:
+            shutil.rmtree(self.workdir / cell.name, ignore_errors=True)
 
 
 def prefixed_namespaces(prefix: str) -> list[str]:
