@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -159,3 +160,33 @@ def test_sigterm_while_waiting_exits_0(lab1: Lab) -> None:
     Lab.wait(lambda: events(lab1, name, "network_config_waiting"), 10, "waiting")
     assert lab1.kill(name, signal.SIGTERM) == 0
     assert Path(lab1.workdir / name / "subnet.env").exists() is False
+
+
+def test_ready_is_notified_after_subnet_env_and_peers(lab1: Lab, tmp_path: Path) -> None:
+    """With NOTIFY_SOCKET set, READY=1 arrives only once subnet.env exists and the peers that
+    were already leased are programmed."""
+    import socket
+
+    lab1.put("/t7/config", '{"Network":"10.57.0.0/16","Backend":{"Type":"vxlan"}}')
+    lab1.put("/t7/subnets/10.57.200.0-24", '{"PublicIP":"10.0.2.57","BackendType":"vxlan",'
+                                           '"BackendData":{"VNI":1,"VtepMAC":"02:00:00:00:39:01"}}')
+    sock_path = tmp_path / "notify.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(str(sock_path))
+        sock.settimeout(20)
+        cell = lab1.cells[0]
+        name = "notify"
+        lab1.spawn(name, cell.ns, [sys.executable, "-m", "pyflannel",
+                                   "--etcd-endpoints=http://10.0.1.2:2379", "--etcd-prefix=/t7",
+                                   f"--subnet-file={lab1.workdir / name / 'subnet.env'}",
+                                   "--log-format=json"],
+                   lab1.workdir / name / "pyflannel.log", env={"NOTIFY_SOCKET": str(sock_path)})
+        msg = sock.recv(4096).decode()
+        env_exists = (lab1.workdir / name / "subnet.env").exists()
+        routes = subprocess.run(["ip", "-n", cell.ns, "route", "show", "10.57.200.0/24"],
+                                capture_output=True, text=True, check=True).stdout
+        assert "READY=1" in msg.split("\n")
+        assert env_exists
+        assert "via 10.57.200.0 dev flannel.1 onlink" in routes
+        assert lab1.kill(name, signal.SIGTERM) == 0
+        assert "STOPPING=1" in sock.recv(4096).decode()
