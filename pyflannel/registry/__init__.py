@@ -9,6 +9,7 @@ contract suite (``tests/contract``) holds them all to the same behaviour.
 
 from __future__ import annotations
 
+import ssl
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -139,14 +140,41 @@ def subnets_key(prefix: str, subnet: IPv4Network | None = None) -> str:
     return join_key(prefix, "subnets", subnet_key(subnet))
 
 
+# A peer that closes the socket mid-handshake (etcd restarting) is an outage, not a refusal.
+_TLS_TRANSIENT = (ssl.SSLEOFError, ssl.SSLZeroReturnError, ssl.SSLSyscallError)
+
+
+def tls_failure(exc: BaseException | None) -> str | None:
+    """The TLS error buried in *exc*, as text, or None if the failure was not TLS.
+
+    requests and urllib3 wrap the :class:`ssl.SSLError` two or three levels deep (in ``args``,
+    ``reason``, ``__cause__`` or ``__context__``, depending on the layer); both etcd registries
+    need to tell a TLS refusal (final: bad certificate, unknown CA, wrong scheme) from an
+    unreachable endpoint (try the next one).
+    """
+    stack: list[BaseException] = [exc] if exc is not None else []
+    seen: set[int] = set()
+    while stack:
+        err = stack.pop()
+        if id(err) in seen:
+            continue
+        seen.add(id(err))
+        if isinstance(err, ssl.SSLError) and not isinstance(err, _TLS_TRANSIENT):
+            return str(err)
+        nested = (getattr(err, "reason", None), err.__cause__, err.__context__, *err.args)
+        stack.extend(x for x in nested if isinstance(x, BaseException))
+    return None
+
+
 def open_registry(api: str, opts: EtcdOptions) -> Registry:
     """Build the registry for *api* ("v2" or "v3"); clients are imported only when used."""
+    # Lazy imports, on purpose: each client library is loaded only when its API is chosen.
     if api == "v2":
-        from pyflannel.registry.etcd2 import EtcdV2Registry
+        from pyflannel.registry.etcd2 import EtcdV2Registry  # noqa: PLC0415
 
         return EtcdV2Registry(opts)
     if api == "v3":
-        from pyflannel.registry.etcd3 import EtcdV3Registry
+        from pyflannel.registry.etcd3 import EtcdV3Registry  # noqa: PLC0415
 
         return EtcdV3Registry(opts)
     raise ValueError(f"unknown etcd API {api!r}")

@@ -8,8 +8,8 @@ tried in order; a TLS or authentication failure is final (RegistryRefused), not 
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -18,7 +18,6 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import etcd
-from urllib3.exceptions import SSLError
 
 from pyflannel.errors import (
     AlreadyExists,
@@ -29,7 +28,14 @@ from pyflannel.errors import (
     RegistryUnavailable,
 )
 from pyflannel.lease import EventKind, Events, Lease, LeaseAttrs, LeaseEvent, Snapshot
-from pyflannel.registry import EtcdOptions, decode_record, join_key, removed, subnets_key
+from pyflannel.registry import (
+    EtcdOptions,
+    decode_record,
+    join_key,
+    removed,
+    subnets_key,
+    tls_failure,
+)
 
 T = TypeVar("T")
 
@@ -46,7 +52,7 @@ def _client(endpoint: str, opts: EtcdOptions) -> Any:
         raise RegistryRefused(f"invalid etcd endpoint {endpoint!r} (want http[s]://host:port)")
     kwargs: dict[str, Any] = {
         "host": url.hostname,
-        "port": url.port or (2379 if url.scheme == "http" else 2379),
+        "port": url.port or 2379,
         "protocol": url.scheme,
         "read_timeout": opts.timeout,
     }
@@ -58,6 +64,11 @@ def _client(endpoint: str, opts: EtcdOptions) -> Any:
         kwargs["username"] = opts.username
         kwargs["password"] = opts.password
     return etcd.Client(**kwargs)
+
+
+def _long_poll(key: str, index: int) -> Callable[[Any], Any]:
+    """One recursive long-poll from *index*, bounded by WATCH_POLL."""
+    return lambda c: c.read(key, wait=True, recursive=True, waitIndex=index, timeout=WATCH_POLL)
 
 
 def _expiration(node: Any) -> float | None:
@@ -93,9 +104,12 @@ class EtcdV2Registry:
                 raise
             except etcd.EtcdConnectionFailed as exc:
                 cause = getattr(exc, "cause", None)
-                if isinstance(cause, (SSLError, ssl.SSLError)):
+                # urllib3 wraps the handshake error in MaxRetryError.reason: look inside.
+                tls = tls_failure(cause)
+                if tls is not None:
                     raise RegistryRefused(
-                        f"TLS to etcd at {self._endpoints[idx]} failed: {cause}"
+                        f"TLS to etcd at {self._endpoints[idx]} failed: {tls} "
+                        "(check --etcd-cafile/--etcd-certfile/--etcd-keyfile)"
                     ) from None
                 errors.append(f"{self._endpoints[idx]}: {cause or exc}")
                 continue
@@ -168,10 +182,8 @@ class EtcdV2Registry:
     def delete_subnet(self, subnet: IPv4Network) -> None:
         """Delete; an absent key is fine."""
         key = subnets_key(self._opts.prefix, subnet)
-        try:
+        with contextlib.suppress(etcd.EtcdKeyNotFound):
             self._call(lambda c: c.delete(key))
-        except etcd.EtcdKeyNotFound:
-            pass
 
     def watch_subnets(self, after: int, stop: threading.Event) -> Iterator[Events]:
         """Recursive long-polls from ``waitIndex=after+1``, one event each."""
@@ -179,11 +191,7 @@ class EtcdV2Registry:
         cursor = after
         while not stop.is_set():
             try:
-                res = self._call(
-                    lambda c: c.read(
-                        key, wait=True, recursive=True, waitIndex=cursor + 1, timeout=WATCH_POLL
-                    )
-                )
+                res = self._call(_long_poll(key, cursor + 1))
             except etcd.EtcdWatchTimedOut:
                 yield Events((), cursor)
                 continue
