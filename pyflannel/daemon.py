@@ -54,6 +54,8 @@ from pyflannel.subnet import LeaseManager, read_subnet_hint, subnet_env_text, wr
 log = structlog.get_logger("pyflannel")
 T = TypeVar("T")
 
+#: How often the main thread looks for a signal while it waits (see Daemon.request_stop).
+POLL = 0.2
 EXIT_OK = 0
 EXIT_FAILURE = 1
 
@@ -84,6 +86,7 @@ class Daemon:
         self._synced = False
         self._own = _Own()
         self._fatal: str | None = None
+        self._signalled = 0
         self._warned_skips: set[IPv4Network] = set()
         # Set during start-up:
         self.cfg: NetworkConfig
@@ -94,13 +97,31 @@ class Daemon:
 
     # --- signals ------------------------------------------------------------------------------
 
-    def request_stop(self, signum: int = 0, _frame: FrameType | None = None) -> None:
-        """Ask every loop to end; a second signal then kills with the default action."""
-        if signum:
-            log.info("signal_received", signal=signal.Signals(signum).name)
-            signal.signal(signum, signal.SIG_DFL)
-        self.stop.set()
-        self._kick.set()
+    def request_stop(self, signum: int, _frame: FrameType | None = None) -> None:
+        """Signal handler: record the request; a second signal kills with the default action.
+
+        It runs between two bytecodes of the main thread, maybe while that thread holds a lock
+        (a log write, an Event's condition), so it takes no lock: no logging, no Event.set().
+        The main thread polls :meth:`stopping` at least every :data:`POLL` seconds.
+        """
+        self._signalled = signum
+        signal.signal(signum, signal.SIG_DFL)
+
+    def stopping(self) -> bool:
+        """True once a signal or a fatal error asked us to stop (main thread only)."""
+        if self._signalled and not self.stop.is_set():
+            log.info("signal_received", signal=signal.Signals(self._signalled).name)
+            self.stop.set()
+        return self.stop.is_set()
+
+    def _sleep(self, seconds: float) -> None:
+        """Sleep in the main thread, waking early when asked to stop."""
+        deadline = time.monotonic() + seconds
+        while not self.stopping():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self.stop.wait(min(left, POLL))
 
     # --- start-up -----------------------------------------------------------------------------
 
@@ -111,7 +132,7 @@ class Daemon:
         """
         backoff, once = Backoff(), OnceFilter()
         while True:
-            if self.stop.is_set():
+            if self.stopping():
                 raise _Stopped
             try:
                 result = fn()
@@ -127,7 +148,7 @@ class Daemon:
                 return result
             if once.fresh(problem):
                 log.warning(f"{what}_waiting", problem=problem, endpoint=self.registry.endpoint)
-            self.stop.wait(backoff.next())
+            self._sleep(backoff.next())
 
     def _fetch_config(self) -> NetworkConfig:
         try:
@@ -344,7 +365,7 @@ class Daemon:
         ready = False
         backoff = Backoff(initial=1.0, maximum=60.0)
         next_resync = time.monotonic()
-        while not self.stop.is_set():
+        while not self.stopping():
             renew_at = self._keep_lease(backoff)
             kicked = self._kick.is_set()
             self._kick.clear()
@@ -362,7 +383,7 @@ class Daemon:
             timeout = next_resync - time.monotonic()
             if renew_at is not None:
                 timeout = min(timeout, renew_at - time.time())
-            self._kick.wait(max(timeout, 0.0))
+            self._kick.wait(min(max(timeout, 0.0), POLL))
         if self._fatal:
             log.error("fatal", error=self._fatal)
             return EXIT_FAILURE

@@ -104,6 +104,9 @@ class Lab:
         self.router_ns = f"{prefix}router"
         self.cells = [self._cell(i) for i in range(1, cells + 1)]
         self.pidfile = workdir / "pids.json"
+        # Popen objects of what this instance started: waiting through them gets the exit code
+        # even when subprocess's own bookkeeping reaped the child first.
+        self._procs: dict[str, subprocess.Popen[bytes]] = {}
 
     def _cell(self, i: int) -> Cell:
         subnet = 1 if i % 2 else 2
@@ -138,13 +141,41 @@ class Lab:
                                     stderr=subprocess.STDOUT, cwd=cwd, start_new_session=True,
                                     env={**os.environ, **(env or {})})
         self._record(name, proc.pid)
+        self._procs[name] = proc
         return proc
+
+    def pid(self, name: str) -> int | None:
+        """The PID recorded for *name*."""
+        return self._pids().get(name)
+
+    def wait_exit(self, name: str, timeout: float) -> int | None:
+        """Wait for *name* (started by this instance) to exit by itself; its exit code, or
+        None if it still runs after *timeout* seconds."""
+        proc = self._procs[name]
+        try:
+            code = proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+        self._procs.pop(name)
+        self._record(name, None)
+        return code
 
     def kill(self, name: str, sig: int = signal.SIGTERM, wait: float = 10.0) -> int | None:
         """Signal the process recorded as *name*; wait for it; return its exit code if ours."""
         pid = self._pids().get(name)
         if pid is None:
             return None
+        proc = self._procs.pop(name, None)
+        if proc is not None and proc.pid == pid:
+            if proc.poll() is None:
+                proc.send_signal(sig)
+            try:
+                code = proc.wait(wait)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                code = proc.wait()
+            self._record(name, None)
+            return code
         try:
             os.kill(pid, sig)
         except ProcessLookupError:

@@ -29,7 +29,7 @@ def _require() -> None:
         pytest.skip(f"missing tools: {', '.join(missing)}")
 
 
-@pytest.fixture(scope="module", params=["v2"])
+@pytest.fixture(scope="module", params=["v2", "v3"])
 def lab(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     """Two running cells (plus an idle cell-3) on the given etcd API."""
     _require()

@@ -72,15 +72,7 @@ def events(lab: Lab, name: str, event: str) -> list[dict[str, object]]:
 
 def exit_code(lab: Lab, name: str, timeout: float = 15) -> int | None:
     """Wait for run *name* to exit by itself; its exit code (None if it did not)."""
-    pid = lab._pids()[name]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            lab._record(name, None)
-            return os.waitstatus_to_exitcode(status)
-        time.sleep(0.05)
-    return None
+    return lab.wait_exit(name, timeout)
 
 
 def test_missing_config_is_waited_for_and_logged_once(lab1: Lab) -> None:

@@ -264,6 +264,7 @@ def test_third_cell_joins_then_leaves(lab: Lab) -> None:
     for cell in (c1, c2):
         wait(lambda: s3 in routes(cell) and (mac3, str(c3.underlay_ip)) in fdb(cell),  # noqa: B023
              what="cell-3 programmed")
+    wait(lambda: subnet_of(lab, c1) in routes(c3), what="cell-3 programs its peers")
     assert ping(c3.ns, subnet_of(lab, c1).split("/")[0]).returncode == 0
     assert lab.kill(f"pyflannel-{c3.name}", signal.SIGTERM) == 0
     assert s3 not in routes(c3) or True  # state check below
@@ -284,21 +285,14 @@ def test_lease_taken_over_exits_nonzero(lab: Lab) -> None:
     s3 = subnet_of(lab, c3)
     wait(lambda: sum(e["event"] == "ready" for e in daemon_log(lab, c3)) > readies,
          what="cell-3 ready")
-    pid = lab._pids()[f"pyflannel-{c3.name}"]
+    pid = lab.pid(f"pyflannel-{c3.name}")
+    assert pid is not None
     os.kill(pid, signal.SIGSTOP)
     lab.delete(lease_key(s3))
     lab.put(lease_key(s3), '{"PublicIP":"10.0.2.200","BackendType":"vxlan","BackendData":'
                            '{"VNI":1,"VtepMAC":"02:00:00:00:c8:01"}}')
     os.kill(pid, signal.SIGCONT)
-    deadline = time.monotonic() + 15
-    code = None
-    while time.monotonic() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            code = os.waitstatus_to_exitcode(status)
-            break
-        time.sleep(0.1)
-    lab._record(f"pyflannel-{c3.name}", None)
+    code = lab.wait_exit(f"pyflannel-{c3.name}", 15)
     assert code == 1
     fatal = [e for e in daemon_log(lab, c3) if e["event"] == "fatal"]
     assert fatal and "10.0.2.200" in str(fatal[-1]["error"])
