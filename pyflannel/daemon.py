@@ -155,8 +155,8 @@ class Daemon:
             text = self.registry.get_network_config()
         except NotFound:
             key = join_key(self.opts.etcd.prefix, "config")
-            hint = getattr(self.registry, "config_hint", None)
-            extra = f"; {hint()}" if callable(hint) else ""
+            hint = self.registry.config_hint()
+            extra = f"; {hint}" if hint else ""
             raise NotFound(f"network config {key} not found in the etcd "
                            f"{self.opts.etcd_api} keyspace{extra}") from None
         return parse_network_config(text)

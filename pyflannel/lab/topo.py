@@ -170,12 +170,12 @@ class Lab:
             if proc.poll() is None:
                 proc.send_signal(sig)
             try:
-                code = proc.wait(wait)
+                own = proc.wait(wait)
             except subprocess.TimeoutExpired:
                 proc.kill()
-                code = proc.wait()
+                own = proc.wait()
             self._record(name, None)
-            return code
+            return own
         try:
             os.kill(pid, sig)
         except ProcessLookupError:

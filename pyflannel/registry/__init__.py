@@ -54,6 +54,11 @@ class Registry(Protocol):
         """Return the raw text at ``<prefix>/config``; NotFound if absent."""
         ...
 
+    def config_hint(self) -> str:
+        """Advice for an operator whose config is missing (e.g. it exists in the other API's
+        keyspace, and the flag that reads it); empty if there is none."""
+        ...
+
     def list_subnets(self) -> Snapshot:
         """Return every record under ``<prefix>/subnets`` and the revision to watch after."""
         ...

@@ -8,6 +8,7 @@ tried in order; a TLS or authentication failure is final (RegistryRefused), not 
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import logging
 import threading
@@ -18,6 +19,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import etcd
+import requests
 
 from pyflannel.errors import (
     AlreadyExists,
@@ -132,6 +134,25 @@ class EtcdV2Registry:
         except etcd.EtcdKeyNotFound:
             raise NotFound(f"{key} not found in the etcd v2 keyspace") from None
         return str(node.value)
+
+    def config_hint(self) -> str:
+        """What to tell an operator whose config is missing: look in the v3 keyspace, which the
+        v2 API cannot see (flannel-io/flannel#755, #1175), and name the flag that reads it."""
+        key = join_key(self._opts.prefix, "config")
+        url = self.endpoint.rstrip("/") + "/v3/kv/range"
+        cert = (self._opts.certfile, self._opts.keyfile) if self._opts.certfile else None
+        try:
+            res = requests.post(url, json={"key": base64.b64encode(key.encode()).decode()},
+                                timeout=self._opts.timeout, cert=cert,
+                                verify=self._opts.cafile or True)
+            found = res.status_code == 200 and bool(res.json().get("kvs"))
+        except (requests.RequestException, ValueError, AttributeError):
+            found = False  # v3 auth on, TLS trouble, an etcd without v3: no hint
+        if found:
+            return ("it exists in the etcd v3 keyspace: run with --etcd-api=v3 "
+                    "(FLANNELD_ETCD_API=v3), or write it with ETCDCTL_API=2 etcdctl set")
+        return ("did you create the config with the etcd v2 API (ETCDCTL_API=2 etcdctl set)? "
+                "Keys written through the v3 API are invisible to v2")
 
     def list_subnets(self) -> Snapshot:
         """Recursive quorum read of ``<prefix>/subnets``; X-Etcd-Index is the watch cursor."""

@@ -210,7 +210,18 @@ class EtcdV3Registry:
         return self._endpoints[self._current].url
 
     def config_hint(self) -> str:
-        """What to tell an operator whose config is missing (flanneld's hint, v3 era)."""
+        """What to tell an operator whose config is missing: look in the v2 keyspace, which the
+        v3 API cannot see (flannel-io/flannel#1584), and name the flag that reads it."""
+        key = join_key(self._opts.prefix, "config")
+        ep = self._endpoints[self._current]
+        try:
+            res = ep.session.get(f"{ep.url}/v2/keys{key}", timeout=self._opts.timeout)
+            found = res.status_code == 200 and "value" in res.json().get("node", {})
+        except (requests.RequestException, ValueError, AttributeError):
+            found = False
+        if found:
+            return ("it exists in the etcd v2 keyspace: run with --etcd-api=v2 "
+                    "(FLANNELD_ETCD_API=v2), or write it with ETCDCTL_API=3 etcdctl put")
         return ("did you create the config with the etcd v3 API? "
                 "Keys written through the v2 API are invisible to v3")
 

@@ -130,6 +130,10 @@ class MemoryRegistry:
 
     # --- the Registry protocol -------------------------------------------------------------
 
+    def config_hint(self) -> str:
+        """There is no other keyspace to look in."""
+        return ""
+
     def get_network_config(self) -> str:
         """The text at ``<prefix>/config``."""
         key = join_key(self._prefix, "config")

@@ -182,3 +182,18 @@ def test_ready_is_notified_after_subnet_env_and_peers(lab1: Lab, tmp_path: Path)
         assert "via 10.57.200.0 dev flannel.1 onlink" in routes
         assert lab1.kill(name, signal.SIGTERM) == 0
         assert "STOPPING=1" in sock.recv(4096).decode()
+
+
+@pytest.mark.parametrize(("api", "other"), [("v2", "v3"), ("v3", "v2")])
+def test_config_in_the_other_keyspace_is_named(lab1: Lab, api: str, other: str) -> None:
+    """A config written only through the other etcd API is reported as such, with the flag to
+    use, instead of a bare "not found"."""
+    prefix = f"/t8{api}"
+    lab1.etcdctl("set" if other == "v2" else "put", f"{prefix}/config",
+                 '{"Network":"10.58.0.0/16","Backend":{"Type":"vxlan"}}', api=other)
+    _, name = start(lab1, prefix, f"--etcd-api={api}")
+    Lab.wait(lambda: events(lab1, name, "network_config_waiting"), 10, "waiting")
+    problem = str(events(lab1, name, "network_config_waiting")[0]["problem"])
+    assert f"not found in the etcd {api} keyspace" in problem
+    assert f"exists in the etcd {other} keyspace: run with --etcd-api={other}" in problem
+    assert lab1.kill(name, signal.SIGTERM) == 0
