@@ -197,3 +197,28 @@ def test_config_in_the_other_keyspace_is_named(lab1: Lab, api: str, other: str) 
     assert f"not found in the etcd {api} keyspace" in problem
     assert f"exists in the etcd {other} keyspace: run with --etcd-api={other}" in problem
     assert lab1.kill(name, signal.SIGTERM) == 0
+
+
+@pytest.mark.parametrize("api", ["v2", "v3"])
+def test_reservation_is_claimed_and_stays_permanent(lab1: Lab, api: str) -> None:
+    """A lease without TTL naming our public IP (a reservation) is the one we take, and it stays
+    without TTL (flanneld v3 silently attaches a 24 h lease to it)."""
+    prefix = f"/t9{api}"
+    put = "set" if api == "v2" else "put"
+    lab1.etcdctl(put, f"{prefix}/config", '{"Network":"10.59.0.0/16","Backend":{"Type":"vxlan"}}',
+                 api=api)
+    key = f"{prefix}/subnets/10.59.42.0-24"
+    lab1.etcdctl(put, key, '{"PublicIP":"10.0.1.3","BackendType":"vxlan"}', api=api)
+    _, name = start(lab1, prefix, f"--etcd-api={api}")
+    Lab.wait((lab1.workdir / name / "subnet.env").exists, 15, "subnet.env")
+    assert "FLANNEL_SUBNET=10.59.42.1/24" in (lab1.workdir / name / "subnet.env").read_text()
+    acquired = events(lab1, name, "lease_acquired")[0]
+    assert acquired["reservation"] is True
+    if api == "v2":
+        assert "TTL: 0\n" in lab1.etcdctl("-o", "extended", "get", key, api="v2")
+    else:
+        kv = json.loads(lab1.etcdctl("get", key, "-w", "json", api="v3"))["kvs"][0]
+        assert "lease" not in kv
+        assert json.loads(lab1.etcdctl("get", key, "--print-value-only", api="v3"))[
+            "BackendData"]["VtepMAC"]
+    assert lab1.kill(name, signal.SIGTERM) == 0

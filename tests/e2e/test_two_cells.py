@@ -254,6 +254,51 @@ def test_deleted_device_is_recreated_and_peers_follow(lab: Lab) -> None:
     assert json.loads(lab.get(lease_key(s2)))["BackendData"]["VtepMAC"] == new_mac
     wait(lambda: curl(lab, c1.containers[0].ns, str(c2.containers[0].ip)) == "200", 10, "curl")
 
+def test_leases_written_by_flanneld_are_programmed(lab: Lab) -> None:
+    """Leases exactly as flanneld writes them (v0.14 over v2 with a TTL; >= 0.18 over v3 on an
+    etcd lease) and a reservation without TTL are programmed as peers on both cells."""
+    c1, c2 = lab.cells[:2]
+    v014 = ('{"PublicIP":"10.0.2.150","BackendType":"vxlan",'
+            '"BackendData":{"VNI":1,"VtepMAC":"0a:00:00:00:96:01"}}')
+    head = ('{"PublicIP":"10.0.2.151","PublicIPv6":null,"BackendType":"vxlan",'
+            '"BackendData":{"VNI":1,"VtepMAC":"0a:00:00:00:97:01"}}')
+    reservation = ('{"PublicIP":"10.0.2.152","PublicIPv6":null,"BackendType":"vxlan",'
+                   '"BackendData":{"VNI":1,"VtepMAC":"0a:00:00:00:98:01"}}')
+    keys = {lease_key("172.16.210.0/24"): v014, lease_key("172.16.211.0/24"): head}
+    if lab.api == "v2":
+        for key, value in keys.items():
+            lab.etcdctl("set", "--ttl", "86400", key, value)
+    else:
+        lease_id = lab.etcdctl("lease", "grant", "86400").split()[1]
+        for key, value in keys.items():
+            lab.etcdctl("put", "--lease", lease_id, key, value)
+    lab.put(lease_key("172.16.212.0/24"), reservation)  # no TTL: a reservation
+    try:
+        for cell in (c1, c2):
+            for n, ip, mac in ((210, "10.0.2.150", "0a:00:00:00:96:01"),
+                               (211, "10.0.2.151", "0a:00:00:00:97:01"),
+                               (212, "10.0.2.152", "0a:00:00:00:98:01")):
+                wait(lambda: routes(cell).get(f"172.16.{n}.0/24", {}).get("gateway")  # noqa: B023
+                     == f"172.16.{n}.0" and neighs(cell).get(f"172.16.{n}.0") == mac  # noqa: B023
+                     and (mac, ip) in fdb(cell), what=f"peer 172.16.{n}.0")  # noqa: B023
+    finally:
+        for key in (*keys, lease_key("172.16.212.0/24")):
+            lab.delete(key)
+
+
+def test_own_lease_has_flanneld_ttl(lab: Lab) -> None:
+    """Our lease carries flanneld's 24 h TTL (v2: on the key; v3: an attached etcd lease)."""
+    key = lease_key(subnet_of(lab, lab.cells[0]))
+    if lab.api == "v2":
+        out = lab.etcdctl("-o", "extended", "get", key)
+        ttl = int(next(line for line in out.splitlines() if line.startswith("TTL:")).split()[1])
+    else:
+        kv = json.loads(lab.etcdctl("get", key, "-w", "json"))["kvs"][0]
+        lease_hex = format(int(kv["lease"]), "x")
+        out = lab.etcdctl("lease", "timetolive", lease_hex)
+        ttl = int(out.split("remaining(")[1].split("s")[0])
+    assert 86000 < ttl <= 86400
+
 def test_third_cell_joins_then_leaves(lab: Lab) -> None:
     """cell-3 joins and is programmed on the others; SIGTERM exits 0 and keeps its state; its
     lease deleted in etcd removes it from the others."""
