@@ -45,7 +45,8 @@ for line in sys.stdin:
 
 def fmt(xs: list[float]) -> str:
     ms = [x * 1000 for x in xs]
-    return f"median {statistics.median(ms):7.1f} ms  min {min(ms):7.1f}  max {max(ms):7.1f}  (n={len(ms)})"
+    med = statistics.median(ms)
+    return f"median {med:7.1f} ms  min {min(ms):7.1f}  max {max(ms):7.1f}  (n={len(ms)})"
 
 
 def main() -> int:
@@ -53,8 +54,13 @@ def main() -> int:
     ap.add_argument("--api", choices=["v2", "v3"], default="v2")
     ap.add_argument("--runs", type=int, default=10)
     args = ap.parse_args()
-    lab = Lab(Path(tempfile.mkdtemp(prefix="pf-bench-")), prefix=f"pfb{os.getpid() % 10000}-",
-              cells=2, api=args.api, resync_interval=30)
+    lab = Lab(
+        Path(tempfile.mkdtemp(prefix="pf-bench-")),
+        prefix=f"pfb{os.getpid() % 10000}-",
+        cells=2,
+        api=args.api,
+        resync_interval=30,
+    )
     try:
         lab.build_underlay()
         lab.start_etcd()
@@ -73,24 +79,34 @@ def main() -> int:
             lab.wait(sf.exists, 30, "subnet.env", interval=0.002)
             (cold if i == 0 else warm).append(time.monotonic() - t0)
             lab.kill(f"pyflannel-{c1.name}")
-        print(f"[{args.api}] start -> subnet.env, first start (new device + lease): "
-              f"{cold[0] * 1000:.1f} ms")
+        print(
+            f"[{args.api}] start -> subnet.env, first start (new device + lease): "
+            f"{cold[0] * 1000:.1f} ms"
+        )
         print(f"[{args.api}] start -> subnet.env, restart (reused device + lease): {fmt(warm)}")
 
         lab.start_daemon(c1)
         lab.wait_subnet_env(c1)
-        writer = subprocess.Popen(["ip", "netns", "exec", lab.etcd_ns, sys.executable, "-c",
-                                   WRITER, args.api, ETCD_URL], stdin=subprocess.PIPE,
-                                  stdout=subprocess.PIPE, text=True)
+        writer = subprocess.Popen(
+            ["ip", "netns", "exec", lab.etcd_ns, sys.executable, "-c", WRITER, args.api, ETCD_URL],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         assert writer.stdin is not None and writer.stdout is not None
         lat = []
         with IPRoute(netns=c1.ns, flags=0) as ipr:
             for i in range(args.runs):
                 subnet = f"172.16.{200 + i}.0"
-                value = json.dumps({"PublicIP": f"10.0.2.{100 + i}", "PublicIPv6": None,
-                                    "BackendType": "vxlan", "BackendData": {
-                                        "VNI": 1, "VtepMAC": f"02:00:00:00:{i:02x}:01"}},
-                                   separators=(",", ":"))
+                value = json.dumps(
+                    {
+                        "PublicIP": f"10.0.2.{100 + i}",
+                        "PublicIPv6": None,
+                        "BackendType": "vxlan",
+                        "BackendData": {"VNI": 1, "VtepMAC": f"02:00:00:00:{i:02x}:01"},
+                    },
+                    separators=(",", ":"),
+                )
                 writer.stdin.write(f"/coreos.com/network/subnets/{subnet}-24 {value}\n")
                 writer.stdin.flush()
                 deadline = time.time() + 10
@@ -100,9 +116,9 @@ def main() -> int:
                         seen = time.time()
                         break
                     time.sleep(0.0005)
-                t_start, t_done = json.loads(writer.stdout.readline())
+                t_start, _t_done = json.loads(writer.stdout.readline())
                 assert seen is not None, "route never appeared"
-                lat.append(seen - t_start)
+                lat.append(seen - t_start)  # from the write request: includes its round trip
         writer.stdin.close()
         writer.wait()
         print(f"[{args.api}] lease written in etcd -> route present on another cell: {fmt(lat)}")

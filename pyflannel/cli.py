@@ -86,31 +86,73 @@ class _Flag:
 
 
 FLAGS: tuple[_Flag, ...] = (
-    _Flag("etcd-endpoints", str, "http://127.0.0.1:4001,http://127.0.0.1:2379",
-          "comma-separated list of etcd endpoints"),
+    _Flag(
+        "etcd-endpoints",
+        str,
+        "http://127.0.0.1:4001,http://127.0.0.1:2379",
+        "comma-separated list of etcd endpoints",
+    ),
     _Flag("etcd-prefix", str, "/coreos.com/network", "etcd prefix"),
     _Flag("etcd-keyfile", str, "", "SSL key file used to secure etcd communication"),
     _Flag("etcd-certfile", str, "", "SSL certification file used to secure etcd communication"),
-    _Flag("etcd-cafile", str, "", "SSL Certificate Authority file used to secure etcd communication"),
+    _Flag(
+        "etcd-cafile", str, "", "SSL Certificate Authority file used to secure etcd communication"
+    ),
     _Flag("etcd-username", str, "", "username for BasicAuth to etcd"),
     _Flag("etcd-password", str, "", "password for BasicAuth to etcd"),
-    _Flag("etcd-api", _choice("v2", "v3"), "v2",
-          "etcd API: v2 (flanneld <= 0.17, etcd <= 3.5 with --enable-v2) or v3 (flanneld >= 0.18)"),
-    _Flag("iface", str, (), "interface to use (IP or name) for inter-host communication; "
-          "repeatable, first match wins", repeat=True),
-    _Flag("iface-regex", str, (), "regex matching the first interface (by IP, then name) to use; "
-          "repeatable", repeat=True),
+    _Flag(
+        "etcd-api",
+        _choice("v2", "v3"),
+        "v2",
+        "etcd API: v2 (flanneld <= 0.17, etcd <= 3.5 with --enable-v2) or v3 (flanneld >= 0.18)",
+    ),
+    _Flag(
+        "iface",
+        str,
+        (),
+        "interface to use (IP or name) for inter-host communication; repeatable, first match wins",
+        repeat=True,
+    ),
+    _Flag(
+        "iface-regex",
+        str,
+        (),
+        "regex matching the first interface (by IP, then name) to use; repeatable",
+        repeat=True,
+    ),
     _Flag("public-ip", _ip, None, "IP accessible by other nodes for inter-host communication"),
-    _Flag("subnet-file", Path, Path("/run/flannel/subnet.env"),
-          "filename where env variables (subnet, MTU, ...) will be written to"),
-    _Flag("subnet-lease-renew-margin", _margin, 60,
-          "subnet lease renewal margin, in minutes, ranging from 1 to 1439"),
-    _Flag("ip-masq", _bool, False, "setup IP masquerade rule for traffic destined outside of "
-          "overlay network (recorded in subnet.env)", is_bool=True),
-    _Flag("resync-interval", _positive, 30.0,
-          "seconds between full reconciliations of the kernel state (pyflannel)"),
-    _Flag("log-format", _choice("auto", "console", "json"), "auto",
-          "log format: console (key=value), json, or auto (console on a terminal, else json)"),
+    _Flag(
+        "subnet-file",
+        Path,
+        Path("/run/flannel/subnet.env"),
+        "filename where env variables (subnet, MTU, ...) will be written to",
+    ),
+    _Flag(
+        "subnet-lease-renew-margin",
+        _margin,
+        60,
+        "subnet lease renewal margin, in minutes, ranging from 1 to 1439",
+    ),
+    _Flag(
+        "ip-masq",
+        _bool,
+        False,
+        "setup IP masquerade rule for traffic destined outside of "
+        "overlay network (recorded in subnet.env)",
+        is_bool=True,
+    ),
+    _Flag(
+        "resync-interval",
+        _positive,
+        30.0,
+        "seconds between full reconciliations of the kernel state (pyflannel)",
+    ),
+    _Flag(
+        "log-format",
+        _choice("auto", "console", "json"),
+        "auto",
+        "log format: console (key=value), json, or auto (console on a terminal, else json)",
+    ),
     _Flag("log-level", _choice("debug", "info", "warning", "error"), "info", "log level"),
 )
 
@@ -128,23 +170,51 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> _Parser:
-    p = _Parser(prog="pyflannel", description="flanneld-compatible VXLAN overlay daemon; every "
-                "flag can also be set as FLANNELD_<FLAG> (e.g. FLANNELD_ETCD_ENDPOINTS).")
+    p = _Parser(
+        prog="pyflannel",
+        description="flanneld-compatible VXLAN overlay daemon; every "
+        "flag can also be set as FLANNELD_<FLAG> (e.g. FLANNELD_ETCD_ENDPOINTS).",
+    )
     for f in FLAGS:
         # Go's flag package takes -name and --name alike.
         names = [f"--{f.name}", f"-{f.name}"]
         if f.is_bool:
-            p.add_argument(*names, dest=f.name, type=f.parse, nargs="?", const=True,
-                           default=argparse.SUPPRESS, help=f.help, metavar="true|false")
+            p.add_argument(
+                *names,
+                dest=f.name,
+                type=f.parse,
+                nargs="?",
+                const=True,
+                default=argparse.SUPPRESS,
+                help=f.help,
+                metavar="true|false",
+            )
         elif f.repeat:
-            p.add_argument(*names, dest=f.name, type=f.parse, action="append",
-                           default=argparse.SUPPRESS, help=f.help)
+            p.add_argument(
+                *names,
+                dest=f.name,
+                type=f.parse,
+                action="append",
+                default=argparse.SUPPRESS,
+                help=f.help,
+            )
         else:
-            p.add_argument(*names, dest=f.name, type=f.parse, default=argparse.SUPPRESS,
-                           help=f"{f.help} (default: {f.default})")
+            p.add_argument(
+                *names,
+                dest=f.name,
+                type=f.parse,
+                default=argparse.SUPPRESS,
+                help=f"{f.help} (default: {f.default})",
+            )
     # klog's verbosity flag, accepted for FLANNELD_V compatibility: 2 or more means debug.
-    p.add_argument("-v", "--v", dest="v", type=int, default=argparse.SUPPRESS,
-                   help="verbosity (klog compatible): 2 or more turns on debug logs")
+    p.add_argument(
+        "-v",
+        "--v",
+        dest="v",
+        type=int,
+        default=argparse.SUPPRESS,
+        help="verbosity (klog compatible): 2 or more turns on debug logs",
+    )
     p.add_argument("--version", "-version", action="store_true", help="print the version and exit")
     return p
 

@@ -182,22 +182,35 @@ def parse_args(environ: Mapping[str, str]) -> CniArgs:
     """Read and validate the ``CNI_*`` variables; raises :class:`CniError` (code 4)."""
     command = environ.get("CNI_COMMAND", "")
     if command not in _REQUIRED_ENV:
-        raise CniError(ERR_INVALID_ENV, f"unknown CNI_COMMAND {command!r}",
-                       f"expected one of {', '.join(_REQUIRED_ENV)}")
+        raise CniError(
+            ERR_INVALID_ENV,
+            f"unknown CNI_COMMAND {command!r}",
+            f"expected one of {', '.join(_REQUIRED_ENV)}",
+        )
     missing = [v for v in _REQUIRED_ENV[command] if not environ.get(v)]
     if missing:
-        raise CniError(ERR_INVALID_ENV, f"required environment variables missing: "
-                       f"{', '.join(missing)}", f"CNI_COMMAND={command}")
+        raise CniError(
+            ERR_INVALID_ENV,
+            f"required environment variables missing: {', '.join(missing)}",
+            f"CNI_COMMAND={command}",
+        )
     if command == "VERSION":
         return CniArgs(command)
     container_id = environ["CNI_CONTAINERID"]
     if not _NAME_RE.fullmatch(container_id):
         # It becomes a file name under dataDir: no "/", no "..", nothing hidden.
-        raise CniError(ERR_INVALID_ENV, "invalid characters in CNI_CONTAINERID",
-                       f"{container_id!r} must match {_NAME_RE.pattern}")
+        raise CniError(
+            ERR_INVALID_ENV,
+            "invalid characters in CNI_CONTAINERID",
+            f"{container_id!r} must match {_NAME_RE.pattern}",
+        )
     ifname = environ["CNI_IFNAME"]
-    if (len(ifname) >= _IFNAMSIZ or ifname in (".", "..")
-            or any(c in ifname for c in "/:") or any(c.isspace() for c in ifname)):
+    if (
+        len(ifname) >= _IFNAMSIZ
+        or ifname in (".", "..")
+        or any(c in ifname for c in "/:")
+        or any(c.isspace() for c in ifname)
+    ):
         raise CniError(ERR_INVALID_ENV, "invalid CNI_IFNAME", repr(ifname))
     path = tuple(p for p in environ["CNI_PATH"].split(os.pathsep) if p)
     return CniArgs(command, container_id, environ.get("CNI_NETNS", ""), ifname, path)
@@ -212,8 +225,9 @@ def _object(conf: JSONObject, key: str) -> JSONObject | None:
     if value is None:
         return None
     if not isinstance(value, dict):
-        raise CniError(ERR_INVALID_CONFIG, f"{key!r} must be an object",
-                       f"got {type(value).__name__}")
+        raise CniError(
+            ERR_INVALID_CONFIG, f"{key!r} must be an object", f"got {type(value).__name__}"
+        )
     return dict(value)
 
 
@@ -231,21 +245,31 @@ def parse_netconf(data: bytes) -> NetConf:
     except (ValueError, UnicodeDecodeError) as exc:
         raise CniError(ERR_DECODE, "failed to decode network config", str(exc)) from None
     if not isinstance(conf, dict):
-        raise CniError(ERR_DECODE, "network config must be a JSON object",
-                       f"got {type(conf).__name__}")
+        raise CniError(
+            ERR_DECODE, "network config must be a JSON object", f"got {type(conf).__name__}"
+        )
     version = conf.get("cniVersion")
     if not isinstance(version, str):
         # libcni reads a missing version as 0.1.0, which we do not speak either.
-        raise CniError(ERR_INCOMPATIBLE_VERSION, "missing or non-string cniVersion",
-                       f"supported: {', '.join(SUPPORTED_VERSIONS)}")
+        raise CniError(
+            ERR_INCOMPATIBLE_VERSION,
+            "missing or non-string cniVersion",
+            f"supported: {', '.join(SUPPORTED_VERSIONS)}",
+        )
     if version not in SUPPORTED_VERSIONS:
-        raise CniError(ERR_INCOMPATIBLE_VERSION, f"unsupported cniVersion {version!r}",
-                       f"supported: {', '.join(SUPPORTED_VERSIONS)}")
+        raise CniError(
+            ERR_INCOMPATIBLE_VERSION,
+            f"unsupported cniVersion {version!r}",
+            f"supported: {', '.join(SUPPORTED_VERSIONS)}",
+        )
     name = conf.get("name")
     if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
         # host-local keeps its leases in <dataDir>/<name>: same rule as a container ID.
-        raise CniError(ERR_INVALID_CONFIG, "missing or invalid network name",
-                       f"{name!r} must match {_NAME_RE.pattern}")
+        raise CniError(
+            ERR_INVALID_CONFIG,
+            "missing or invalid network name",
+            f"{name!r} must match {_NAME_RE.pattern}",
+        )
     if "type" in conf and not isinstance(conf["type"], str):
         raise CniError(ERR_INVALID_CONFIG, "'type' must be a string", repr(conf["type"]))
     subnet_file = _string(conf, "subnetFile", DEFAULT_SUBNET_FILE)
@@ -256,27 +280,33 @@ def parse_netconf(data: bytes) -> NetConf:
     delegate = _object(conf, "delegate") or {}
     for key in ("name", "ipam"):
         if key in delegate:
-            raise CniError(ERR_UNSUPPORTED_FIELD, f"'delegate' must not have {key!r}",
-                           f"pyflannel-cni sets the delegate's {key} itself")
+            raise CniError(
+                ERR_UNSUPPORTED_FIELD,
+                f"'delegate' must not have {key!r}",
+                f"pyflannel-cni sets the delegate's {key} itself",
+            )
     if "type" in delegate:
         dtype = delegate["type"]
         if not isinstance(dtype, str) or not _NAME_RE.fullmatch(dtype):
-            raise CniError(ERR_INVALID_CONFIG, "'delegate.type' must be a plugin name",
-                           repr(dtype))
+            raise CniError(ERR_INVALID_CONFIG, "'delegate.type' must be a plugin name", repr(dtype))
     ipam = _object(conf, "ipam") or {}
     for key in ("ranges", "subnet", "rangeStart", "rangeEnd", "gateway"):
         if key in ipam:
             # Silently overwriting them (as flannel does) would hide a misconfiguration.
-            raise CniError(ERR_UNSUPPORTED_FIELD, f"'ipam' must not have {key!r}",
-                           "the address range comes from subnet.env")
+            raise CniError(
+                ERR_UNSUPPORTED_FIELD,
+                f"'ipam' must not have {key!r}",
+                "the address range comes from subnet.env",
+            )
     if "type" in ipam and not isinstance(ipam["type"], str):
         raise CniError(ERR_INVALID_CONFIG, "'ipam.type' must be a string", repr(ipam["type"]))
     routes = ipam.get("routes", [])
     if not isinstance(routes, list) or not all(
         isinstance(r, dict) and isinstance(r.get("dst"), str) for r in routes
     ):
-        raise CniError(ERR_INVALID_CONFIG, "'ipam.routes' must be a list of {\"dst\": ...}",
-                       repr(routes))
+        raise CniError(
+            ERR_INVALID_CONFIG, "'ipam.routes' must be a list of {\"dst\": ...}", repr(routes)
+        )
     return NetConf(
         cni_version=version,
         name=name,
@@ -302,21 +332,30 @@ def parse_subnet_env(text: str, source: str = "subnet.env") -> SubnetEnv:
         if line and not line.startswith("#") and "=" in line:
             key, value = line.split("=", 1)
             values[key.strip()] = value.strip()
-    missing = [k for k in ("FLANNEL_NETWORK", "FLANNEL_SUBNET", "FLANNEL_MTU", "FLANNEL_IPMASQ")
-               if k not in values]
+    missing = [
+        k
+        for k in ("FLANNEL_NETWORK", "FLANNEL_SUBNET", "FLANNEL_MTU", "FLANNEL_IPMASQ")
+        if k not in values
+    ]
     if missing:
         raise CniError(ERR_SUBNET_FILE, f"{source} is missing {', '.join(missing)}")
     try:
-        networks = tuple(IPv4Network(n.strip(), strict=False)
-                         for n in values["FLANNEL_NETWORK"].split(",") if n.strip())
+        networks = tuple(
+            IPv4Network(n.strip(), strict=False)
+            for n in values["FLANNEL_NETWORK"].split(",")
+            if n.strip()
+        )
         subnet = IPv4Interface(values["FLANNEL_SUBNET"])
     except ValueError as exc:
         raise CniError(ERR_SUBNET_FILE, f"{source}: invalid address", str(exc)) from None
     if not networks:
         raise CniError(ERR_SUBNET_FILE, f"{source}: FLANNEL_NETWORK is empty")
     if not any(subnet.network.subnet_of(n) for n in networks):
-        raise CniError(ERR_SUBNET_FILE, f"{source}: FLANNEL_SUBNET is outside FLANNEL_NETWORK",
-                       f"{subnet} not in {values['FLANNEL_NETWORK']}")
+        raise CniError(
+            ERR_SUBNET_FILE,
+            f"{source}: FLANNEL_SUBNET is outside FLANNEL_NETWORK",
+            f"{subnet} not in {values['FLANNEL_NETWORK']}",
+        )
     mtu_text = values["FLANNEL_MTU"]
     if not mtu_text.isdigit() or not 68 <= int(mtu_text) <= 65535:
         raise CniError(ERR_SUBNET_FILE, f"{source}: invalid FLANNEL_MTU", repr(mtu_text))
@@ -328,9 +367,12 @@ def read_subnet_env(path: Path) -> SubnetEnv:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise CniError(ERR_TRY_AGAIN_LATER, f"{path} does not exist",
-                       "pyflannel (or flanneld) writes it once it holds a subnet lease; "
-                       "is the daemon running?") from None
+        raise CniError(
+            ERR_TRY_AGAIN_LATER,
+            f"{path} does not exist",
+            "pyflannel (or flanneld) writes it once it holds a subnet lease; "
+            "is the daemon running?",
+        ) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise CniError(ERR_IO, f"cannot read {path}", str(exc)) from None
     return parse_subnet_env(text, str(path))
@@ -438,20 +480,23 @@ def _find_plugin(plugin: str, path: Sequence[str]) -> Path:
         candidate = Path(directory) / plugin
         if candidate.is_file() and os.access(candidate, os.X_OK):
             return candidate
-    raise CniError(ERR_DELEGATE, f"failed to find plugin {plugin!r} in CNI_PATH",
-                   os.pathsep.join(path))
+    raise CniError(
+        ERR_DELEGATE, f"failed to find plugin {plugin!r} in CNI_PATH", os.pathsep.join(path)
+    )
 
 
-def _invoke(plugin: str, command: str, config: bytes, args: CniArgs,
-            environ: Mapping[str, str]) -> bytes:
+def _invoke(
+    plugin: str, command: str, config: bytes, args: CniArgs, environ: Mapping[str, str]
+) -> bytes:
     """Run *plugin* with *command*; return its stdout, or raise its error as ours."""
     exe = _find_plugin(plugin, args.path)
     env = dict(environ)
     env["CNI_COMMAND"] = command
     try:
         # stderr is inherited: the delegate's diagnostics reach the runtime's log unchanged.
-        proc = subprocess.run([str(exe)], input=config, stdout=subprocess.PIPE, env=env,
-                              check=False)
+        proc = subprocess.run(
+            [str(exe)], input=config, stdout=subprocess.PIPE, env=env, check=False
+        )
     except OSError as exc:
         raise CniError(ERR_DELEGATE, f"cannot run {exe}", str(exc)) from None
     if proc.returncode == 0:
@@ -461,13 +506,16 @@ def _invoke(plugin: str, command: str, config: bytes, args: CniArgs,
         err = json.loads(text)
     except ValueError:
         err = None
-    if isinstance(err, dict) and isinstance(err.get("code"), int) and isinstance(
-        err.get("msg"), str
+    if (
+        isinstance(err, dict)
+        and isinstance(err.get("code"), int)
+        and isinstance(err.get("msg"), str)
     ):
         details = str(err.get("details") or "")
         raise CniError(err["code"], f"{plugin} {command}: {err['msg']}", details)
-    raise CniError(ERR_DELEGATE, f"{plugin} {command} failed with exit status "
-                   f"{proc.returncode}", text)
+    raise CniError(
+        ERR_DELEGATE, f"{plugin} {command} failed with exit status {proc.returncode}", text
+    )
 
 
 # --- commands ----------------------------------------------------------------------------------
@@ -486,8 +534,11 @@ def _cmd_add(args: CniArgs, conf: NetConf, environ: Mapping[str, str]) -> str:
     except ValueError:
         result = None
     if not isinstance(result, dict):
-        raise CniError(ERR_DELEGATE, f"{rendered['type']} ADD returned no result object",
-                       out.decode("utf-8", "replace")[:500])
+        raise CniError(
+            ERR_DELEGATE,
+            f"{rendered['type']} ADD returned no result object",
+            out.decode("utf-8", "replace")[:500],
+        )
     return out.decode("utf-8", "replace")
 
 
@@ -523,16 +574,21 @@ def _cmd_del(args: CniArgs, conf: NetConf, environ: Mapping[str, str]) -> str:
 
 def _cmd_check(args: CniArgs, conf: NetConf, environ: Mapping[str, str]) -> str:
     if _version_tuple(conf.cni_version) < _CHECK_SINCE:
-        raise CniError(ERR_INCOMPATIBLE_VERSION,
-                       f"CHECK is not defined for cniVersion {conf.cni_version}",
-                       "CHECK needs cniVersion 0.4.0 or later")
+        raise CniError(
+            ERR_INCOMPATIBLE_VERSION,
+            f"CHECK is not defined for cniVersion {conf.cni_version}",
+            "CHECK needs cniVersion 0.4.0 or later",
+        )
     path = _state_path(conf, args)
     data = _load_state(path)
     stored = _stored_config(data) if data is not None else None
     if stored is None:
         # Consistent with DEL: without state there is nothing of ours to check or to clean up.
-        raise CniError(ERR_UNKNOWN_CONTAINER, f"no network of ours for container "
-                       f"{args.container_id}", f"no valid state in {path}")
+        raise CniError(
+            ERR_UNKNOWN_CONTAINER,
+            f"no network of ours for container {args.container_id}",
+            f"no valid state in {path}",
+        )
     # The runtime's prevResult is in the version of today's config, so the check speaks it.
     stored["cniVersion"] = conf.cni_version
     if conf.prev_result is not None:
@@ -557,8 +613,10 @@ def run(args: CniArgs, stdin: bytes, environ: Mapping[str, str]) -> str:
 
 
 def _about() -> str:
-    return (f"CNI pyflannel-cni plugin {__version__}\n"
-            f"CNI protocol versions supported: {', '.join(SUPPORTED_VERSIONS)}\n")
+    return (
+        f"CNI pyflannel-cni plugin {__version__}\n"
+        f"CNI protocol versions supported: {', '.join(SUPPORTED_VERSIONS)}\n"
+    )
 
 
 def main() -> int:
@@ -578,8 +636,9 @@ def main() -> int:
         sys.stdout.write(json.dumps(exc.to_json()) + "\n")
         return 1
     except Exception as exc:  # the protocol wants an error object, never a traceback
-        err = CniError(ERR_INTERNAL, "internal error in pyflannel-cni",
-                       f"{type(exc).__name__}: {exc}")
+        err = CniError(
+            ERR_INTERNAL, "internal error in pyflannel-cni", f"{type(exc).__name__}: {exc}"
+        )
         sys.stdout.write(json.dumps(err.to_json()) + "\n")
         return 1
     sys.stdout.write(out)

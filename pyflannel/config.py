@@ -164,12 +164,12 @@ def parse_network_config(text: str | bytes) -> NetworkConfig:
 
     size = 1 << (32 - subnet_len)
     subnet_min = _bound(obj, "SubnetMin", network, subnet_len, network.network_address + size)
-    subnet_max = _bound(
-        obj, "SubnetMax", network, subnet_len, network.broadcast_address + 1 - size
-    )
+    subnet_max = _bound(obj, "SubnetMax", network, subnet_len, network.broadcast_address + 1 - size)
     if subnet_min > subnet_max:
         raise ConfigError(f"SubnetMin {subnet_min} is greater than SubnetMax {subnet_max}")
-    return NetworkConfig(network, subnet_len, subnet_min, subnet_max, parse_backend(raw_backend(raw)))
+    return NetworkConfig(
+        network, subnet_len, subnet_min, subnet_max, parse_backend(raw_backend(raw))
+    )
 
 
 def raw_backend(raw: dict[str, Any]) -> Any:

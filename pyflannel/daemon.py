@@ -17,9 +17,9 @@ Nothing is torn down on exit: device, entries and lease stay, so a restart is hi
 from __future__ import annotations
 
 import signal
-from collections.abc import Callable
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from ipaddress import IPv4Interface, IPv4Network
 from types import FrameType
@@ -43,8 +43,8 @@ from pyflannel.errors import (
     RegistryUnavailable,
 )
 from pyflannel.iface import ExternalInterface, choose_external
-from pyflannel.lease import Change, EventKind, Lease, LeaseAttrs, LeaseTracker, WatchBatch
 from pyflannel.kernel import Link, VxlanSpec
+from pyflannel.lease import Change, EventKind, Lease, LeaseAttrs, LeaseTracker, WatchBatch
 from pyflannel.netlink import Netlink
 from pyflannel.reconcile import apply, plan
 from pyflannel.registry import Registry, join_key, open_registry
@@ -157,21 +157,37 @@ class Daemon:
             key = join_key(self.opts.etcd.prefix, "config")
             hint = self.registry.config_hint()
             extra = f"; {hint}" if hint else ""
-            raise NotFound(f"network config {key} not found in the etcd "
-                           f"{self.opts.etcd_api} keyspace{extra}") from None
+            raise NotFound(
+                f"network config {key} not found in the etcd {self.opts.etcd_api} keyspace{extra}"
+            ) from None
         return parse_network_config(text)
 
     def start(self) -> None:
         """Config, interface, device, lease, address, subnet.env; raises on fatal problems."""
         self.cfg = self._retry("network_config", self._fetch_config)
-        log.info("network_config", network=str(self.cfg.network), subnet_len=self.cfg.subnet_len,
-                 subnet_min=str(self.cfg.subnet_min), subnet_max=str(self.cfg.subnet_max),
-                 vni=self.cfg.backend.vni, port=self.cfg.backend.udp_port)
+        log.info(
+            "network_config",
+            network=str(self.cfg.network),
+            subnet_len=self.cfg.subnet_len,
+            subnet_min=str(self.cfg.subnet_min),
+            subnet_max=str(self.cfg.subnet_max),
+            vni=self.cfg.backend.vni,
+            port=self.cfg.backend.udp_port,
+        )
         self.ext = choose_external(
-            self.nl.links(), self.nl.default_route_link(), ifaces=self.opts.ifaces,
-            iface_regexes=self.opts.iface_regexes, public_ip=self.opts.public_ip)
-        log.info("external_interface", iface=self.ext.link.name, iface_ip=str(self.ext.iface_ip),
-                 public_ip=str(self.ext.public_ip), mtu=self.ext.link.mtu)
+            self.nl.links(),
+            self.nl.default_route_link(),
+            ifaces=self.opts.ifaces,
+            iface_regexes=self.opts.iface_regexes,
+            public_ip=self.opts.public_ip,
+        )
+        log.info(
+            "external_interface",
+            iface=self.ext.link.name,
+            iface_ip=str(self.ext.iface_ip),
+            public_ip=str(self.ext.public_ip),
+            mtu=self.ext.link.mtu,
+        )
         self._ensure_device()
         hint = read_subnet_hint(self.opts.subnet_file)
         manager = LeaseManager(self.registry, self.ext.public_ip, hint=hint)
@@ -180,20 +196,35 @@ class Daemon:
         self._ensure_address()
         text = subnet_env_text(self.cfg.network, self.lease.subnet, self.dev.mtu, self.opts.ip_masq)
         write_subnet_env(self.opts.subnet_file, text)
-        log.info("subnet_env_written", path=str(self.opts.subnet_file),
-                 subnet=str(self.lease.subnet), mtu=self.dev.mtu)
+        log.info(
+            "subnet_env_written",
+            path=str(self.opts.subnet_file),
+            subnet=str(self.lease.subnet),
+            mtu=self.dev.mtu,
+        )
 
     def _ensure_device(self) -> None:
         """Create or reuse flannel.<VNI>; our lease attributes follow its MAC."""
         backend = self.cfg.backend
         spec = VxlanSpec(
-            name=backend.device_name, vni=backend.vni, port=backend.udp_port,
-            underlay_index=self.ext.link.index, local=self.ext.vtep_local,
+            name=backend.device_name,
+            vni=backend.vni,
+            port=backend.udp_port,
+            underlay_index=self.ext.link.index,
+            local=self.ext.vtep_local,
             mtu=(backend.mtu or self.ext.link.mtu) - VXLAN_OVERHEAD,
-            learning=backend.learning, gbp=backend.gbp)
+            learning=backend.learning,
+            gbp=backend.gbp,
+        )
         self.dev, created = self.nl.ensure_vxlan(spec)
-        log.info("device_created" if created else "device_reused", device=self.dev.name,
-                 mac=self.dev.mac, mtu=self.dev.mtu, vni=spec.vni, local=str(spec.local))
+        log.info(
+            "device_created" if created else "device_reused",
+            device=self.dev.name,
+            mac=self.dev.mac,
+            mtu=self.dev.mtu,
+            vni=spec.vni,
+            local=str(spec.local),
+        )
         self.attrs = LeaseAttrs(self.ext.public_ip, "vxlan", self.dev.mac, backend.vni)
 
     def _ensure_address(self) -> None:
@@ -208,8 +239,12 @@ class Daemon:
         self._ensure_address()
         if self.attrs.vtep_mac != old_mac:
             self.lease = self.manager.renew(self.lease, self.attrs)
-            log.info("lease_updated", subnet=str(self.lease.subnet), vtep_mac=self.attrs.vtep_mac,
-                     reason="device re-created with a new MAC")
+            log.info(
+                "lease_updated",
+                subnet=str(self.lease.subnet),
+                vtep_mac=self.attrs.vtep_mac,
+                reason="device re-created with a new MAC",
+            )
 
     # --- the watch thread ---------------------------------------------------------------------
 
@@ -224,8 +259,11 @@ class Daemon:
                     revision = snap.revision
                 for batch in self.registry.watch_subnets(revision, self.stop):
                     if once.last is not None:
-                        log.info("etcd_reconnected", endpoint=self.registry.endpoint,
-                                 after_retries=once.clear() + 1)
+                        log.info(
+                            "etcd_reconnected",
+                            endpoint=self.registry.endpoint,
+                            after_retries=once.clear() + 1,
+                        )
                         backoff.reset()
                     if batch.events:
                         self._ingest(batch)
@@ -235,8 +273,11 @@ class Daemon:
                 revision = None
             except RegistryUnavailable as exc:
                 if once.fresh(str(exc)):
-                    log.warning("etcd_unavailable", problem=str(exc),
-                                keeping="kernel state and last known leases")
+                    log.warning(
+                        "etcd_unavailable",
+                        problem=str(exc),
+                        keeping="kernel state and last known leases",
+                    )
                 self.stop.wait(backoff.next())
             except RegistryRefused as exc:
                 self._fail(str(exc))
@@ -255,8 +296,12 @@ class Daemon:
 
     def _log_change(self, ch: Change) -> None:
         if ch.kind is EventKind.INVALID:
-            log.warning("record_skipped", key=ch.key, reason=ch.reason,
-                        effect="ignored; no peer is removed for it")
+            log.warning(
+                "record_skipped",
+                key=ch.key,
+                reason=ch.reason,
+                effect="ignored; no peer is removed for it",
+            )
             return
         if ch.subnet == self.lease.subnet:
             self._own_change(ch)
@@ -269,12 +314,18 @@ class Daemon:
         assert ch.new is not None
         a = ch.new.attrs
         if ch.old is None:
-            log.info("peer_added", subnet=str(ch.subnet), public_ip=str(a.public_ip),
-                     vtep_mac=a.vtep_mac)
+            log.info(
+                "peer_added", subnet=str(ch.subnet), public_ip=str(a.public_ip), vtep_mac=a.vtep_mac
+            )
         elif ch.changed:
-            log.info("peer_changed", subnet=str(ch.subnet), public_ip=str(a.public_ip),
-                     vtep_mac=a.vtep_mac, old_public_ip=str(ch.old.attrs.public_ip),
-                     old_vtep_mac=ch.old.attrs.vtep_mac)
+            log.info(
+                "peer_changed",
+                subnet=str(ch.subnet),
+                public_ip=str(a.public_ip),
+                vtep_mac=a.vtep_mac,
+                old_public_ip=str(ch.old.attrs.public_ip),
+                old_vtep_mac=ch.old.attrs.vtep_mac,
+            )
         else:
             log.debug("peer_renewed", subnet=str(ch.subnet))
 
@@ -302,27 +353,40 @@ class Daemon:
             reason = "device re-created"
         with self._lock:
             peers = [lease for s, lease in self._tracker.leases.items() if s != self.lease.subnet]
-        desired = desired_state(peers, self.dev.index,
-                                direct_routing=self.cfg.backend.direct_routing,
-                                is_onlink=self.nl.route_is_onlink)
+        desired = desired_state(
+            peers,
+            self.dev.index,
+            direct_routing=self.cfg.backend.direct_routing,
+            is_onlink=self.nl.route_is_onlink,
+        )
         for subnet, why in desired.skipped.items():
             if subnet not in self._warned_skips:
                 self._warned_skips.add(subnet)
                 log.warning("peer_skipped", subnet=str(subnet), reason=why)
-        actual = self.nl.observe(self.dev.index, self.cfg.network, self.cfg.subnet_len,
-                                 self.lease.subnet)
+        actual = self.nl.observe(
+            self.dev.index, self.cfg.network, self.cfg.subnet_len, self.lease.subnet
+        )
         p = plan(desired.state, actual)
         if p.empty:
             log.debug("reconciled", reason=reason, changes=0, peers=len(peers))
             return
         report = apply(p, self.nl, self.dev.index)
-        log.info("reconciled", reason=reason, peers=len(peers),
-                 neigh_set=len(p.set_neighs), fdb_set=len(p.set_fdb),
-                 route_set=len(p.set_routes), route_del=len(p.del_routes),
-                 neigh_del=len(p.del_neighs), fdb_del=len(p.del_fdb), failed=report.failed)
+        log.info(
+            "reconciled",
+            reason=reason,
+            peers=len(peers),
+            neigh_set=len(p.set_neighs),
+            fdb_set=len(p.set_fdb),
+            route_set=len(p.set_routes),
+            route_del=len(p.del_routes),
+            neigh_del=len(p.del_neighs),
+            fdb_del=len(p.del_fdb),
+            failed=report.failed,
+        )
         for err in report.errors:
-            log.warning("kernel_op_failed", op=err.op, target=err.target, errno=err.errno,
-                        error=str(err))
+            log.warning(
+                "kernel_op_failed", op=err.op, target=err.target, errno=err.errno, error=str(err)
+            )
 
     def _renew_due(self) -> float | None:
         if self.lease.expiration is None:
@@ -335,8 +399,11 @@ class Daemon:
             who = self._own.taken_by.attrs.public_ip
             raise LeaseLost(f"our lease {self.lease.subnet} was overwritten by {who}")
         if self._own.gone:
-            log.warning("lease_lost", subnet=str(self.lease.subnet),
-                        action="re-acquiring the same subnet; data path untouched")
+            log.warning(
+                "lease_lost",
+                subnet=str(self.lease.subnet),
+                action="re-acquiring the same subnet; data path untouched",
+            )
             try:
                 self.lease = self.manager.reacquire(self.lease, self.attrs)
             except RegistryUnavailable as exc:
@@ -352,9 +419,13 @@ class Daemon:
                 log.warning("lease_renew_failed", problem=str(exc))
                 return time.time() + min(backoff.next(), 60.0)
             backoff.reset()
-            log.info("lease_renewed", subnet=str(self.lease.subnet),
-                     expires=time.strftime("%Y-%m-%dT%H:%M:%SZ",
-                                           time.gmtime(self.lease.expiration or 0)))
+            log.info(
+                "lease_renewed",
+                subnet=str(self.lease.subnet),
+                expires=time.strftime(
+                    "%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.lease.expiration or 0)
+                ),
+            )
             due = self._renew_due()
         return due
 

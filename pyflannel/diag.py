@@ -29,13 +29,17 @@ def capture_vxlan(iface: str, port: int, timeout: float, count: int = 0) -> list
     out: list[dict[str, Any]] = []
     for p in sniff(iface=iface, timeout=timeout, count=count, lfilter=is_vxlan):
         rec: dict[str, Any] = {
-            "src": p[IP].src, "dst": p[IP].dst, "sport": p[UDP].sport, "dport": p[UDP].dport,
+            "src": p[IP].src,
+            "dst": p[IP].dst,
+            "sport": p[UDP].sport,
+            "dport": p[UDP].dport,
             "vni": int(p[VXLAN].vni) if VXLAN in p else None,
         }
         inner = p[VXLAN].payload if VXLAN in p else None
         if inner is not None and IP in inner:
-            rec.update(inner_src=inner[IP].src, inner_dst=inner[IP].dst,
-                       inner_proto=int(inner[IP].proto))
+            rec.update(
+                inner_src=inner[IP].src, inner_dst=inner[IP].dst, inner_proto=int(inner[IP].proto)
+            )
         out.append(rec)
     return out
 

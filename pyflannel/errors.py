@@ -1,16 +1,16 @@
 """The exception tree of pyflannel; third-party exceptions are mapped to these where they enter.
 
-    PyflannelError
-    ├── ConfigError            bad flags, bad network config (text says what and where)
-    ├── RegistryError
-    │   ├── RegistryUnavailable  etcd unreachable, timed out, 5xx      -> retry with backoff
-    │   ├── RegistryRefused      TLS or auth failure                    -> fatal, one clear line
-    │   ├── AlreadyExists        create lost a compare-and-set race     -> pick again
-    │   ├── NotFound             key absent
-    │   └── Compacted            v2 event index cleared, v3 compaction  -> re-list and diff
-    ├── KernelError            a netlink operation failed (errno kept)
-    ├── OutOfSubnets           no free subnet between SubnetMin and SubnetMax
-    └── LeaseLost              our lease vanished and its subnet is now someone else's
+PyflannelError
+├── ConfigError            bad flags, bad network config (text says what and where)
+├── RegistryError
+│   ├── RegistryUnavailable  etcd unreachable, timed out, 5xx      -> retry with backoff
+│   ├── RegistryRefused      TLS or auth failure                    -> fatal, one clear line
+│   ├── AlreadyExists        create lost a compare-and-set race     -> pick again
+│   ├── NotFound             key absent
+│   └── Compacted            v2 event index cleared, v3 compaction  -> re-list and diff
+├── KernelError            a netlink operation failed (errno kept)
+├── OutOfSubnets           no free subnet between SubnetMin and SubnetMax
+└── LeaseLost              our lease vanished and its subnet is now someone else's
 """
 
 from __future__ import annotations

@@ -66,7 +66,9 @@ def choose_external(
                 break
             chosen = None
         if chosen is None:
-            raise ConfigError(f"no interface with an IPv4 address matches --iface {','.join(ifaces)}")
+            raise ConfigError(
+                f"no interface with an IPv4 address matches --iface {','.join(ifaces)}"
+            )
         how = "--iface"
     elif iface_regexes:
         for pattern in iface_regexes:
@@ -74,9 +76,17 @@ def choose_external(
                 rx = re.compile(pattern)
             except re.error as exc:
                 raise ConfigError(f"--iface-regex {pattern!r}: {exc}") from None
-            chosen = next((lk for lk in links if _first_ipv4(lk) is not None and any(
-                rx.search(str(a.ip)) for a in lk.addresses)), None) or next(
-                (lk for lk in links if _first_ipv4(lk) is not None and rx.search(lk.name)), None)
+            chosen = next(
+                (
+                    lk
+                    for lk in links
+                    if _first_ipv4(lk) is not None
+                    and any(rx.search(str(a.ip)) for a in lk.addresses)
+                ),
+                None,
+            ) or next(
+                (lk for lk in links if _first_ipv4(lk) is not None and rx.search(lk.name)), None
+            )
             if chosen is not None:
                 break
         if chosen is None:

@@ -193,8 +193,10 @@ class LeaseTracker:
         return changes
 
     def _reset(self, snap: Snapshot) -> list[Change]:
-        changes = [Change(EventKind.INVALID, ev.subnet, key=ev.key, reason=ev.reason)
-                   for ev in snap.invalid]
+        changes = [
+            Change(EventKind.INVALID, ev.subnet, key=ev.key, reason=ev.reason)
+            for ev in snap.invalid
+        ]
         fresh = {lease.subnet: lease for lease in snap.leases}
         # A key that exists but holds garbage keeps its last good lease (see module docstring).
         garbage = {ev.subnet for ev in snap.invalid if ev.subnet is not None}

@@ -74,7 +74,9 @@ class Netlink:
             addrs.setdefault(msg["index"], []).append(
                 IPv4Interface(f"{msg.get_attr('IFA_ADDRESS')}/{msg['prefixlen']}")
             )
-        return [self._link(msg, tuple(addrs.get(msg["index"], ()))) for msg in self._ipr.get_links()]
+        return [
+            self._link(msg, tuple(addrs.get(msg["index"], ()))) for msg in self._ipr.get_links()
+        ]
 
     @staticmethod
     def _link(msg: Any, addresses: tuple[IPv4Interface, ...] = ()) -> Link:
@@ -195,10 +197,14 @@ class Netlink:
         for a in have:
             if a != addr and a.ip in network:
                 with _kernel("addr.del", a):
-                    self._ipr.addr("del", index=link.index, address=str(a.ip), prefixlen=a.network.prefixlen)
+                    self._ipr.addr(
+                        "del", index=link.index, address=str(a.ip), prefixlen=a.network.prefixlen
+                    )
         if addr not in have:
             with _kernel("addr.add", addr):
-                self._ipr.addr("add", index=link.index, address=str(addr.ip), prefixlen=addr.network.prefixlen)
+                self._ipr.addr(
+                    "add", index=link.index, address=str(addr.ip), prefixlen=addr.network.prefixlen
+                )
         with _kernel("link.up", link.name):
             self._ipr.link("set", index=link.index, state="up")
 
@@ -218,7 +224,12 @@ class Netlink:
         with _kernel("fdb.dump", dev):
             for m in self._ipr.fdb("dump", ifindex=dev):
                 dst = m.get_attr("NDA_DST")
-                if m["ifindex"] == dev and m["state"] & NUD_PERMANENT and dst and m["flags"] & NTF_SELF:
+                if (
+                    m["ifindex"] == dev
+                    and m["state"] & NUD_PERMANENT
+                    and dst
+                    and m["flags"] & NTF_SELF
+                ):
                     state.fdb.add(Fdb(m.get_attr("NDA_LLADDR"), IPv4Address(dst)))
         with _kernel("route.dump", dev):
             for m in self._ipr.route("dump", family=socket.AF_INET, table=RT_TABLE_MAIN):
@@ -232,13 +243,17 @@ class Netlink:
                 if net == own or not net.subnet_of(network):
                     continue
                 oif = m.get_attr("RTA_OIF")
-                state.routes[net] = Route(net, IPv4Address(gw), oif, bool(m["flags"] & RTNH_F_ONLINK))
+                state.routes[net] = Route(
+                    net, IPv4Address(gw), oif, bool(m["flags"] & RTNH_F_ONLINK)
+                )
         return state
 
     def replace_neigh(self, dev: int, n: Neigh) -> None:
         """``ip neigh replace IP lladdr MAC dev DEV nud permanent``."""
         with _kernel("neigh.replace", n):
-            self._ipr.neigh("replace", ifindex=dev, dst=str(n.ip), lladdr=n.mac, state=NUD_PERMANENT)
+            self._ipr.neigh(
+                "replace", ifindex=dev, dst=str(n.ip), lladdr=n.mac, state=NUD_PERMANENT
+            )
 
     def delete_neigh(self, dev: int, n: Neigh) -> None:
         """Delete the neighbour; already gone is fine."""
@@ -254,8 +269,12 @@ class Netlink:
         # pyroute2 fills in state/flags only for add/append/del; replace needs them explicitly.
         with _kernel("fdb.replace", f):
             self._ipr.fdb(
-                "replace", ifindex=dev, lladdr=f.mac, dst=str(f.dst),
-                state=NUD_PERMANENT | NUD_NOARP, flags=NTF_SELF,
+                "replace",
+                ifindex=dev,
+                lladdr=f.mac,
+                dst=str(f.dst),
+                state=NUD_PERMANENT | NUD_NOARP,
+                flags=NTF_SELF,
             )
 
     def delete_fdb(self, dev: int, f: Fdb) -> None:
@@ -270,7 +289,9 @@ class Netlink:
     def replace_route(self, r: Route) -> None:
         """``ip route replace DST via GW [dev DEV onlink]``."""
         kwargs: dict[str, Any] = {
-            "dst": str(r.dst), "gateway": str(r.gateway), "table": RT_TABLE_MAIN,
+            "dst": str(r.dst),
+            "gateway": str(r.gateway),
+            "table": RT_TABLE_MAIN,
             "proto": RTPROT_BOOT,
         }
         if r.oif is not None:

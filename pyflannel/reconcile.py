@@ -37,30 +37,50 @@ class Plan:
     @property
     def empty(self) -> bool:
         """True when the kernel already matches."""
-        return not (self.set_neighs or self.set_fdb or self.set_routes
-                    or self.del_routes or self.del_neighs or self.del_fdb)
+        return not (
+            self.set_neighs
+            or self.set_fdb
+            or self.set_routes
+            or self.del_routes
+            or self.del_neighs
+            or self.del_fdb
+        )
 
 
 def _route_matches(want: Route, have: Route) -> bool:
     # A direct route names no device: the kernel picks the underlay, whatever it is.
-    return (want.gateway == have.gateway and want.onlink == have.onlink
-            and (want.oif is None or want.oif == have.oif))
+    return (
+        want.gateway == have.gateway
+        and want.onlink == have.onlink
+        and (want.oif is None or want.oif == have.oif)
+    )
 
 
 def plan(desired: KernelState, actual: KernelState) -> Plan:
     """Return the operations that turn *actual* into *desired*."""
     return Plan(
-        set_neighs=tuple(Neigh(ip, mac) for ip, mac in sorted(desired.neighs.items())
-                         if actual.neighs.get(ip) != mac),
-        set_fdb=tuple(sorted((f for f in desired.fdb if f not in actual.fdb),
-                             key=lambda f: (f.mac, f.dst))),
-        set_routes=tuple(r for dst, r in sorted(desired.routes.items())
-                         if dst not in actual.routes or not _route_matches(r, actual.routes[dst])),
-        del_routes=tuple(r for dst, r in sorted(actual.routes.items()) if dst not in desired.routes),
-        del_neighs=tuple(Neigh(ip, mac) for ip, mac in sorted(actual.neighs.items())
-                         if ip not in desired.neighs),
-        del_fdb=tuple(sorted((f for f in actual.fdb if f not in desired.fdb),
-                             key=lambda f: (f.mac, f.dst))),
+        set_neighs=tuple(
+            Neigh(ip, mac)
+            for ip, mac in sorted(desired.neighs.items())
+            if actual.neighs.get(ip) != mac
+        ),
+        set_fdb=tuple(
+            sorted((f for f in desired.fdb if f not in actual.fdb), key=lambda f: (f.mac, f.dst))
+        ),
+        set_routes=tuple(
+            r
+            for dst, r in sorted(desired.routes.items())
+            if dst not in actual.routes or not _route_matches(r, actual.routes[dst])
+        ),
+        del_routes=tuple(
+            r for dst, r in sorted(actual.routes.items()) if dst not in desired.routes
+        ),
+        del_neighs=tuple(
+            Neigh(ip, mac) for ip, mac in sorted(actual.neighs.items()) if ip not in desired.neighs
+        ),
+        del_fdb=tuple(
+            sorted((f for f in actual.fdb if f not in desired.fdb), key=lambda f: (f.mac, f.dst))
+        ),
         vtep_macs=dict(desired.neighs),
     )
 

@@ -120,15 +120,21 @@ class LeaseManager:
             snap = self._registry.list_subnets()
             alloc = plan_allocation(cfg, snap, self._public_ip, self._hint, self._rng)
             for old in alloc.stale:
-                log.info("lease_deleted", subnet=str(old.subnet), reason="outside the network config")
+                log.info(
+                    "lease_deleted", subnet=str(old.subnet), reason="outside the network config"
+                )
                 self._registry.delete_subnet(old.subnet)
             if isinstance(alloc.action, Reuse):
                 lease = alloc.action.lease
                 # A key without TTL is a reservation: keep it permanent (flanneld v2 semantics).
                 ttl = 0 if lease.expiration is None else LEASE_TTL
                 new = self._registry.update_subnet(lease.subnet, attrs, ttl)
-                log.info("lease_acquired", subnet=str(new.subnet), how="reused (same public IP)",
-                         reservation=ttl == 0)
+                log.info(
+                    "lease_acquired",
+                    subnet=str(new.subnet),
+                    how="reused (same public IP)",
+                    reservation=ttl == 0,
+                )
                 return new
             try:
                 new = self._registry.create_subnet(alloc.action.subnet, attrs, LEASE_TTL)

@@ -8,6 +8,7 @@ bash scripts/setup.sh
 # Under CI a test that would skip for lack of root, etcd or a kernel feature fails instead.
 if [ "${CI:-}" = "true" ]; then export PYFLANNEL_REQUIRE_PRIVILEGED=1; fi
 .venv/bin/ruff check pyflannel tests bench
+.venv/bin/ruff format --check pyflannel tests bench
 .venv/bin/mypy pyflannel
 set +e
 .venv/bin/python -m pytest -p no:cacheprovider "$@"

@@ -132,12 +132,29 @@ class EtcdServer:
         self.url = f"{scheme}://127.0.0.1:{self.client_port}"
         peer = f"http://127.0.0.1:{self.peer_port}"
         self.args = [
-            ETCD_BIN, "--name", "t0", "--data-dir", str(self.data_dir),
-            "--listen-client-urls", self.url, "--advertise-client-urls", self.url,
-            "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-            "--initial-cluster", f"t0={peer}", "--initial-cluster-state", "new",
-            "--enable-v2=true", "--logger=zap", "--log-outputs=stderr", *FAST_ELECTION,
-            *(self.tls.server_args() if self.tls else ()), *self.extra_args,
+            ETCD_BIN,
+            "--name",
+            "t0",
+            "--data-dir",
+            str(self.data_dir),
+            "--listen-client-urls",
+            self.url,
+            "--advertise-client-urls",
+            self.url,
+            "--listen-peer-urls",
+            peer,
+            "--initial-advertise-peer-urls",
+            peer,
+            "--initial-cluster",
+            f"t0={peer}",
+            "--initial-cluster-state",
+            "new",
+            "--enable-v2=true",
+            "--logger=zap",
+            "--log-outputs=stderr",
+            *FAST_ELECTION,
+            *(self.tls.server_args() if self.tls else ()),
+            *self.extra_args,
         ]
 
     @property
@@ -157,7 +174,10 @@ class EtcdServer:
             raise RuntimeError("etcd is already running")
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
-                self.args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log,
+                self.args,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
                 preexec_fn=_die_with_parent,  # noqa: PLW1509 - single-threaded fixture code
             )
         self._wait_healthy(time.monotonic() + timeout)
@@ -206,13 +226,20 @@ class EtcdServer:
         """Run ``etcdctl`` (v3 API) against this server and return its stdout."""
         cmd = [ETCDCTL_BIN, f"--endpoints={self.url}"]
         if self.tls is not None:
-            cmd += [f"--cacert={self.tls.ca}", f"--cert={self.tls.client_cert}",
-                    f"--key={self.tls.client_key}"]
+            cmd += [
+                f"--cacert={self.tls.ca}",
+                f"--cert={self.tls.client_cert}",
+                f"--key={self.tls.client_key}",
+            ]
         if user is not None:
             cmd.append(f"--user={user}")
         res = subprocess.run(
-            [*cmd, *args], env={**os.environ, "ETCDCTL_API": "3"},
-            capture_output=True, text=True, timeout=10, check=False,
+            [*cmd, *args],
+            env={**os.environ, "ETCDCTL_API": "3"},
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
         )
         if res.returncode != 0:
             raise RuntimeError(f"etcdctl {' '.join(args)} failed: {res.stderr.strip()}")
@@ -274,23 +301,68 @@ def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
     if shutil.which("openssl") is None:
         pytest.skip("openssl CLI not found; apt-get install openssl")
     d = tmp_path_factory.mktemp("pki")
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-             "-keyout", "ca.key", "-out", "ca.pem", "-subj", "/CN=pyflannel-test-ca", cwd=d)
+    _openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-subj",
+        "/CN=pyflannel-test-ca",
+        cwd=d,
+    )
     for name, ext in (
         # etcd 3.4's JSON gateway dials etcd's own gRPC port with the *server* certificate as
         # its client certificate, so with --client-cert-auth the server certificate must allow
         # clientAuth too, or every /v3 call fails with 503 "use of closed network connection".
-        ("server", "subjectAltName=IP:127.0.0.1,DNS:localhost\n"
-                   "extendedKeyUsage=serverAuth,clientAuth"),
+        (
+            "server",
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth",
+        ),
         ("client", "extendedKeyUsage=clientAuth"),
     ):
         (d / f"{name}.ext").write_text(ext + "\n")
-        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key",
-                 "-out", f"{name}.csr", "-subj", f"/CN=pyflannel-test-{name}", cwd=d)
-        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-                 "-CAcreateserial", "-days", "2", "-out", f"{name}.pem",
-                 "-extfile", f"{name}.ext", cwd=d)
+        _openssl(
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            f"{name}.key",
+            "-out",
+            f"{name}.csr",
+            "-subj",
+            f"/CN=pyflannel-test-{name}",
+            cwd=d,
+        )
+        _openssl(
+            "x509",
+            "-req",
+            "-in",
+            f"{name}.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-out",
+            f"{name}.pem",
+            "-extfile",
+            f"{name}.ext",
+            cwd=d,
+        )
     return TlsFiles(
-        ca=str(d / "ca.pem"), server_cert=str(d / "server.pem"), server_key=str(d / "server.key"),
-        client_cert=str(d / "client.pem"), client_key=str(d / "client.key"),
+        ca=str(d / "ca.pem"),
+        server_cert=str(d / "server.pem"),
+        server_key=str(d / "server.key"),
+        client_cert=str(d / "client.pem"),
+        client_key=str(d / "client.key"),
     )

@@ -23,8 +23,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 
-from pyflannel.lease import Lease
 from pyflannel.kernel import Fdb, KernelState, Neigh, Route
+from pyflannel.lease import Lease
 
 
 @dataclass
@@ -47,7 +47,9 @@ def desired_state(
     for lease in peers:
         attrs = lease.attrs
         if attrs.backend_type.lower() != "vxlan":
-            out.skipped[lease.subnet] = f"backend type {attrs.backend_type or '(none)'!r} is not vxlan"
+            out.skipped[lease.subnet] = (
+                f"backend type {attrs.backend_type or '(none)'!r} is not vxlan"
+            )
             continue
         if direct_routing and is_onlink(attrs.public_ip):
             out.state.routes[lease.subnet] = Route(lease.subnet, attrs.public_ip, None, False)

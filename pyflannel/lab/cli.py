@@ -27,12 +27,13 @@ PREFIX = "pfl-"
 
 def _up(args: argparse.Namespace) -> int:
     if prefixed_namespaces(args.prefix):
-        print(f"a lab is already up (namespaces {args.prefix}*); run `pyflannel-lab down` first",
-              file=sys.stderr)
+        print(
+            f"a lab is already up (namespaces {args.prefix}*); run `pyflannel-lab down` first",
+            file=sys.stderr,
+        )
         return 1
     t0 = time.monotonic()
-    lab = Lab(args.workdir, prefix=args.prefix, cells=args.cells, api=args.api,
-              resync_interval=10)
+    lab = Lab(args.workdir, prefix=args.prefix, cells=args.cells, api=args.api, resync_interval=10)
     try:
         step("underlay: router, 10.0.1.0/24 and 10.0.2.0/24", lab.build_underlay)
         step(f"etcd at 10.0.1.2:2379 (serving the {args.api} API)", lab.start_etcd)
@@ -41,8 +42,10 @@ def _up(args: argparse.Namespace) -> int:
             lab.start_daemon(cell)
         for i, cell in enumerate(lab.cells):
             env = lab.wait_subnet_env(cell)
-            print(f"  {cell.name} ({cell.underlay_ip}): pyflannel leased "
-                  f"{IPv4Network(env['FLANNEL_SUBNET'], strict=False)}, MTU {env['FLANNEL_MTU']}")
+            print(
+                f"  {cell.name} ({cell.underlay_ip}): pyflannel leased "
+                f"{IPv4Network(env['FLANNEL_SUBNET'], strict=False)}, MTU {env['FLANNEL_MTU']}"
+            )
             if args.cni:
                 lab.attach_containers_cni(cell, 2, start=2 * i)
             else:
@@ -58,8 +61,10 @@ def _up(args: argparse.Namespace) -> int:
         print("up failed; removing what was built", file=sys.stderr)
         lab.down()
         raise
-    print(f"lab up in {time.monotonic() - t0:.1f} s (work directory {args.workdir}); "
-          "try `pyflannel-lab check`")
+    print(
+        f"lab up in {time.monotonic() - t0:.1f} s (work directory {args.workdir}); "
+        "try `pyflannel-lab check`"
+    )
     return 0
 
 
@@ -96,8 +101,10 @@ def _load(args: argparse.Namespace) -> Lab | None:
 
 
 def _path(lab: Lab, src: Cell, a: Container, dst: Cell, b: Container) -> str:
-    return (f"{a.name} → br0@{src.name} → flannel.1 → UDP 8472 {src.underlay_ip} → "
-            f"{dst.underlay_ip} → flannel.1@{dst.name} → br0 → {b.name}")
+    return (
+        f"{a.name} → br0@{src.name} → flannel.1 → UDP 8472 {src.underlay_ip} → "
+        f"{dst.underlay_ip} → flannel.1@{dst.name} → br0 → {b.name}"
+    )
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -113,13 +120,29 @@ def _check(args: argparse.Namespace) -> int:
                 if dst is src:
                     continue
                 for b in dst.containers:
-                    res = run("curl", "-s", "-m", "5", "-o", "/dev/null", "-w", "%{http_code}",
-                              f"http://{b.ip}:8000/", ns=a.ns, check=False)
+                    res = run(
+                        "curl",
+                        "-s",
+                        "-m",
+                        "5",
+                        "-o",
+                        "/dev/null",
+                        "-w",
+                        "%{http_code}",
+                        f"http://{b.ip}:8000/",
+                        ns=a.ns,
+                        check=False,
+                    )
                     ok = res.stdout == "200"
                     failed += not ok
-                    rows.append((f"{a.name} ({a.ip})", f"{b.name} ({b.ip})",
-                                 "PASS" if ok else f"FAIL ({res.stdout or res.returncode})",
-                                 _path(lab, src, a, dst, b)))
+                    rows.append(
+                        (
+                            f"{a.name} ({a.ip})",
+                            f"{b.name} ({b.ip})",
+                            "PASS" if ok else f"FAIL ({res.stdout or res.returncode})",
+                            _path(lab, src, a, dst, b),
+                        )
+                    )
     w0 = max(len(r[0]) for r in rows)
     w1 = max(len(r[1]) for r in rows)
     print(f"{'from':<{w0}}  {'to (curl :8000)':<{w1}}  result  path")
@@ -138,8 +161,7 @@ def _status(args: argparse.Namespace) -> int:
     if lab.api == "v2":
         keys = lab.etcdctl("ls", "/coreos.com/network/subnets").split()
     else:
-        keys = lab.etcdctl("get", "--prefix", "--keys-only",
-                           "/coreos.com/network/subnets").split()
+        keys = lab.etcdctl("get", "--prefix", "--keys-only", "/coreos.com/network/subnets").split()
     for key in keys:
         print(f"  {key.rsplit('/', 1)[-1]:<18} {lab.get(key)}")
     for cell in lab.cells:
@@ -151,11 +173,11 @@ def _status(args: argparse.Namespace) -> int:
         mac = words[words.index("link/ether") + 1] if "link/ether" in words else "?"
         vx = detail.split("vxlan", 1)[1].split("ageing")[0].strip() if "vxlan id" in detail else ""
         print(f"  flannel.1: mac {mac} vxlan {vx}")
-        for title, cmd in (("routes", ("ip", "-n", cell.ns, "-4", "route", "show", "dev",
-                                       "flannel.1")),
-                           ("neighbours", ("ip", "-n", cell.ns, "neigh", "show", "dev",
-                                           "flannel.1")),
-                           ("fdb", ("bridge", "-n", cell.ns, "fdb", "show", "dev", "flannel.1"))):
+        for title, cmd in (
+            ("routes", ("ip", "-n", cell.ns, "-4", "route", "show", "dev", "flannel.1")),
+            ("neighbours", ("ip", "-n", cell.ns, "neigh", "show", "dev", "flannel.1")),
+            ("fdb", ("bridge", "-n", cell.ns, "fdb", "show", "dev", "flannel.1")),
+        ):
             out = run(*cmd, check=False).stdout.strip().splitlines()
             print(f"  {title}:")
             for line in out or ["(none)"]:
@@ -178,17 +200,29 @@ def _down(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``pyflannel-lab``."""
-    p = argparse.ArgumentParser(prog="pyflannel-lab", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="pyflannel-lab",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR)
     p.add_argument("--prefix", default=PREFIX, help=argparse.SUPPRESS)
     sub = p.add_subparsers(dest="cmd", required=True)
     up = sub.add_parser("up", help="build the topology and start everything")
     up.add_argument("--api", choices=["v2", "v3"], default="v2", help="etcd API pyflannel uses")
-    up.add_argument("--cells", type=int, default=2, choices=range(2, 9), metavar="N",
-                    help="number of cells (2-8), alternating between the two subnets")
-    up.add_argument("--cni", action="store_true",
-                    help="attach the containers through pyflannel-cni and the bridge plugin")
+    up.add_argument(
+        "--cells",
+        type=int,
+        default=2,
+        choices=range(2, 9),
+        metavar="N",
+        help="number of cells (2-8), alternating between the two subnets",
+    )
+    up.add_argument(
+        "--cni",
+        action="store_true",
+        help="attach the containers through pyflannel-cni and the bridge plugin",
+    )
     sub.add_parser("check", help="curl across cells and print a pass/fail table")
     sub.add_parser("status", help="show leases, devices and programmed entries")
     sub.add_parser("down", help="remove everything the lab made")

@@ -13,6 +13,7 @@ only processes this lab started (by PID, recorded in its work directory) are kil
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -94,8 +95,14 @@ def read_env(path: Path) -> dict[str, str]:
 class Lab:
     """One instance of the topology; *prefix* names every namespace it makes."""
 
-    def __init__(self, workdir: Path, prefix: str = "pfl-", cells: int = 2, api: str = "v2",
-                 resync_interval: float = 2.0) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        prefix: str = "pfl-",
+        cells: int = 2,
+        api: str = "v2",
+        resync_interval: float = 2.0,
+    ) -> None:
         self.workdir = workdir
         self.prefix = prefix
         self.api = api
@@ -111,8 +118,12 @@ class Lab:
     def _cell(self, i: int) -> Cell:
         subnet = 1 if i % 2 else 2
         host = 3 + (i - 1) // 2
-        return Cell(f"cell-{i}", f"{self.prefix}cell{i}", IPv4Address(f"10.0.{subnet}.{host}"),
-                    IPv4Address(f"10.0.{subnet}.1"))
+        return Cell(
+            f"cell-{i}",
+            f"{self.prefix}cell{i}",
+            IPv4Address(f"10.0.{subnet}.{host}"),
+            IPv4Address(f"10.0.{subnet}.1"),
+        )
 
     # --- processes ------------------------------------------------------------------------------
 
@@ -132,14 +143,26 @@ class Lab:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.pidfile.write_text(json.dumps(pids))
 
-    def spawn(self, name: str, ns: str, cmd: list[str], log: Path, cwd: Path | None = None,
-              env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    def spawn(
+        self,
+        name: str,
+        ns: str,
+        cmd: list[str],
+        log: Path,
+        cwd: Path | None = None,
+        env: dict[str, str] | None = None,
+    ) -> subprocess.Popen[bytes]:
         """Start *cmd* in *ns*, output to *log*, and record its PID under *name*."""
         log.parent.mkdir(parents=True, exist_ok=True)
         with log.open("ab") as out:
-            proc = subprocess.Popen(["ip", "netns", "exec", ns, *cmd], stdout=out,
-                                    stderr=subprocess.STDOUT, cwd=cwd, start_new_session=True,
-                                    env={**os.environ, **(env or {})})
+            proc = subprocess.Popen(
+                ["ip", "netns", "exec", ns, *cmd],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=cwd,
+                start_new_session=True,
+                env={**os.environ, **(env or {})},
+            )
         self._record(name, proc.pid)
         self._procs[name] = proc
         return proc
@@ -197,10 +220,8 @@ class Lab:
             time.sleep(0.05)
         else:
             os.kill(pid, signal.SIGKILL)
-            try:
+            with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, 0)
-            except ChildProcessError:
-                pass
         self._record(name, None)
         return code
 
@@ -218,7 +239,9 @@ class Lab:
             ip(r, "link", "set", f"sw{n}", "up")
         run("sysctl", "-qw", "net.ipv4.ip_forward=1", ns=r)
         hosts = [("etcd", self.etcd_ns, IPv4Address(ETCD_IP), 1)]
-        hosts += [(f"c{i + 1}", c.ns, c.underlay_ip, c.subnet_index) for i, c in enumerate(self.cells)]
+        hosts += [
+            (f"c{i + 1}", c.ns, c.underlay_ip, c.subnet_index) for i, c in enumerate(self.cells)
+        ]
         for tag, ns, addr, sub in hosts:
             # Created inside the namespaces: nothing ever appears in the root namespace.
             ip(r, "link", "add", f"p-{tag}", "type", "veth", "peer", "name", "eth0", "netns", ns)
@@ -235,23 +258,54 @@ class Lab:
         data = self.workdir / "etcd-data"
         if fresh:
             shutil.rmtree(data, ignore_errors=True)
-        self.spawn("etcd", self.etcd_ns, [
-            shutil.which("etcd") or "etcd", "--name", "lab", "--data-dir", str(data),
-            "--listen-client-urls", ETCD_URL, "--advertise-client-urls", ETCD_URL,
-            "--listen-peer-urls", "http://127.0.0.1:2380",
-            "--initial-advertise-peer-urls", "http://127.0.0.1:2380",
-            "--initial-cluster", "lab=http://127.0.0.1:2380", "--initial-cluster-state", "new",
-            "--enable-v2=true", "--heartbeat-interval=10", "--election-timeout=100",
-            "--logger=zap", "--log-outputs=stderr"], self.workdir / "etcd.log")
-        self.wait(lambda: run("curl", "-sf", f"{ETCD_URL}/health", ns=self.etcd_ns,
-                              check=False).returncode == 0, 20, "etcd health")
+        self.spawn(
+            "etcd",
+            self.etcd_ns,
+            [
+                shutil.which("etcd") or "etcd",
+                "--name",
+                "lab",
+                "--data-dir",
+                str(data),
+                "--listen-client-urls",
+                ETCD_URL,
+                "--advertise-client-urls",
+                ETCD_URL,
+                "--listen-peer-urls",
+                "http://127.0.0.1:2380",
+                "--initial-advertise-peer-urls",
+                "http://127.0.0.1:2380",
+                "--initial-cluster",
+                "lab=http://127.0.0.1:2380",
+                "--initial-cluster-state",
+                "new",
+                "--enable-v2=true",
+                "--heartbeat-interval=10",
+                "--election-timeout=100",
+                "--logger=zap",
+                "--log-outputs=stderr",
+            ],
+            self.workdir / "etcd.log",
+        )
+        self.wait(
+            lambda: (
+                run("curl", "-sf", f"{ETCD_URL}/health", ns=self.etcd_ns, check=False).returncode
+                == 0
+            ),
+            20,
+            "etcd health",
+        )
 
     def etcdctl(self, *args: str, api: str | None = None) -> str:
         """Run etcdctl against the lab's etcd with the lab's API (or *api*)."""
         env = {"ETCDCTL_API": "2" if (api or self.api) == "v2" else "3"}
-        res = subprocess.run(["ip", "netns", "exec", self.etcd_ns, "etcdctl",
-                              "--endpoints", ETCD_URL, *args], capture_output=True, text=True,
-                             env={**os.environ, **env}, check=False)
+        res = subprocess.run(
+            ["ip", "netns", "exec", self.etcd_ns, "etcdctl", "--endpoints", ETCD_URL, *args],
+            capture_output=True,
+            text=True,
+            env={**os.environ, **env},
+            check=False,
+        )
         if res.returncode != 0:
             raise RuntimeError(f"etcdctl {' '.join(args)}: {res.stderr.strip()}")
         return res.stdout
@@ -282,11 +336,23 @@ class Lab:
 
     def start_daemon(self, cell: Cell, *extra: str) -> None:
         """Run the real pyflannel command inside the cell's namespace."""
-        self.spawn(f"pyflannel-{cell.name}", cell.ns, [
-            sys.executable, "-m", "pyflannel", f"--etcd-endpoints={ETCD_URL}",
-            f"--etcd-api={self.api}", f"--public-ip={cell.underlay_ip}",
-            f"--subnet-file={self.subnet_file(cell)}", f"--resync-interval={self.resync_interval}",
-            "--log-format=json", *extra], self.workdir / cell.name / "pyflannel.log")
+        self.spawn(
+            f"pyflannel-{cell.name}",
+            cell.ns,
+            [
+                sys.executable,
+                "-m",
+                "pyflannel",
+                f"--etcd-endpoints={ETCD_URL}",
+                f"--etcd-api={self.api}",
+                f"--public-ip={cell.underlay_ip}",
+                f"--subnet-file={self.subnet_file(cell)}",
+                f"--resync-interval={self.resync_interval}",
+                "--log-format=json",
+                *extra,
+            ],
+            self.workdir / cell.name / "pyflannel.log",
+        )
 
     def wait_subnet_env(self, cell: Cell, timeout: float = 20) -> dict[str, str]:
         """Wait for the cell's subnet.env and return its values."""
@@ -304,18 +370,38 @@ class Lab:
         ip(ns, "link", "add", "br0", "mtu", mtu, "type", "bridge")
         ip(ns, "addr", "add", gw, "dev", "br0")
         ip(ns, "link", "set", "br0", "up")
-        for sysctl in ("net.ipv4.ip_forward=1", "net.ipv4.conf.all.rp_filter=0",
-                       "net.ipv4.conf.default.rp_filter=0"):
+        for sysctl in (
+            "net.ipv4.ip_forward=1",
+            "net.ipv4.conf.all.rp_filter=0",
+            "net.ipv4.conf.default.rp_filter=0",
+        ):
             run("sysctl", "-qw", sysctl, ns=ns)
         for k in range(count):
             idx = start + k
             letter = CONTAINER_NAMES[idx]
-            con = Container(f"con_{letter}", f"{self.prefix}con_{letter}", f"veth{k + 1}0",
-                            net.network_address + 2 + k)
+            con = Container(
+                f"con_{letter}",
+                f"{self.prefix}con_{letter}",
+                f"veth{k + 1}0",
+                net.network_address + 2 + k,
+            )
             run("ip", "netns", "add", con.ns)
             ip(con.ns, "link", "set", "lo", "up")
-            ip(ns, "link", "add", con.host_veth, "mtu", mtu, "type", "veth", "peer", "name",
-               "eth0", "netns", con.ns)
+            ip(
+                ns,
+                "link",
+                "add",
+                con.host_veth,
+                "mtu",
+                mtu,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                con.ns,
+            )
             ip(ns, "link", "set", con.host_veth, "master", "br0", "up")
             ip(con.ns, "link", "set", "eth0", "mtu", mtu)
             ip(con.ns, "addr", "add", f"{con.ip}/{net.prefixlen}", "dev", "eth0")
@@ -326,27 +412,38 @@ class Lab:
     def cni_config(self, cell: Cell) -> dict[str, object]:
         """The network config the lab gives pyflannel-cni on *cell* (state under the workdir)."""
         return {
-            "cniVersion": "1.0.0", "name": "pyflannel-lab", "type": "pyflannel-cni",
+            "cniVersion": "1.0.0",
+            "name": "pyflannel-lab",
+            "type": "pyflannel-cni",
             "subnetFile": str(self.subnet_file(cell)),
             "dataDir": str(self.workdir / cell.name / "cni-state"),
             "delegate": {"bridge": "br0"},
             "ipam": {"dataDir": str(self.workdir / cell.name / "cni-ipam")},
         }
 
-    def cni(self, cell: Cell, command: str, con: Container,
-            prev_result: dict[str, object] | None = None) -> dict[str, object]:
+    def cni(
+        self, cell: Cell, command: str, con: Container, prev_result: dict[str, object] | None = None
+    ) -> dict[str, object]:
         """Run pyflannel-cni *command* (ADD, DEL, CHECK) for *con* inside *cell*; CHECK needs
         the ADD result as *prev_result*, as a runtime passes it."""
         conf = self.cni_config(cell)
         if prev_result is not None:
             conf["prevResult"] = prev_result
-        env = {"CNI_COMMAND": command, "CNI_CONTAINERID": con.name,
-               "CNI_NETNS": f"/var/run/netns/{con.ns}", "CNI_IFNAME": "eth0",
-               "CNI_PATH": CNI_PATH}
-        res = subprocess.run(["ip", "netns", "exec", cell.ns, sys.executable, "-m",
-                              "pyflannel.cni"], input=json.dumps(conf),
-                             capture_output=True, text=True, env={**os.environ, **env},
-                             check=False)
+        env = {
+            "CNI_COMMAND": command,
+            "CNI_CONTAINERID": con.name,
+            "CNI_NETNS": f"/var/run/netns/{con.ns}",
+            "CNI_IFNAME": "eth0",
+            "CNI_PATH": CNI_PATH,
+        }
+        res = subprocess.run(
+            ["ip", "netns", "exec", cell.ns, sys.executable, "-m", "pyflannel.cni"],
+            input=json.dumps(conf),
+            capture_output=True,
+            text=True,
+            env={**os.environ, **env},
+            check=False,
+        )
         if res.returncode != 0:
             raise RuntimeError(f"pyflannel-cni {command} {con.name}: {res.stdout}{res.stderr}")
         out = json.loads(res.stdout) if res.stdout.strip() else {}
@@ -355,8 +452,11 @@ class Lab:
 
     def attach_containers_cni(self, cell: Cell, count: int = 2, start: int = 0) -> None:
         """Like :meth:`attach_containers`, but through pyflannel-cni and the bridge plugin."""
-        for sysctl in ("net.ipv4.ip_forward=1", "net.ipv4.conf.all.rp_filter=0",
-                       "net.ipv4.conf.default.rp_filter=0"):
+        for sysctl in (
+            "net.ipv4.ip_forward=1",
+            "net.ipv4.conf.all.rp_filter=0",
+            "net.ipv4.conf.default.rp_filter=0",
+        ):
             run("sysctl", "-qw", sysctl, ns=cell.ns)
         for k in range(count):
             letter = CONTAINER_NAMES[start + k]
@@ -375,13 +475,21 @@ class Lab:
         root = self.workdir / "www" / con.name
         root.mkdir(parents=True, exist_ok=True)
         (root / "index.html").write_text(f"hello from {con.name}\n")
-        self.spawn(f"http-{con.name}", con.ns, [sys.executable, "-m", "http.server", "8000"],
-                   self.workdir / "www" / f"{con.name}.log", cwd=root)
+        self.spawn(
+            f"http-{con.name}",
+            con.ns,
+            [sys.executable, "-m", "http.server", "8000"],
+            self.workdir / "www" / f"{con.name}.log",
+            cwd=root,
+        )
 
     def wait_http(self, con: Container, timeout: float = 10) -> None:
         """Wait until the container's server listens."""
-        self.wait(lambda: ":8000" in run("ss", "-ltn", ns=con.ns, check=False).stdout,
-                  timeout, f"http server in {con.name}")
+        self.wait(
+            lambda: ":8000" in run("ss", "-ltn", ns=con.ns, check=False).stdout,
+            timeout,
+            f"http server in {con.name}",
+        )
 
     @staticmethod
     def wait(cond: object, timeout: float, what: str, interval: float = 0.05) -> None:
@@ -398,9 +506,13 @@ class Lab:
     def save_state(self) -> None:
         """Record the lab's shape in ``state.json`` in its work directory."""
         state = {
-            "prefix": self.prefix, "api": self.api, "cells": len(self.cells),
-            "containers": {c.name: [[k.name, k.ns, k.host_veth, str(k.ip)] for k in c.containers]
-                           for c in self.cells},
+            "prefix": self.prefix,
+            "api": self.api,
+            "cells": len(self.cells),
+            "containers": {
+                c.name: [[k.name, k.ns, k.host_veth, str(k.ip)] for k in c.containers]
+                for c in self.cells
+            },
         }
         self.workdir.mkdir(parents=True, exist_ok=True)
         (self.workdir / "state.json").write_text(json.dumps(state, indent=1))
@@ -449,10 +561,8 @@ def remove_prefixed(prefix: str) -> list[str]:
     gone = prefixed_namespaces(prefix)
     for name in gone:
         for pid in run("ip", "netns", "pids", name, check=False).stdout.split():
-            try:
+            with contextlib.suppress(ProcessLookupError, ValueError):
                 os.kill(int(pid), signal.SIGKILL)
-            except (ProcessLookupError, ValueError):
-                pass
     for name in gone:
         run("ip", "netns", "del", name, check=False)
     return gone

@@ -175,11 +175,11 @@ def open_registry(api: str, opts: EtcdOptions) -> Registry:
     """Build the registry for *api* ("v2" or "v3"); clients are imported only when used."""
     # Lazy imports, on purpose: each client library is loaded only when its API is chosen.
     if api == "v2":
-        from pyflannel.registry.etcd2 import EtcdV2Registry  # noqa: PLC0415
+        from pyflannel.registry.etcd2 import EtcdV2Registry
 
         return EtcdV2Registry(opts)
     if api == "v3":
-        from pyflannel.registry.etcd3 import EtcdV3Registry  # noqa: PLC0415
+        from pyflannel.registry.etcd3 import EtcdV3Registry
 
         return EtcdV3Registry(opts)
     raise ValueError(f"unknown etcd API {api!r}")

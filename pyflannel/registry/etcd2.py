@@ -142,17 +142,25 @@ class EtcdV2Registry:
         url = self.endpoint.rstrip("/") + "/v3/kv/range"
         cert = (self._opts.certfile, self._opts.keyfile) if self._opts.certfile else None
         try:
-            res = requests.post(url, json={"key": base64.b64encode(key.encode()).decode()},
-                                timeout=self._opts.timeout, cert=cert,
-                                verify=self._opts.cafile or True)
+            res = requests.post(
+                url,
+                json={"key": base64.b64encode(key.encode()).decode()},
+                timeout=self._opts.timeout,
+                cert=cert,
+                verify=self._opts.cafile or True,
+            )
             found = res.status_code == 200 and bool(res.json().get("kvs"))
         except (requests.RequestException, ValueError, AttributeError):
             found = False  # v3 auth on, TLS trouble, an etcd without v3: no hint
         if found:
-            return ("it exists in the etcd v3 keyspace: run with --etcd-api=v3 "
-                    "(FLANNELD_ETCD_API=v3), or write it with ETCDCTL_API=2 etcdctl set")
-        return ("did you create the config with the etcd v2 API (ETCDCTL_API=2 etcdctl set)? "
-                "Keys written through the v3 API are invisible to v2")
+            return (
+                "it exists in the etcd v3 keyspace: run with --etcd-api=v3 "
+                "(FLANNELD_ETCD_API=v3), or write it with ETCDCTL_API=2 etcdctl set"
+            )
+        return (
+            "did you create the config with the etcd v2 API (ETCDCTL_API=2 etcdctl set)? "
+            "Keys written through the v3 API are invisible to v2"
+        )
 
     def list_subnets(self) -> Snapshot:
         """Recursive quorum read of ``<prefix>/subnets``; X-Etcd-Index is the watch cursor."""

@@ -220,10 +220,14 @@ class EtcdV3Registry:
         except (requests.RequestException, ValueError, AttributeError):
             found = False
         if found:
-            return ("it exists in the etcd v2 keyspace: run with --etcd-api=v2 "
-                    "(FLANNELD_ETCD_API=v2), or write it with ETCDCTL_API=3 etcdctl put")
-        return ("did you create the config with the etcd v3 API? "
-                "Keys written through the v2 API are invisible to v3")
+            return (
+                "it exists in the etcd v2 keyspace: run with --etcd-api=v2 "
+                "(FLANNELD_ETCD_API=v2), or write it with ETCDCTL_API=3 etcdctl put"
+            )
+        return (
+            "did you create the config with the etcd v3 API? "
+            "Keys written through the v2 API are invisible to v3"
+        )
 
     # --- errors, auth and failover ---------------------------------------------------------
 
@@ -232,8 +236,15 @@ class EtcdV3Registry:
         tls = tls_failure(exc)
         if tls is not None:
             return RegistryRefused(f"TLS with etcd at {ep.url} failed: {tls} ({_TLS_HINT})")
-        if isinstance(exc, (gw.ConnectionFailedError, gw.ConnectionTimeoutError,
-                            gw.InternalServerError, gw.ApiVersionDiscoveryFailedError)):
+        if isinstance(
+            exc,
+            (
+                gw.ConnectionFailedError,
+                gw.ConnectionTimeoutError,
+                gw.InternalServerError,
+                gw.ApiVersionDiscoveryFailedError,
+            ),
+        ):
             # etcd3gw raises ConnectionFailedError for HTTP 503 too: a member without a leader.
             _, text = _parse_status(exc.detail_text)
             return _Unreachable(_short(text))
@@ -303,8 +314,9 @@ class EtcdV3Registry:
                 if isinstance(mapped, _Reauthenticate) and not renew:
                     continue
                 if isinstance(mapped, _Reauthenticate):
-                    raise RegistryRefused(f"{mapped}, even with a fresh token ({_CRED_HINT})") \
-                        from None
+                    raise RegistryRefused(
+                        f"{mapped}, even with a fresh token ({_CRED_HINT})"
+                    ) from None
                 raise mapped from None
         raise AssertionError("unreachable")  # pragma: no cover - the loop always returns/raises
 
@@ -465,8 +477,9 @@ class EtcdV3Registry:
                         yield batch
             except _Reauthenticate as exc:
                 if renewed:
-                    raise RegistryRefused(f"{exc}, even with a fresh token ({_CRED_HINT})") \
-                        from None
+                    raise RegistryRefused(
+                        f"{exc}, even with a fresh token ({_CRED_HINT})"
+                    ) from None
                 self._forget_tokens()  # the next open authenticates again
                 renewed = True
                 continue
@@ -498,7 +511,9 @@ class EtcdV3Registry:
             try:
                 self._authenticate(ep)
                 resp = ep.session.post(
-                    ep.client.get_url("/watch"), json=body, stream=True,
+                    ep.client.get_url("/watch"),
+                    json=body,
+                    stream=True,
                     timeout=(self._opts.timeout, self.watch_poll),
                 )
             except _Unreachable as exc:  # from _authenticate
@@ -517,7 +532,8 @@ class EtcdV3Registry:
                     errors.append(f"{ep.url}: {text}")
                     continue
                 raise self._refusal(ep, code, text) or RegistryUnavailable(
-                    f"etcd at {ep.url} refused the watch: {text}")
+                    f"etcd at {ep.url} refused the watch: {text}"
+                )
             if idx != start:
                 with self._lock:
                     self._current = idx
@@ -536,7 +552,8 @@ class EtcdV3Registry:
                 if _read_timed_out(exc):
                     return  # quiet, not dropped: the caller re-opens from the same revision
                 raise RegistryUnavailable(
-                    f"etcd watch stream from {ep.url} failed: {_short(str(exc))}") from None
+                    f"etcd watch stream from {ep.url} failed: {_short(str(exc))}"
+                ) from None
             if line is None:
                 raise RegistryUnavailable(f"etcd watch stream from {ep.url} ended")
             if not line:
@@ -555,7 +572,8 @@ class EtcdV3Registry:
         if "error" in msg:  # the gateway lost its gRPC stream (etcd stopping, leader lost)
             code, text = _status(msg)
             raise self._refusal(ep, code, text) or RegistryUnavailable(
-                f"etcd watch stream from {ep.url} failed: {text}")
+                f"etcd watch stream from {ep.url} failed: {text}"
+            )
         res: dict[str, Any] = msg.get("result") or {}
         if res.get("canceled"):
             compacted = int(res.get("compact_revision", 0))
@@ -564,7 +582,8 @@ class EtcdV3Registry:
             # "rpc error: code = InvalidArgument desc = etcdserver: ..." -> "etcdserver: ..."
             reason = _RPC_PREFIX.sub("", str(res.get("cancel_reason") or "no reason given"))
             raise self._refusal(ep, None, reason) or RegistryUnavailable(
-                f"etcd at {ep.url} cancelled the watch: {reason}")
+                f"etcd at {ep.url} cancelled the watch: {reason}"
+            )
         events = res.get("events") or []
         if not events:
             if res.get("created"):

@@ -42,8 +42,9 @@ def exercise(reg: Registry) -> None:
 def v3_post(server: Any, path: str, body: dict[str, Any], token: str = "") -> Any:
     """A raw v3 gateway call, outside the registry under test."""
     headers = {"Authorization": token} if token else {}
-    r = requests.post(f"{server.url}/v3{path}", json=body, headers=headers, timeout=5,
-                      **server.requests_kwargs())
+    r = requests.post(
+        f"{server.url}/v3{path}", json=body, headers=headers, timeout=5, **server.requests_kwargs()
+    )
     r.raise_for_status()
     return r.json()
 
@@ -61,8 +62,12 @@ def tls_etcd(etcd_factory: Any, tls_files: Any) -> Any:
 def test_tls_with_client_certificate_works(api: str, tls_etcd: Any, tls_files: Any) -> None:
     """The right CA and client certificate: unary calls and the watch both go over TLS, and an
     etcd restart is an outage (retry), not a TLS refusal (exit)."""
-    opts = EtcdOptions(endpoints=(tls_etcd.url,), cafile=tls_files.ca,
-                       certfile=tls_files.client_cert, keyfile=tls_files.client_key)
+    opts = EtcdOptions(
+        endpoints=(tls_etcd.url,),
+        cafile=tls_files.ca,
+        certfile=tls_files.client_cert,
+        keyfile=tls_files.client_key,
+    )
     reg = open_registry(api, opts)
     try:
         exercise(reg)
@@ -83,8 +88,9 @@ def test_tls_failure_is_refused_at_once_naming_the_endpoint(
     """No client certificate, or a server certificate we cannot verify: RegistryRefused with one
     clear line naming the endpoint, for unary calls and for the watch; never "unavailable"."""
     if client_cert:  # a client cert, but no CA: the server's certificate is not trusted
-        opts = EtcdOptions(endpoints=(tls_etcd.url,), certfile=tls_files.client_cert,
-                           keyfile=tls_files.client_key)
+        opts = EtcdOptions(
+            endpoints=(tls_etcd.url,), certfile=tls_files.client_cert, keyfile=tls_files.client_key
+        )
     else:
         opts = EtcdOptions(endpoints=(tls_etcd.url,), cafile=tls_files.ca)
     reg = open_registry(api, opts)
@@ -116,12 +122,12 @@ def auth_etcd(etcd_factory: Any) -> Any:
     """
     server = etcd_factory(extra_args=("--auth-token-ttl=1", "--bcrypt-cost=4"))
     server.etcdctl("user", "add", "root", "--new-user-password=rootpw", "--interactive=false")
-    server.etcdctl("user", "add", "flannel", "--new-user-password=flannelpw",
-                   "--interactive=false")
+    server.etcdctl("user", "add", "flannel", "--new-user-password=flannelpw", "--interactive=false")
     server.etcdctl("user", "add", "nobody", "--new-user-password=nobodypw", "--interactive=false")
     server.etcdctl("role", "add", "flannel")
-    server.etcdctl("role", "grant-permission", "flannel", "--prefix=true", "readwrite",
-                   f"{PREFIX}/")
+    server.etcdctl(
+        "role", "grant-permission", "flannel", "--prefix=true", "readwrite", f"{PREFIX}/"
+    )
     server.etcdctl("user", "grant-role", "flannel", "flannel")
     server.etcdctl("auth", "enable")
     return server
@@ -141,13 +147,20 @@ def wait_tokens_expired(server: Any, already: int) -> int:
 def test_v3_auth_right_password_works_and_expired_tokens_are_renewed(auth_etcd: Any) -> None:
     """A least-privilege user works for every call; expired tokens are renewed silently, for
     unary calls and for (re-)opening the watch."""
-    reg = EtcdV3Registry(EtcdOptions(endpoints=(auth_etcd.url,), username="flannel",
-                                     password="flannelpw"), watch_poll=0.5)
+    reg = EtcdV3Registry(
+        EtcdOptions(endpoints=(auth_etcd.url,), username="flannel", password="flannelpw"),
+        watch_poll=0.5,
+    )
     try:
-        token = v3_post(auth_etcd, "/auth/authenticate",
-                        {"name": "root", "password": "rootpw"})["token"]
-        v3_post(auth_etcd, "/kv/put", {"key": "L2NvcmVvcy5jb20vbmV0d29yay9jb25maWc=",
-                                       "value": "e30="}, token)  # <prefix>/config = {}
+        token = v3_post(auth_etcd, "/auth/authenticate", {"name": "root", "password": "rootpw"})[
+            "token"
+        ]
+        v3_post(
+            auth_etcd,
+            "/kv/put",
+            {"key": "L2NvcmVvcy5jb20vbmV0d29yay9jb25maWc=", "value": "e30="},
+            token,
+        )  # <prefix>/config = {}
         assert reg.get_network_config() == "{}"
         exercise(reg)
         with pytest.raises(AlreadyExists):
@@ -178,8 +191,9 @@ def test_v3_auth_failure_is_refused_naming_the_endpoint(
     auth_etcd: Any, username: str, password: str, expected: str
 ) -> None:
     """Bad, missing or powerless credentials: RegistryRefused, for unary calls and the watch."""
-    reg = EtcdV3Registry(EtcdOptions(endpoints=(auth_etcd.url,), username=username,
-                                     password=password))
+    reg = EtcdV3Registry(
+        EtcdOptions(endpoints=(auth_etcd.url,), username=username, password=password)
+    )
     try:
         with pytest.raises(RegistryRefused) as info:
             reg.list_subnets()

@@ -76,8 +76,15 @@ def _memory() -> Harness:
         reg.put_raw(k, v)
 
     return Harness(
-        "memory", reg, raw_put, raw_get, reg.compact, reg.stop_serving, reg.resume,
-        clock.advance, clock.time,
+        "memory",
+        reg,
+        raw_put,
+        raw_get,
+        reg.compact,
+        reg.stop_serving,
+        reg.resume,
+        clock.advance,
+        clock.time,
     )
 
 
@@ -297,7 +304,9 @@ def test_watch_from_revision_sees_put_update_delete_and_garbage(h: Harness) -> N
 
     events, revision = watch_until(h.registry, start, lambda evs: len(evs) >= 4)
     assert kinds(events) == [
-        (EventKind.ADDED, S1), (EventKind.ADDED, S1), (EventKind.INVALID, S2),
+        (EventKind.ADDED, S1),
+        (EventKind.ADDED, S1),
+        (EventKind.INVALID, S2),
         (EventKind.REMOVED, S1),
     ]
     first, second = events[0].lease, events[1].lease

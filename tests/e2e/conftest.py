@@ -12,7 +12,6 @@ import os
 import shutil
 import subprocess
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -34,8 +33,13 @@ def lab(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
     """Two running cells (plus an idle cell-3) on the given etcd API."""
     _require()
     api = request.param
-    lab = Lab(tmp_path_factory.mktemp(f"lab-{api}"), prefix=f"pfe{os.getpid() % 10000}{api}-",
-              cells=3, api=api, resync_interval=1.0)
+    lab = Lab(
+        tmp_path_factory.mktemp(f"lab-{api}"),
+        prefix=f"pfe{os.getpid() % 10000}{api}-",
+        cells=3,
+        api=api,
+        resync_interval=1.0,
+    )
     try:
         lab.build_underlay()
         lab.start_etcd()
@@ -75,13 +79,19 @@ def routes(cell: Cell) -> dict[str, dict[str, object]]:
 
 def neighs(cell: Cell) -> dict[str, str]:
     """Neighbours on flannel.1: IP -> MAC."""
-    return {str(n["dst"]): str(n.get("lladdr")) for n in ip_json(cell, "neigh", "show", "dev", "flannel.1")}
+    return {
+        str(n["dst"]): str(n.get("lladdr"))
+        for n in ip_json(cell, "neigh", "show", "dev", "flannel.1")
+    }
 
 
 def fdb(cell: Cell) -> set[tuple[str, str]]:
     """Permanent FDB entries on flannel.1 with a destination: (MAC, dst)."""
-    return {(str(e["mac"]), str(e["dst"])) for e in ip_json(cell, "fdb", "show", "dev", "flannel.1")
-            if "dst" in e}
+    return {
+        (str(e["mac"]), str(e["dst"]))
+        for e in ip_json(cell, "fdb", "show", "dev", "flannel.1")
+        if "dst" in e
+    }
 
 
 def subnet_of(lab: Lab, cell: Cell) -> str:
@@ -112,8 +122,19 @@ def daemon_log(lab: Lab, cell: Cell) -> list[dict[str, object]]:
     return out
 
 
-def ping(src_ns: str, dst: str, count: int = 1, interval: float = 0.2,
-         timeout: int = 2) -> subprocess.CompletedProcess[str]:
+def ping(
+    src_ns: str, dst: str, count: int = 1, interval: float = 0.2, timeout: int = 2
+) -> subprocess.CompletedProcess[str]:
     """ping from a namespace."""
-    return run("ping", "-c", str(count), "-i", str(interval), "-W", str(timeout), dst, ns=src_ns,
-               check=False)
+    return run(
+        "ping",
+        "-c",
+        str(count),
+        "-i",
+        str(interval),
+        "-W",
+        str(timeout),
+        dst,
+        ns=src_ns,
+        check=False,
+    )

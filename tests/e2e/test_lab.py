@@ -20,11 +20,26 @@ from .conftest import _require
 pytestmark = [pytest.mark.e2e]
 
 
-def lab_cmd(workdir: Path, prefix: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def lab_cmd(
+    workdir: Path, prefix: str, *args: str, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
     """Run pyflannel-lab as a process."""
-    return subprocess.run([sys.executable, "-m", "pyflannel.lab.cli", "--workdir", str(workdir),
-                           "--prefix", prefix, *args], capture_output=True, text=True,
-                          timeout=timeout, check=False)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pyflannel.lab.cli",
+            "--workdir",
+            str(workdir),
+            "--prefix",
+            prefix,
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def alive(pid: int) -> bool:
@@ -71,11 +86,22 @@ def test_down_after_a_crash_during_up(tmp_path: Path) -> None:
     _require()
     prefix = f"pflc{os.getpid() % 10000}-"
     workdir = tmp_path / "lab"
-    proc = subprocess.Popen([sys.executable, "-m", "pyflannel.lab.cli", "--workdir", str(workdir),
-                             "--prefix", prefix, "up"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pyflannel.lab.cli",
+            "--workdir",
+            str(workdir),
+            "--prefix",
+            prefix,
+            "up",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
-        Lab.wait(lambda: (workdir / "cell-1" / "subnet.env").exists(), 30, "a daemon running")
+        Lab.wait((workdir / "cell-1" / "subnet.env").exists, 30, "a daemon running")
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         pids = json.loads((workdir / "pids.json").read_text())
@@ -108,19 +134,32 @@ def test_cni_attach_reach_and_delete(tmp_path: Path) -> None:
         a, c = lab.cells[0].containers[0], lab.cells[1].containers[0]
         mtu = run("ip", "-n", a.ns, "-o", "link", "show", "eth0").stdout
         assert "mtu 1450" in mtu
-        Lab.wait(lambda: run("ping", "-c1", "-W1", str(c.ip), ns=a.ns, check=False).returncode == 0,
-                 15, "ping across cells")
+        Lab.wait(
+            lambda: run("ping", "-c1", "-W1", str(c.ip), ns=a.ns, check=False).returncode == 0,
+            15,
+            "ping across cells",
+        )
         assert lab.cni(lab.cells[0], "CHECK", a, a.cni_result) == {}
         lab.cni(lab.cells[0], "DEL", a)
         assert run("ip", "-n", a.ns, "link", "show", "eth0", check=False).returncode != 0
         ipam = lab.workdir / "cell-1" / "cni-ipam" / "pyflannel-lab"
         assert not (ipam / str(a.ip)).exists()
         lab.cni(lab.cells[0], "DEL", a)  # idempotent
-        bad = subprocess.run(["ip", "netns", "exec", lab.cells[0].ns, sys.executable, "-m",
-                              "pyflannel.cni"], input="{not json", capture_output=True, text=True,
-                             env={**os.environ, "CNI_COMMAND": "ADD", "CNI_CONTAINERID": "x",
-                                  "CNI_NETNS": f"/var/run/netns/{a.ns}", "CNI_IFNAME": "eth0",
-                                  "CNI_PATH": "/usr/lib/cni"}, check=False)
+        bad = subprocess.run(
+            ["ip", "netns", "exec", lab.cells[0].ns, sys.executable, "-m", "pyflannel.cni"],
+            input="{not json",
+            capture_output=True,
+            text=True,
+            env={
+                **os.environ,
+                "CNI_COMMAND": "ADD",
+                "CNI_CONTAINERID": "x",
+                "CNI_NETNS": f"/var/run/netns/{a.ns}",
+                "CNI_IFNAME": "eth0",
+                "CNI_PATH": "/usr/lib/cni",
+            },
+            check=False,
+        )
         assert bad.returncode != 0
         err = json.loads(bad.stdout)
         assert err["code"] == 6 and err["msg"]

@@ -17,7 +17,7 @@ import pytest
 
 from pyflannel.lab.topo import Cell, Lab
 
-from .conftest import _require, daemon_log
+from .conftest import _require
 
 pytestmark = [pytest.mark.e2e]
 
@@ -43,11 +43,21 @@ def start(lab: Lab, prefix: str, *extra: str) -> tuple[Cell, str]:
     cell = lab.cells[0]
     n = next(_runs)
     name = f"run{n}"
-    lab.spawn(name, cell.ns, [
-        sys.executable,
-        "-m", "pyflannel", "--etcd-endpoints=http://10.0.1.2:2379", f"--etcd-prefix={prefix}",
-        f"--subnet-file={lab.workdir / name / 'subnet.env'}", "--log-format=json", *extra],
-        lab.workdir / name / "pyflannel.log")
+    lab.spawn(
+        name,
+        cell.ns,
+        [
+            sys.executable,
+            "-m",
+            "pyflannel",
+            "--etcd-endpoints=http://10.0.1.2:2379",
+            f"--etcd-prefix={prefix}",
+            f"--subnet-file={lab.workdir / name / 'subnet.env'}",
+            "--log-format=json",
+            *extra,
+        ],
+        lab.workdir / name / "pyflannel.log",
+    )
     return cell, name
 
 
@@ -118,10 +128,22 @@ def test_unsupported_backend_exits_1_with_a_clear_error(lab1: Lab) -> None:
 
 def test_out_of_subnets_exits_1(lab1: Lab) -> None:
     """When every subnet is leased the daemon says `out of subnets` and exits 1."""
-    lab1.put("/t4/config", json.dumps({"Network": "10.53.0.0/16", "SubnetMin": "10.53.5.0",
-                                       "SubnetMax": "10.53.5.0", "Backend": {"Type": "vxlan"}}))
-    lab1.put("/t4/subnets/10.53.5.0-24", '{"PublicIP":"10.0.2.99","BackendType":"vxlan",'
-                                         '"BackendData":{"VNI":1,"VtepMAC":"02:00:00:00:63:01"}}')
+    lab1.put(
+        "/t4/config",
+        json.dumps(
+            {
+                "Network": "10.53.0.0/16",
+                "SubnetMin": "10.53.5.0",
+                "SubnetMax": "10.53.5.0",
+                "Backend": {"Type": "vxlan"},
+            }
+        ),
+    )
+    lab1.put(
+        "/t4/subnets/10.53.5.0-24",
+        '{"PublicIP":"10.0.2.99","BackendType":"vxlan",'
+        '"BackendData":{"VNI":1,"VtepMAC":"02:00:00:00:63:01"}}',
+    )
     _, name = start(lab1, "/t4")
     assert exit_code(lab1, name) == 1
     assert "out of subnets" in str(events(lab1, name, "fatal")[0]["error"])
@@ -160,23 +182,40 @@ def test_ready_is_notified_after_subnet_env_and_peers(lab1: Lab, tmp_path: Path)
     import socket
 
     lab1.put("/t7/config", '{"Network":"10.57.0.0/16","Backend":{"Type":"vxlan"}}')
-    lab1.put("/t7/subnets/10.57.200.0-24", '{"PublicIP":"10.0.2.57","BackendType":"vxlan",'
-                                           '"BackendData":{"VNI":1,"VtepMAC":"02:00:00:00:39:01"}}')
+    lab1.put(
+        "/t7/subnets/10.57.200.0-24",
+        '{"PublicIP":"10.0.2.57","BackendType":"vxlan",'
+        '"BackendData":{"VNI":1,"VtepMAC":"02:00:00:00:39:01"}}',
+    )
     sock_path = tmp_path / "notify.sock"
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
         sock.bind(str(sock_path))
         sock.settimeout(20)
         cell = lab1.cells[0]
         name = "notify"
-        lab1.spawn(name, cell.ns, [sys.executable, "-m", "pyflannel",
-                                   "--etcd-endpoints=http://10.0.1.2:2379", "--etcd-prefix=/t7",
-                                   f"--subnet-file={lab1.workdir / name / 'subnet.env'}",
-                                   "--log-format=json"],
-                   lab1.workdir / name / "pyflannel.log", env={"NOTIFY_SOCKET": str(sock_path)})
+        lab1.spawn(
+            name,
+            cell.ns,
+            [
+                sys.executable,
+                "-m",
+                "pyflannel",
+                "--etcd-endpoints=http://10.0.1.2:2379",
+                "--etcd-prefix=/t7",
+                f"--subnet-file={lab1.workdir / name / 'subnet.env'}",
+                "--log-format=json",
+            ],
+            lab1.workdir / name / "pyflannel.log",
+            env={"NOTIFY_SOCKET": str(sock_path)},
+        )
         msg = sock.recv(4096).decode()
         env_exists = (lab1.workdir / name / "subnet.env").exists()
-        routes = subprocess.run(["ip", "-n", cell.ns, "route", "show", "10.57.200.0/24"],
-                                capture_output=True, text=True, check=True).stdout
+        routes = subprocess.run(
+            ["ip", "-n", cell.ns, "route", "show", "10.57.200.0/24"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
         assert "READY=1" in msg.split("\n")
         assert env_exists
         assert "via 10.57.200.0 dev flannel.1 onlink" in routes
@@ -189,8 +228,12 @@ def test_config_in_the_other_keyspace_is_named(lab1: Lab, api: str, other: str) 
     """A config written only through the other etcd API is reported as such, with the flag to
     use, instead of a bare "not found"."""
     prefix = f"/t8{api}"
-    lab1.etcdctl("set" if other == "v2" else "put", f"{prefix}/config",
-                 '{"Network":"10.58.0.0/16","Backend":{"Type":"vxlan"}}', api=other)
+    lab1.etcdctl(
+        "set" if other == "v2" else "put",
+        f"{prefix}/config",
+        '{"Network":"10.58.0.0/16","Backend":{"Type":"vxlan"}}',
+        api=other,
+    )
     _, name = start(lab1, prefix, f"--etcd-api={api}")
     Lab.wait(lambda: events(lab1, name, "network_config_waiting"), 10, "waiting")
     problem = str(events(lab1, name, "network_config_waiting")[0]["problem"])
@@ -205,8 +248,9 @@ def test_reservation_is_claimed_and_stays_permanent(lab1: Lab, api: str) -> None
     without TTL (flanneld v3 silently attaches a 24 h lease to it)."""
     prefix = f"/t9{api}"
     put = "set" if api == "v2" else "put"
-    lab1.etcdctl(put, f"{prefix}/config", '{"Network":"10.59.0.0/16","Backend":{"Type":"vxlan"}}',
-                 api=api)
+    lab1.etcdctl(
+        put, f"{prefix}/config", '{"Network":"10.59.0.0/16","Backend":{"Type":"vxlan"}}', api=api
+    )
     key = f"{prefix}/subnets/10.59.42.0-24"
     lab1.etcdctl(put, key, '{"PublicIP":"10.0.1.3","BackendType":"vxlan"}', api=api)
     _, name = start(lab1, prefix, f"--etcd-api={api}")
@@ -219,6 +263,7 @@ def test_reservation_is_claimed_and_stays_permanent(lab1: Lab, api: str) -> None
     else:
         kv = json.loads(lab1.etcdctl("get", key, "-w", "json", api="v3"))["kvs"][0]
         assert "lease" not in kv
-        assert json.loads(lab1.etcdctl("get", key, "--print-value-only", api="v3"))[
-            "BackendData"]["VtepMAC"]
+        assert json.loads(lab1.etcdctl("get", key, "--print-value-only", api="v3"))["BackendData"][
+            "VtepMAC"
+        ]
     assert lab1.kill(name, signal.SIGTERM) == 0

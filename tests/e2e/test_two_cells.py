@@ -27,13 +27,25 @@ def wait(cond, timeout: float = 10.0, what: str = "condition") -> None:  # type:
 
 def curl(lab: Lab, src_ns: str, dst: str) -> str:
     """HTTP status code of GET http://dst:8000/ from a container."""
-    res = run("curl", "-s", "-m", "5", "-o", "/dev/null", "-w", "%{http_code}",
-              f"http://{dst}:8000/", ns=src_ns, check=False)
+    res = run(
+        "curl",
+        "-s",
+        "-m",
+        "5",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        f"http://{dst}:8000/",
+        ns=src_ns,
+        check=False,
+    )
     return res.stdout
 
 
 def test_each_cell_leases_a_distinct_subnet_in_range(lab: Lab) -> None:
-    """Both cells get distinct /24s between SubnetMin and SubnetMax, stored as flanneld stores them."""
+    """Both cells get distinct /24s between SubnetMin and SubnetMax, stored exactly as flanneld
+    stores them."""
     c1, c2 = lab.cells[:2]
     s1, s2 = subnet_of(lab, c1), subnet_of(lab, c2)
     assert s1 != s2
@@ -42,12 +54,17 @@ def test_each_cell_leases_a_distinct_subnet_in_range(lab: Lab) -> None:
         assert IPv4Network("172.16.10.0/24").network_address <= net.network_address
         assert net.network_address <= IPv4Network("172.16.99.0/24").network_address
         value = lab.get(lease_key(s))
-        assert value == ('{"PublicIP":"%s","PublicIPv6":null,"BackendType":"vxlan",'
-                         '"BackendData":{"VNI":1,"VtepMAC":"%s"}}' % (cell.underlay_ip, vtep_mac(cell)))
+        assert value == (
+            f'{{"PublicIP":"{cell.underlay_ip}","PublicIPv6":null,"BackendType":"vxlan",'
+            f'"BackendData":{{"VNI":1,"VtepMAC":"{vtep_mac(cell)}"}}}}'
+        )
         env = lab.wait_subnet_env(cell)
-        assert env == {"FLANNEL_NETWORK": "172.16.0.0/16",
-                       "FLANNEL_SUBNET": s.replace(".0/24", ".1/24"),
-                       "FLANNEL_MTU": "1450", "FLANNEL_IPMASQ": "false"}
+        assert env == {
+            "FLANNEL_NETWORK": "172.16.0.0/16",
+            "FLANNEL_SUBNET": s.replace(".0/24", ".1/24"),
+            "FLANNEL_MTU": "1450",
+            "FLANNEL_IPMASQ": "false",
+        }
 
 
 def test_flannel_device_and_peer_entries(lab: Lab) -> None:
@@ -63,11 +80,13 @@ def test_flannel_device_and_peer_entries(lab: Lab) -> None:
         addrs = run("ip", "-n", me.ns, "-4", "addr", "show", "dev", "flannel.1").stdout
         assert f"inet {my_s.replace('/24', '/32')} " in addrs
         peer_vtep = peer_s.split("/")[0]
-        wait(lambda: neighs(me) == {peer_vtep: vtep_mac(peer)}, what="neighbour")  # noqa: B023
+        wait(lambda: neighs(me) == {peer_vtep: vtep_mac(peer)}, what="neighbour")
         assert fdb(me) == {(vtep_mac(peer), str(peer.underlay_ip))}
         r = routes(me)[peer_s]
         assert r["gateway"] == peer_vtep and r["dev"] == "flannel.1" and "onlink" in r["flags"]
-        assert my_s not in routes(me) or routes(me)[my_s]["dev"] == "br0"  # own lease not programmed
+        assert (
+            my_s not in routes(me) or routes(me)[my_s]["dev"] == "br0"
+        )  # own lease not programmed
 
 
 def test_curl_across_cells_travels_as_vxlan(lab: Lab) -> None:
@@ -76,9 +95,24 @@ def test_curl_across_cells_travels_as_vxlan(lab: Lab) -> None:
     con_a = lab.cells[0].containers[0]
     con_c = lab.cells[1].containers[0]
     cap = subprocess.Popen(
-        ["ip", "netns", "exec", lab.router_ns, sys.executable, "-m", "pyflannel.diag", "capture",
-         "--iface", "p-c1", "--timeout", "6"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True)
+        [
+            "ip",
+            "netns",
+            "exec",
+            lab.router_ns,
+            sys.executable,
+            "-m",
+            "pyflannel.diag",
+            "capture",
+            "--iface",
+            "p-c1",
+            "--timeout",
+            "6",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         time.sleep(1.5)  # let scapy open its socket
         assert curl(lab, con_a.ns, str(con_c.ip)) == "200"
@@ -89,10 +123,22 @@ def test_curl_across_cells_travels_as_vxlan(lab: Lab) -> None:
         cap.wait()
     pkts = [json.loads(line) for line in out.splitlines()]
     assert pkts, f"no VXLAN captured: {err}"
-    fwd = [p for p in pkts if p["src"] == "10.0.1.3" and p["dst"] == "10.0.2.3"
-           and p.get("inner_src") == str(con_a.ip) and p.get("inner_dst") == str(con_c.ip)]
-    rev = [p for p in pkts if p["src"] == "10.0.2.3" and p["dst"] == "10.0.1.3"
-           and p.get("inner_src") == str(con_c.ip) and p.get("inner_dst") == str(con_a.ip)]
+    fwd = [
+        p
+        for p in pkts
+        if p["src"] == "10.0.1.3"
+        and p["dst"] == "10.0.2.3"
+        and p.get("inner_src") == str(con_a.ip)
+        and p.get("inner_dst") == str(con_c.ip)
+    ]
+    rev = [
+        p
+        for p in pkts
+        if p["src"] == "10.0.2.3"
+        and p["dst"] == "10.0.1.3"
+        and p.get("inner_src") == str(con_c.ip)
+        and p.get("inner_dst") == str(con_a.ip)
+    ]
     assert fwd and rev
     assert all(p["dport"] == 8472 and p["vni"] == 1 for p in fwd + rev)
 
@@ -119,14 +165,56 @@ def test_route_deleted_by_hand_comes_back(lab: Lab) -> None:
 def test_entries_no_lease_backs_are_removed(lab: Lab) -> None:
     """A route, neighbour and FDB entry for a subnet nobody leases are removed on resync."""
     c1 = lab.cells[0]
-    run("ip", "-n", c1.ns, "neigh", "add", "172.16.201.0", "lladdr", "02:00:00:02:01:01", "dev",
-        "flannel.1", "nud", "permanent")
-    run("bridge", "-n", c1.ns, "fdb", "append", "02:00:00:02:01:01", "dev", "flannel.1", "dst",
-        "10.0.2.201", "self", "permanent")
-    run("ip", "-n", c1.ns, "route", "add", "172.16.201.0/24", "via", "172.16.201.0", "dev",
-        "flannel.1", "onlink")
-    wait(lambda: "172.16.201.0/24" not in routes(c1) and "172.16.201.0" not in neighs(c1)
-         and ("02:00:00:02:01:01", "10.0.2.201") not in fdb(c1), 10, "stale entries removed")
+    run(
+        "ip",
+        "-n",
+        c1.ns,
+        "neigh",
+        "add",
+        "172.16.201.0",
+        "lladdr",
+        "02:00:00:02:01:01",
+        "dev",
+        "flannel.1",
+        "nud",
+        "permanent",
+    )
+    run(
+        "bridge",
+        "-n",
+        c1.ns,
+        "fdb",
+        "append",
+        "02:00:00:02:01:01",
+        "dev",
+        "flannel.1",
+        "dst",
+        "10.0.2.201",
+        "self",
+        "permanent",
+    )
+    run(
+        "ip",
+        "-n",
+        c1.ns,
+        "route",
+        "add",
+        "172.16.201.0/24",
+        "via",
+        "172.16.201.0",
+        "dev",
+        "flannel.1",
+        "onlink",
+    )
+    wait(
+        lambda: (
+            "172.16.201.0/24" not in routes(c1)
+            and "172.16.201.0" not in neighs(c1)
+            and ("02:00:00:02:01:01", "10.0.2.201") not in fdb(c1)
+        ),
+        10,
+        "stale entries removed",
+    )
 
 
 def test_peer_lease_lifecycle_and_changes(lab: Lab) -> None:
@@ -136,28 +224,40 @@ def test_peer_lease_lifecycle_and_changes(lab: Lab) -> None:
     key = lease_key("172.16.202.0/24")
 
     def lease(ip: str, mac: str) -> str:
-        return ('{"PublicIP":"%s","PublicIPv6":null,"BackendType":"vxlan",'
-                '"BackendData":{"VNI":1,"VtepMAC":"%s"}}' % (ip, mac))
+        return (
+            f'{{"PublicIP":"{ip}","PublicIPv6":null,"BackendType":"vxlan",'
+            f'"BackendData":{{"VNI":1,"VtepMAC":"{mac}"}}}}'
+        )
 
     def programmed(cell, ip: str, mac: str) -> bool:  # type: ignore[no-untyped-def]
         r = routes(cell).get("172.16.202.0/24")
         entries = {e for e in fdb(cell) if e[0].startswith("02:00:00:00:77")}
-        return (r is not None and r["gateway"] == "172.16.202.0"
-                and neighs(cell).get("172.16.202.0") == mac and entries == {(mac, ip)})
+        return (
+            r is not None
+            and r["gateway"] == "172.16.202.0"
+            and neighs(cell).get("172.16.202.0") == mac
+            and entries == {(mac, ip)}
+        )
 
     lab.put(key, lease("10.0.2.77", "02:00:00:00:77:01"))
     for cell in (c1, c2):
-        wait(lambda: programmed(cell, "10.0.2.77", "02:00:00:00:77:01"), what="peer added")  # noqa: B023
+        wait(lambda: programmed(cell, "10.0.2.77", "02:00:00:00:77:01"), what="peer added")
     lab.put(key, lease("10.0.2.77", "02:00:00:00:77:02"))
     for cell in (c1, c2):
-        wait(lambda: programmed(cell, "10.0.2.77", "02:00:00:00:77:02"), what="MAC change")  # noqa: B023
+        wait(lambda: programmed(cell, "10.0.2.77", "02:00:00:00:77:02"), what="MAC change")
     lab.put(key, lease("10.0.2.78", "02:00:00:00:77:02"))
     for cell in (c1, c2):
-        wait(lambda: programmed(cell, "10.0.2.78", "02:00:00:00:77:02"), what="IP change")  # noqa: B023
+        wait(lambda: programmed(cell, "10.0.2.78", "02:00:00:00:77:02"), what="IP change")
     lab.delete(key)
     for cell in (c1, c2):
-        wait(lambda: "172.16.202.0/24" not in routes(cell) and "172.16.202.0" not in neighs(cell)  # noqa: B023
-             and not any(e[0].startswith("02:00:00:00:77") for e in fdb(cell)), what="removed")  # noqa: B023
+        wait(
+            lambda: (
+                "172.16.202.0/24" not in routes(cell)
+                and "172.16.202.0" not in neighs(cell)
+                and not any(e[0].startswith("02:00:00:00:77") for e in fdb(cell))
+            ),
+            what="removed",
+        )
     events = [e["event"] for e in daemon_log(lab, c1)]
     assert "peer_added" in events and "peer_changed" in events and "peer_removed" in events
 
@@ -170,8 +270,10 @@ def test_garbage_under_subnets_is_skipped(lab: Lab) -> None:
     lab.put("/coreos.com/network/subnets/garbage", "hello")
     lab.put(lease_key("172.16.203.0/24"), "{not json")
     try:
-        wait(lambda: sum(e["event"] == "record_skipped" for e in daemon_log(lab, c1)) >= 2,
-             what="warnings")
+        wait(
+            lambda: sum(e["event"] == "record_skipped" for e in daemon_log(lab, c1)) >= 2,
+            what="warnings",
+        )
         time.sleep(1.5)  # a resync has run meanwhile
         assert s2 in routes(c1)
         assert "172.16.203.0/24" not in routes(c1)
@@ -186,13 +288,30 @@ def test_own_lease_deleted_is_reacquired_without_loss(lab: Lab) -> None:
     c1, c2 = lab.cells[:2]
     s2 = subnet_of(lab, c2)
     before = lab.get(lease_key(s2))
-    pinger = subprocess.Popen(["ip", "netns", "exec", c1.containers[0].ns, "ping", "-c", "20",
-                               "-i", "0.1", "-W", "1", str(c2.containers[0].ip)],
-                              stdout=subprocess.PIPE, text=True)
+    pinger = subprocess.Popen(
+        [
+            "ip",
+            "netns",
+            "exec",
+            c1.containers[0].ns,
+            "ping",
+            "-c",
+            "20",
+            "-i",
+            "0.1",
+            "-W",
+            "1",
+            str(c2.containers[0].ip),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     time.sleep(0.3)
     lab.delete(lease_key(s2))
-    wait(lambda: any(e["event"] == "lease_reacquired" for e in daemon_log(lab, c2)),
-         what="lease re-acquired")
+    wait(
+        lambda: any(e["event"] == "lease_reacquired" for e in daemon_log(lab, c2)),
+        what="lease re-acquired",
+    )
     out, _ = pinger.communicate(timeout=30)
     assert lab.get(lease_key(s2)) == before
     assert " 0% packet loss" in out, out
@@ -203,9 +322,24 @@ def test_sigkill_and_restart_is_hitless(lab: Lab) -> None:
     cells keeps answering."""
     c1, c2 = lab.cells[:2]
     s2, mac = subnet_of(lab, c2), vtep_mac(c2)
-    pinger = subprocess.Popen(["ip", "netns", "exec", c1.containers[0].ns, "ping", "-c", "40",
-                               "-i", "0.1", "-W", "1", str(c2.containers[0].ip)],
-                              stdout=subprocess.PIPE, text=True)
+    pinger = subprocess.Popen(
+        [
+            "ip",
+            "netns",
+            "exec",
+            c1.containers[0].ns,
+            "ping",
+            "-c",
+            "40",
+            "-i",
+            "0.1",
+            "-W",
+            "1",
+            str(c2.containers[0].ip),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     time.sleep(0.5)
     lab.kill(f"pyflannel-{c2.name}", signal.SIGKILL)
     lab.subnet_file(c2).rename(lab.subnet_file(c2).with_suffix(".old"))
@@ -231,11 +365,14 @@ def test_etcd_outage_keeps_the_data_path_and_catches_up(lab: Lab) -> None:
     finally:
         lab.start_etcd(fresh=False)
     key = lease_key("172.16.204.0/24")
-    lab.put(key, '{"PublicIP":"10.0.2.55","BackendType":"vxlan","BackendData":{"VNI":1,'
-                 '"VtepMAC":"02:00:00:00:55:01"}}')
+    lab.put(
+        key,
+        '{"PublicIP":"10.0.2.55","BackendType":"vxlan","BackendData":{"VNI":1,'
+        '"VtepMAC":"02:00:00:00:55:01"}}',
+    )
     try:
         for cell in (c1, c2):
-            wait(lambda: "172.16.204.0/24" in routes(cell), 20, "catch up")  # noqa: B023
+            wait(lambda: "172.16.204.0/24" in routes(cell), 20, "catch up")
     finally:
         lab.delete(key)
 
@@ -246,24 +383,43 @@ def test_deleted_device_is_recreated_and_peers_follow(lab: Lab) -> None:
     c1, c2 = lab.cells[:2]
     s2 = subnet_of(lab, c2)
     run("ip", "-n", c2.ns, "link", "del", "flannel.1")
-    wait(lambda: run("ip", "-n", c2.ns, "link", "show", "flannel.1", check=False).returncode == 0
-         and subnet_of(lab, c1) in routes(c2), 10, "device re-created")
+    wait(
+        lambda: (
+            run("ip", "-n", c2.ns, "link", "show", "flannel.1", check=False).returncode == 0
+            and subnet_of(lab, c1) in routes(c2)
+        ),
+        10,
+        "device re-created",
+    )
     new_mac = vtep_mac(c2)
-    wait(lambda: neighs(c1).get(s2.split("/")[0]) == new_mac
-         and (new_mac, str(c2.underlay_ip)) in fdb(c1), 10, "peer follows the new MAC")
+    wait(
+        lambda: (
+            neighs(c1).get(s2.split("/")[0]) == new_mac
+            and (new_mac, str(c2.underlay_ip)) in fdb(c1)
+        ),
+        10,
+        "peer follows the new MAC",
+    )
     assert json.loads(lab.get(lease_key(s2)))["BackendData"]["VtepMAC"] == new_mac
     wait(lambda: curl(lab, c1.containers[0].ns, str(c2.containers[0].ip)) == "200", 10, "curl")
+
 
 def test_leases_written_by_flanneld_are_programmed(lab: Lab) -> None:
     """Leases exactly as flanneld writes them (v0.14 over v2 with a TTL; >= 0.18 over v3 on an
     etcd lease) and a reservation without TTL are programmed as peers on both cells."""
     c1, c2 = lab.cells[:2]
-    v014 = ('{"PublicIP":"10.0.2.150","BackendType":"vxlan",'
-            '"BackendData":{"VNI":1,"VtepMAC":"0a:00:00:00:96:01"}}')
-    head = ('{"PublicIP":"10.0.2.151","PublicIPv6":null,"BackendType":"vxlan",'
-            '"BackendData":{"VNI":1,"VtepMAC":"0a:00:00:00:97:01"}}')
-    reservation = ('{"PublicIP":"10.0.2.152","PublicIPv6":null,"BackendType":"vxlan",'
-                   '"BackendData":{"VNI":1,"VtepMAC":"0a:00:00:00:98:01"}}')
+    v014 = (
+        '{"PublicIP":"10.0.2.150","BackendType":"vxlan",'
+        '"BackendData":{"VNI":1,"VtepMAC":"0a:00:00:00:96:01"}}'
+    )
+    head = (
+        '{"PublicIP":"10.0.2.151","PublicIPv6":null,"BackendType":"vxlan",'
+        '"BackendData":{"VNI":1,"VtepMAC":"0a:00:00:00:97:01"}}'
+    )
+    reservation = (
+        '{"PublicIP":"10.0.2.152","PublicIPv6":null,"BackendType":"vxlan",'
+        '"BackendData":{"VNI":1,"VtepMAC":"0a:00:00:00:98:01"}}'
+    )
     keys = {lease_key("172.16.210.0/24"): v014, lease_key("172.16.211.0/24"): head}
     if lab.api == "v2":
         for key, value in keys.items():
@@ -275,12 +431,19 @@ def test_leases_written_by_flanneld_are_programmed(lab: Lab) -> None:
     lab.put(lease_key("172.16.212.0/24"), reservation)  # no TTL: a reservation
     try:
         for cell in (c1, c2):
-            for n, ip, mac in ((210, "10.0.2.150", "0a:00:00:00:96:01"),
-                               (211, "10.0.2.151", "0a:00:00:00:97:01"),
-                               (212, "10.0.2.152", "0a:00:00:00:98:01")):
-                wait(lambda: routes(cell).get(f"172.16.{n}.0/24", {}).get("gateway")  # noqa: B023
-                     == f"172.16.{n}.0" and neighs(cell).get(f"172.16.{n}.0") == mac  # noqa: B023
-                     and (mac, ip) in fdb(cell), what=f"peer 172.16.{n}.0")  # noqa: B023
+            for n, ip, mac in (
+                (210, "10.0.2.150", "0a:00:00:00:96:01"),
+                (211, "10.0.2.151", "0a:00:00:00:97:01"),
+                (212, "10.0.2.152", "0a:00:00:00:98:01"),
+            ):
+                wait(
+                    lambda: (
+                        routes(cell).get(f"172.16.{n}.0/24", {}).get("gateway") == f"172.16.{n}.0"
+                        and neighs(cell).get(f"172.16.{n}.0") == mac
+                        and (mac, ip) in fdb(cell)
+                    ),
+                    what=f"peer 172.16.{n}.0",
+                )
     finally:
         for key in (*keys, lease_key("172.16.212.0/24")):
             lab.delete(key)
@@ -299,6 +462,7 @@ def test_own_lease_has_flanneld_ttl(lab: Lab) -> None:
         ttl = int(out.split("remaining(")[1].split("s")[0])
     assert 86000 < ttl <= 86400
 
+
 def test_third_cell_joins_then_leaves(lab: Lab) -> None:
     """cell-3 joins and is programmed on the others; SIGTERM exits 0 and keeps its state; its
     lease deleted in etcd removes it from the others."""
@@ -307,8 +471,10 @@ def test_third_cell_joins_then_leaves(lab: Lab) -> None:
     s3 = subnet_of(lab, c3)
     mac3 = vtep_mac(c3)
     for cell in (c1, c2):
-        wait(lambda: s3 in routes(cell) and (mac3, str(c3.underlay_ip)) in fdb(cell),  # noqa: B023
-             what="cell-3 programmed")
+        wait(
+            lambda: s3 in routes(cell) and (mac3, str(c3.underlay_ip)) in fdb(cell),
+            what="cell-3 programmed",
+        )
     wait(lambda: subnet_of(lab, c1) in routes(c3), what="cell-3 programs its peers")
     assert ping(c3.ns, subnet_of(lab, c1).split("/")[0]).returncode == 0
     assert lab.kill(f"pyflannel-{c3.name}", signal.SIGTERM) == 0
@@ -316,8 +482,14 @@ def test_third_cell_joins_then_leaves(lab: Lab) -> None:
     assert subnet_of(lab, c1) in routes(c3)  # kernel state kept after exit
     lab.delete(lease_key(s3))
     for cell in (c1, c2):
-        wait(lambda: s3 not in routes(cell) and s3.split("/")[0] not in neighs(cell)  # noqa: B023
-             and (mac3, str(c3.underlay_ip)) not in fdb(cell), what="cell-3 removed")
+        wait(
+            lambda: (
+                s3 not in routes(cell)
+                and s3.split("/")[0] not in neighs(cell)
+                and (mac3, str(c3.underlay_ip)) not in fdb(cell)
+            ),
+            what="cell-3 removed",
+        )
 
 
 def test_lease_taken_over_exits_nonzero(lab: Lab) -> None:
@@ -328,18 +500,22 @@ def test_lease_taken_over_exits_nonzero(lab: Lab) -> None:
     readies = sum(e["event"] == "ready" for e in daemon_log(lab, c3))
     lab.start_daemon(c3)
     s3 = subnet_of(lab, c3)
-    wait(lambda: sum(e["event"] == "ready" for e in daemon_log(lab, c3)) > readies,
-         what="cell-3 ready")
+    wait(
+        lambda: sum(e["event"] == "ready" for e in daemon_log(lab, c3)) > readies,
+        what="cell-3 ready",
+    )
     pid = lab.pid(f"pyflannel-{c3.name}")
     assert pid is not None
     os.kill(pid, signal.SIGSTOP)
     lab.delete(lease_key(s3))
-    lab.put(lease_key(s3), '{"PublicIP":"10.0.2.200","BackendType":"vxlan","BackendData":'
-                           '{"VNI":1,"VtepMAC":"02:00:00:00:c8:01"}}')
+    lab.put(
+        lease_key(s3),
+        '{"PublicIP":"10.0.2.200","BackendType":"vxlan","BackendData":'
+        '{"VNI":1,"VtepMAC":"02:00:00:00:c8:01"}}',
+    )
     os.kill(pid, signal.SIGCONT)
     code = lab.wait_exit(f"pyflannel-{c3.name}", 15)
     assert code == 1
     fatal = [e for e in daemon_log(lab, c3) if e["event"] == "fatal"]
     assert fatal and "10.0.2.200" in str(fatal[-1]["error"])
     lab.delete(lease_key(s3))
-

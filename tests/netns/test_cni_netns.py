@@ -41,19 +41,23 @@ def _require() -> None:
     if os.geteuid() != 0:
         problems.append("not root")
     problems += [f"no {tool}" for tool in ("ip", "ping", "iptables") if not shutil.which(tool)]
-    problems += [f"no {CNI_BIN / p}" for p in ("bridge", "host-local")
-                 if not (CNI_BIN / p).exists()]
+    problems += [
+        f"no {CNI_BIN / p}" for p in ("bridge", "host-local") if not (CNI_BIN / p).exists()
+    ]
     if problems:
-        reason = ("needs root, iproute2, iputils-ping, iptables and containernetworking-plugins: "
-                  + ", ".join(problems))
+        reason = (
+            "needs root, iproute2, iputils-ping, iptables and containernetworking-plugins: "
+            + ", ".join(problems)
+        )
         if os.environ.get("CI") == "true":
             pytest.fail(reason)
         pytest.skip(reason)
 
 
 def _run(*cmd: str, check: bool = True, **kwargs: Any) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(list(cmd), capture_output=True, text=True, timeout=60, check=False,
-                          **kwargs)
+    proc = subprocess.run(
+        list(cmd), capture_output=True, text=True, timeout=60, check=False, **kwargs
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} -> {proc.returncode}: {proc.stdout}{proc.stderr}")
     return proc
@@ -93,15 +97,19 @@ class Cni:
     def config(self, **extra: Any) -> str:
         """Our network config; host-local's leases kept in tmp_path, not /var/lib/cni."""
         conf: dict[str, Any] = {
-            "cniVersion": "1.0.0", "name": NET_NAME, "type": "pyflannel-cni",
-            "subnetFile": str(self.subnet_file), "dataDir": str(self.state_dir),
+            "cniVersion": "1.0.0",
+            "name": NET_NAME,
+            "type": "pyflannel-cni",
+            "subnetFile": str(self.subnet_file),
+            "dataDir": str(self.state_dir),
             "ipam": {"dataDir": str(self.ipam_dir)},
         }
         conf.update(extra)
         return json.dumps(conf)
 
-    def __call__(self, command: str, ns: str | None, stdin: str,
-                 container: str | None = None) -> subprocess.CompletedProcess[str]:
+    def __call__(
+        self, command: str, ns: str | None, stdin: str, container: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
         env = {
             "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
             "PYTHONPATH": PACKAGE_ROOT,
@@ -113,8 +121,18 @@ class Cni:
         }
         if ns is not None:
             env["CNI_NETNS"] = f"/run/netns/{ns}"
-        return _run("ip", "netns", "exec", self.host, sys.executable, "-m", "pyflannel.cni",
-                    check=False, input=stdin, env=env)
+        return _run(
+            "ip",
+            "netns",
+            "exec",
+            self.host,
+            sys.executable,
+            "-m",
+            "pyflannel.cni",
+            check=False,
+            input=stdin,
+            env=env,
+        )
 
 
 def _addr(ns: str, dev: str) -> dict[str, Any]:
@@ -170,8 +188,9 @@ def test_two_containers_ping_then_delete(netns: Callable[[str], str], tmp_path: 
         # What the kernel says inside the container.
         eth0 = _addr(ns, "eth0")
         assert eth0["mtu"] == MTU
-        assert str(ips[ns]) in {f"{a['local']}/{a['prefixlen']}" for a in eth0["addr_info"]
-                                if a["family"] == "inet"}
+        assert str(ips[ns]) in {
+            f"{a['local']}/{a['prefixlen']}" for a in eth0["addr_info"] if a["family"] == "inet"
+        }
         routes = _run("ip", "-n", ns, "route", "show", "10.244.0.0/16").stdout
         assert f"via {GATEWAY} dev eth0" in routes
     assert ips[c1] != ips[c2]
@@ -180,8 +199,9 @@ def test_two_containers_ping_then_delete(netns: Callable[[str], str], tmp_path: 
     # of it in the root namespace.
     cni0 = _addr(host, "cni0")
     assert cni0["mtu"] == MTU
-    assert f"{GATEWAY}/24" in {f"{a['local']}/{a['prefixlen']}" for a in cni0["addr_info"]
-                               if a["family"] == "inet"}
+    assert f"{GATEWAY}/24" in {
+        f"{a['local']}/{a['prefixlen']}" for a in cni0["addr_info"] if a["family"] == "inet"
+    }
     for veth in veths.values():
         assert _addr(host, veth)["master"] == "cni0"
     assert not (_links(None) - root_links) & {"cni0", *veths.values()}

@@ -20,16 +20,18 @@ import pytest
 
 from pyflannel.backend.vxlan import desired_state
 from pyflannel.errors import KernelError
-from pyflannel.lease import Lease, LeaseAttrs
 from pyflannel.kernel import Fdb, KernelState, Link, Neigh, Route, VxlanSpec
+from pyflannel.lease import Lease, LeaseAttrs
 from pyflannel.netlink import Netlink
 from pyflannel.reconcile import apply, plan
 
 pytestmark = [
     pytest.mark.netns,
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces"),
-    pytest.mark.skipif(shutil.which("ip") is None or shutil.which("bridge") is None,
-                       reason="needs iproute2 (ip, bridge)"),
+    pytest.mark.skipif(
+        shutil.which("ip") is None or shutil.which("bridge") is None,
+        reason="needs iproute2 (ip, bridge)",
+    ),
 ]
 
 NETWORK = IPv4Network("10.5.0.0/16")
@@ -64,8 +66,10 @@ def namespaces() -> set[str]:
 
 def root_links() -> set[str]:
     """Names of the links in the root namespace (where these tests must create nothing)."""
-    return {line.split(":")[1].strip().split("@")[0]
-            for line in run("ip", "-o", "link", "show").splitlines()}
+    return {
+        line.split(":")[1].strip().split("@")[0]
+        for line in run("ip", "-o", "link", "show").splitlines()
+    }
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -111,8 +115,14 @@ def _eth0(nl: Netlink) -> Link:
 
 def spec_for(eth0: Link, **changes: object) -> VxlanSpec:
     """flanneld's default device on eth0, with *changes*."""
-    base: dict[str, object] = {"name": "flannel.1", "vni": 1, "port": 8472,
-                               "underlay_index": eth0.index, "local": LOCAL, "mtu": 1450}
+    base: dict[str, object] = {
+        "name": "flannel.1",
+        "vni": 1,
+        "port": 8472,
+        "underlay_index": eth0.index,
+        "local": LOCAL,
+        "mtu": 1450,
+    }
     base.update(changes)
     return VxlanSpec(**base)  # type: ignore[arg-type]
 
@@ -158,8 +168,14 @@ def test_ensure_vxlan_creates_flanneld_device(ns: str, nl: Netlink, eth0: Link) 
     assert dev.name == "flannel.1"
     assert dev.mtu == 1450
     text = link_details(ns, "flannel.1")
-    for token in ("mtu 1450", "vxlan id 1 ", "local 192.0.2.10", "dev eth0", "dstport 8472",
-                  "nolearning"):
+    for token in (
+        "mtu 1450",
+        "vxlan id 1 ",
+        "local 192.0.2.10",
+        "dev eth0",
+        "dstport 8472",
+        "nolearning",
+    ):
         assert token in text, f"{token!r} not in {text}"
     assert "gbp" not in text
     assert mac_of(ns, "flannel.1") == dev.mac
@@ -170,8 +186,9 @@ def test_ensure_vxlan_creates_flanneld_device(ns: str, nl: Netlink, eth0: Link) 
 
 def test_ensure_vxlan_options(ns: str, nl: Netlink, eth0: Link) -> None:
     """VNI, port, learning, GBP and MTU from the spec reach the kernel."""
-    dev, created = nl.ensure_vxlan(spec_for(eth0, name="flannel.42", vni=42, port=4789,
-                                            learning=True, gbp=True, mtu=1400))
+    dev, created = nl.ensure_vxlan(
+        spec_for(eth0, name="flannel.42", vni=42, port=4789, learning=True, gbp=True, mtu=1400)
+    )
     assert created
     text = link_details(ns, "flannel.42")
     for token in ("mtu 1400", "vxlan id 42 ", "dstport 4789", "gbp"):
@@ -196,8 +213,9 @@ def test_ensure_vxlan_reuses_compatible_device(ns: str, nl: Netlink, eth0: Link)
     assert mac_of(ns, "flannel.1") == first.mac
 
 
-def test_ensure_vxlan_reuse_fixes_mtu_and_ignores_learning(ns: str, nl: Netlink,
-                                                           eth0: Link) -> None:
+def test_ensure_vxlan_reuse_fixes_mtu_and_ignores_learning(
+    ns: str, nl: Netlink, eth0: Link
+) -> None:
     """MTU and learning differences do not re-create the device; the MTU is set in place."""
     first, _ = nl.ensure_vxlan(spec_for(eth0))
     again, created = nl.ensure_vxlan(spec_for(eth0, mtu=1300, learning=True))
@@ -215,8 +233,9 @@ def test_ensure_vxlan_reuse_fixes_mtu_and_ignores_learning(ns: str, nl: Netlink,
         pytest.param({"gbp": True}, "gbp", id="gbp"),
     ],
 )
-def test_ensure_vxlan_recreates_incompatible(ns: str, nl: Netlink, eth0: Link,
-                                            changes: dict[str, object], token: str) -> None:
+def test_ensure_vxlan_recreates_incompatible(
+    ns: str, nl: Netlink, eth0: Link, changes: dict[str, object], token: str
+) -> None:
     """A device with another port, local address, VNI or GBP flag is deleted and re-created."""
     ip(ns, "addr", "add", "192.0.2.30/24", "dev", "eth0")
     first, _ = nl.ensure_vxlan(spec_for(eth0))
@@ -236,8 +255,9 @@ def test_ensure_vxlan_replaces_other_kind(ns: str, nl: Netlink, eth0: Link) -> N
     assert dev.index == int(ip(ns, "link", "show", "flannel.1").split(":")[0])
 
 
-def test_ensure_address_keeps_only_vtep_address_in_network(ns: str, nl: Netlink,
-                                                           eth0: Link) -> None:
+def test_ensure_address_keeps_only_vtep_address_in_network(
+    ns: str, nl: Netlink, eth0: Link
+) -> None:
     """Only <subnet>.0/32 stays inside the network; addresses outside it are kept; link is up."""
     dev, _ = nl.ensure_vxlan(spec_for(eth0))
     ip(ns, "addr", "add", "10.5.9.0/32", "dev", "flannel.1")
@@ -267,10 +287,13 @@ def test_neigh_fdb_route_round_trip(ns: str, nl: Netlink, dev: Link) -> None:
     nl.replace_route(Route(SUBNET, VTEP, dev.index, True))
 
     assert observe(nl, dev) == KernelState(
-        neighs={VTEP: MAC}, fdb={Fdb(MAC, PEER_IP)},
-        routes={SUBNET: Route(SUBNET, VTEP, dev.index, True)})
-    assert re.search(rf"^10\.5\.51\.0 lladdr {MAC} PERMANENT",
-                     ip(ns, "neigh", "show", "dev", "flannel.1"), re.M)
+        neighs={VTEP: MAC},
+        fdb={Fdb(MAC, PEER_IP)},
+        routes={SUBNET: Route(SUBNET, VTEP, dev.index, True)},
+    )
+    assert re.search(
+        rf"^10\.5\.51\.0 lladdr {MAC} PERMANENT", ip(ns, "neigh", "show", "dev", "flannel.1"), re.M
+    )
     assert f"{MAC} dst {PEER_IP} self permanent" in bridge(ns, "fdb", "show", "dev", "flannel.1")
     route = ip(ns, "route", "show", str(SUBNET))
     assert re.search(r"^10\.5\.51\.0/24 via 10\.5\.51\.0 dev flannel\.1 .*onlink", route, re.M)
@@ -397,8 +420,9 @@ def test_apply_peer_changes(ns: str, nl: Netlink, dev: Link) -> None:
         pytest.param(("neigh", "del", "10.5.52.0", "dev", "flannel.1"), "set_neighs", id="neigh"),
     ],
 )
-def test_hand_deleted_entry_in_next_plan(ns: str, nl: Netlink, dev: Link,
-                                         remove: tuple[str, ...], field: str) -> None:
+def test_hand_deleted_entry_in_next_plan(
+    ns: str, nl: Netlink, dev: Link, remove: tuple[str, ...], field: str
+) -> None:
     """An entry deleted by hand shows up in the next plan, and applying it restores it."""
     desired = desired_state(PEERS, dev.index).state
     converge(nl, dev, desired)
@@ -426,10 +450,30 @@ def test_hand_deleted_fdb_in_next_plan(ns: str, nl: Netlink, dev: Link) -> None:
 def test_stray_entries_removed(ns: str, nl: Netlink, dev: Link) -> None:
     """A neighbour, FDB entry and route that no lease backs are removed by the next apply."""
     converge(nl, dev, desired_state(PEERS[:1], dev.index).state)
-    ip(ns, "neigh", "replace", "10.5.77.0", "lladdr", "5a:1e:02:33:44:77", "dev", "flannel.1",
-       "nud", "permanent")
-    bridge(ns, "fdb", "append", "5a:1e:02:33:44:77", "dev", "flannel.1", "dst", "192.0.2.77",
-           "self", "permanent")
+    ip(
+        ns,
+        "neigh",
+        "replace",
+        "10.5.77.0",
+        "lladdr",
+        "5a:1e:02:33:44:77",
+        "dev",
+        "flannel.1",
+        "nud",
+        "permanent",
+    )
+    bridge(
+        ns,
+        "fdb",
+        "append",
+        "5a:1e:02:33:44:77",
+        "dev",
+        "flannel.1",
+        "dst",
+        "192.0.2.77",
+        "self",
+        "permanent",
+    )
     ip(ns, "route", "replace", "10.5.77.0/24", "via", "10.5.77.0", "dev", "flannel.1", "onlink")
     desired = desired_state(PEERS[:1], dev.index).state
     converge(nl, dev, desired)
@@ -440,11 +484,15 @@ def test_stray_entries_removed(ns: str, nl: Netlink, dev: Link) -> None:
 
 def test_direct_routing_round_trip(ns: str, nl: Netlink, dev: Link) -> None:
     """A DirectRouting peer gets ``S via P`` on the underlay, and the next plan is empty."""
-    desired = desired_state(PEERS[:1], dev.index, direct_routing=True,
-                            is_onlink=nl.route_is_onlink).state
+    desired = desired_state(
+        PEERS[:1], dev.index, direct_routing=True, is_onlink=nl.route_is_onlink
+    ).state
     assert desired.routes[IPv4Network("10.5.51.0/24")].oif is None
     converge(nl, dev, desired)
-    assert re.search(r"^10\.5\.51\.0/24 via 192\.0\.2\.20 dev eth0",
-                     ip(ns, "route", "show", "10.5.51.0/24"), re.M)
+    assert re.search(
+        r"^10\.5\.51\.0/24 via 192\.0\.2\.20 dev eth0",
+        ip(ns, "route", "show", "10.5.51.0/24"),
+        re.M,
+    )
     assert "10.5.51.0" not in ip(ns, "neigh", "show", "dev", "flannel.1")
     assert plan(desired, observe(nl, dev)).empty

@@ -18,8 +18,9 @@ ME = IPv4Address("10.0.1.3")
 
 def config(network: str, **extra: object) -> NetworkConfig:
     """A vxlan network config for *network* with *extra* fields."""
-    return parse_network_config(json.dumps({"Network": network, **extra,
-                                            "Backend": {"Type": "vxlan"}}))
+    return parse_network_config(
+        json.dumps({"Network": network, **extra, "Backend": {"Type": "vxlan"}})
+    )
 
 
 SEED = config("172.16.0.0/16", SubnetLen=24, SubnetMin="172.16.10.0", SubnetMax="172.16.99.0")
@@ -29,14 +30,22 @@ TINY = config("10.0.0.0/28")
 
 def held(subnet: str, ip: str = "10.0.2.3", expiration: float | None = 1e9) -> Lease:
     """A lease on *subnet* held by *ip*."""
-    return Lease(IPv4Network(subnet), LeaseAttrs(IPv4Address(ip), "vxlan", "02:00:00:00:00:02", 1),
-                 expiration=expiration, revision=1)
+    return Lease(
+        IPv4Network(subnet),
+        LeaseAttrs(IPv4Address(ip), "vxlan", "02:00:00:00:00:02", 1),
+        expiration=expiration,
+        revision=1,
+    )
 
 
 def garbage(subnet: str) -> LeaseEvent:
     """A key on *subnet* whose value does not decode."""
-    return LeaseEvent(EventKind.INVALID, f"/coreos.com/network/subnets/{subnet.replace('/', '-')}",
-                      subnet=IPv4Network(subnet), reason="not JSON")
+    return LeaseEvent(
+        EventKind.INVALID,
+        f"/coreos.com/network/subnets/{subnet.replace('/', '-')}",
+        subnet=IPv4Network(subnet),
+        reason="not JSON",
+    )
 
 
 def snap(*leases: Lease, invalid: tuple[LeaseEvent, ...] = ()) -> Snapshot:
@@ -196,4 +205,5 @@ def test_lease_outside_range_does_not_block() -> None:
     """Leases outside [SubnetMin, SubnetMax] (e.g. the skipped first subnet) block nothing."""
     s = snap(held("10.0.0.0/30"), held("10.0.0.4/30"), held("10.0.0.8/30"))
     assert plan_allocation(TINY, s, ME, None, rng()).action == Create(
-        IPv4Network("10.0.0.12/30"), "free subnet")
+        IPv4Network("10.0.0.12/30"), "free subnet"
+    )

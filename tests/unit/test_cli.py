@@ -22,8 +22,9 @@ def opts(*argv: str, env: Mapping[str, str] | None = None) -> DaemonOptions:
     return parse_args(list(argv), env or {})
 
 
-def usage_error(capsys: pytest.CaptureFixture[str], *argv: str,
-                env: Mapping[str, str] | None = None) -> str:
+def usage_error(
+    capsys: pytest.CaptureFixture[str], *argv: str, env: Mapping[str, str] | None = None
+) -> str:
     """Parse *argv*, expect exit code 2, and return the single stderr line."""
     with pytest.raises(SystemExit) as info:
         opts(*argv, env=env)
@@ -42,7 +43,11 @@ def test_defaults_are_flanneld_defaults() -> None:
     assert o.etcd == EtcdOptions(
         endpoints=("http://127.0.0.1:4001", "http://127.0.0.1:2379"),
         prefix="/coreos.com/network",
-        keyfile="", certfile="", cafile="", username="", password="",
+        keyfile="",
+        certfile="",
+        cafile="",
+        username="",
+        password="",
     )
     assert o.ifaces == ()
     assert o.iface_regexes == ()
@@ -56,15 +61,29 @@ def test_defaults_are_flanneld_defaults() -> None:
 def test_flanneld_flag_names() -> None:
     """Every flanneld etcd-mode flag is accepted under its flanneld name."""
     o = opts(
-        "--etcd-endpoints=http://10.0.1.2:2379", "--etcd-prefix=/my/net",
-        "--etcd-keyfile=/k", "--etcd-certfile=/c", "--etcd-cafile=/ca",
-        "--etcd-username=u", "--etcd-password=p", "--iface=eth1", "--iface-regex=^en",
-        "--public-ip=10.0.1.3", "--subnet-file=/tmp/s.env", "--subnet-lease-renew-margin=30",
+        "--etcd-endpoints=http://10.0.1.2:2379",
+        "--etcd-prefix=/my/net",
+        "--etcd-keyfile=/k",
+        "--etcd-certfile=/c",
+        "--etcd-cafile=/ca",
+        "--etcd-username=u",
+        "--etcd-password=p",
+        "--iface=eth1",
+        "--iface-regex=^en",
+        "--public-ip=10.0.1.3",
+        "--subnet-file=/tmp/s.env",
+        "--subnet-lease-renew-margin=30",
         "--ip-masq",
     )
-    assert o.etcd == EtcdOptions(endpoints=("http://10.0.1.2:2379",), prefix="/my/net",
-                                 keyfile="/k", certfile="/c", cafile="/ca", username="u",
-                                 password="p")
+    assert o.etcd == EtcdOptions(
+        endpoints=("http://10.0.1.2:2379",),
+        prefix="/my/net",
+        keyfile="/k",
+        certfile="/c",
+        cafile="/ca",
+        username="u",
+        password="p",
+    )
     assert o.ifaces == ("eth1",)
     assert o.iface_regexes == ("^en",)
     assert o.public_ip == IPv4Address("10.0.1.3")
@@ -114,10 +133,21 @@ def test_env_used_when_flag_absent() -> None:
 
 def test_cli_wins_over_env() -> None:
     """A flag on the command line wins over its FLANNELD_* variable."""
-    env = {"FLANNELD_ETCD_PREFIX": "/env", "FLANNELD_IFACE": "eth9", "FLANNELD_IP_MASQ": "true",
-           "FLANNELD_SUBNET_LEASE_RENEW_MARGIN": "5"}
-    o = opts("--etcd-prefix=/cli", "-iface", "eth1", "--ip-masq=false",
-             "--subnet-lease-renew-margin", "90", env=env)
+    env = {
+        "FLANNELD_ETCD_PREFIX": "/env",
+        "FLANNELD_IFACE": "eth9",
+        "FLANNELD_IP_MASQ": "true",
+        "FLANNELD_SUBNET_LEASE_RENEW_MARGIN": "5",
+    }
+    o = opts(
+        "--etcd-prefix=/cli",
+        "-iface",
+        "eth1",
+        "--ip-masq=false",
+        "--subnet-lease-renew-margin",
+        "90",
+        env=env,
+    )
     assert o.etcd.prefix == "/cli"
     assert o.ifaces == ("eth1",)
     assert o.ip_masq is False
@@ -195,8 +225,9 @@ def test_bool_forms(argv: list[str], env: dict[str, str], expected: bool) -> Non
         ([], {"FLANNELD_V": "loud"}, "FLANNELD_V"),
     ],
 )
-def test_bad_input_exits_2_with_one_line(capsys: pytest.CaptureFixture[str], argv: list[str],
-                                         env: dict[str, str], needle: str) -> None:
+def test_bad_input_exits_2_with_one_line(
+    capsys: pytest.CaptureFixture[str], argv: list[str], env: dict[str, str], needle: str
+) -> None:
     """A bad value or unknown flag exits with code 2 and one error line naming the culprit."""
     line = usage_error(capsys, *argv, env=env)
     assert needle in line
@@ -204,16 +235,21 @@ def test_bad_input_exits_2_with_one_line(capsys: pytest.CaptureFixture[str], arg
 
 @pytest.mark.parametrize(
     "argv",
-    [["--etcd-endpoint=http://10.0.1.2:2379"], ["-etcd-pre", "/x"], ["--public=10.0.1.3"],
-     ["--ip-mas"]],
+    [
+        ["--etcd-endpoint=http://10.0.1.2:2379"],
+        ["-etcd-pre", "/x"],
+        ["--public=10.0.1.3"],
+        ["--ip-mas"],
+    ],
 )
 def test_abbreviations_rejected(capsys: pytest.CaptureFixture[str], argv: list[str]) -> None:
     """A shortened flag name is unknown, as in Go's flag package (a typo never half-works)."""
     usage_error(capsys, *argv)
 
 
-@pytest.mark.parametrize(("margin", "ok"), [("1", True), ("60", True), ("1439", True),
-                                            ("0", False), ("1440", False)])
+@pytest.mark.parametrize(
+    ("margin", "ok"), [("1", True), ("60", True), ("1439", True), ("0", False), ("1440", False)]
+)
 def test_renew_margin_range(capsys: pytest.CaptureFixture[str], margin: str, ok: bool) -> None:
     """--subnet-lease-renew-margin accepts 1 to 1439 minutes, as flanneld does."""
     if ok:
@@ -249,8 +285,14 @@ def test_version_exits_zero(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_real_process_bogus_flag() -> None:
     """``python -m pyflannel --bogus`` exits 2 with one line on stderr and nothing on stdout."""
-    res = subprocess.run([sys.executable, "-m", "pyflannel", "--bogus"], cwd=REPO,
-                         capture_output=True, text=True, timeout=30, check=False)
+    res = subprocess.run(
+        [sys.executable, "-m", "pyflannel", "--bogus"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
     assert res.returncode == 2
     assert res.stdout == ""
     lines = res.stderr.splitlines()

@@ -98,11 +98,16 @@ def test_bad_configs(data: bytes, code: int) -> None:
 
 def test_overrides_are_kept() -> None:
     """delegate, ipam, runtimeConfig and prevResult are carried as given."""
-    conf = cni.parse_netconf(_conf(
-        subnetFile="/tmp/s.env", dataDir="/tmp/d", delegate={"bridge": "br9"},
-        ipam={"dataDir": "/tmp/ipam"}, runtimeConfig={"portMappings": []},
-        prevResult={"cniVersion": "1.0.0"},
-    ))
+    conf = cni.parse_netconf(
+        _conf(
+            subnetFile="/tmp/s.env",
+            dataDir="/tmp/d",
+            delegate={"bridge": "br9"},
+            ipam={"dataDir": "/tmp/ipam"},
+            runtimeConfig={"portMappings": []},
+            prevResult={"cniVersion": "1.0.0"},
+        )
+    )
     assert conf.subnet_file == Path("/tmp/s.env")
     assert conf.data_dir == Path("/tmp/d")
     assert conf.delegate == {"bridge": "br9"}
@@ -214,14 +219,26 @@ def test_ipmasq_is_negated() -> None:
 
 def test_delegate_overrides_win() -> None:
     """Keys in "delegate" replace the defaults and extra keys pass through."""
-    conf = cni.parse_netconf(_conf(cniVersion="0.4.0", delegate={
-        "bridge": "br-pf", "isGateway": False, "ipMasq": False, "mtu": 1400,
-        "hairpinMode": True,
-    }))
+    conf = cni.parse_netconf(
+        _conf(
+            cniVersion="0.4.0",
+            delegate={
+                "bridge": "br-pf",
+                "isGateway": False,
+                "ipMasq": False,
+                "mtu": 1400,
+                "hairpinMode": True,
+            },
+        )
+    )
     out = cni.delegate_config(conf, ENV)
     assert out["cniVersion"] == "0.4.0"
     assert (out["bridge"], out["isGateway"], out["ipMasq"], out["mtu"]) == (
-        "br-pf", False, False, 1400)
+        "br-pf",
+        False,
+        False,
+        1400,
+    )
     assert out["hairpinMode"] is True
 
 
@@ -236,10 +253,14 @@ def test_other_delegate_type_gets_no_bridge_keys() -> None:
 
 def test_ipam_additions() -> None:
     """Our ipam object adds keys and routes; the flannel network route is appended once."""
-    conf = cni.parse_netconf(_conf(ipam={
-        "dataDir": "/tmp/ipam",
-        "routes": [{"dst": "0.0.0.0/0"}, {"dst": "10.244.0.0/16"}],
-    }))
+    conf = cni.parse_netconf(
+        _conf(
+            ipam={
+                "dataDir": "/tmp/ipam",
+                "routes": [{"dst": "0.0.0.0/0"}, {"dst": "10.244.0.0/16"}],
+            }
+        )
+    )
     ipam = cni.delegate_config(conf, ENV)["ipam"]
     assert ipam["dataDir"] == "/tmp/ipam"
     assert ipam["routes"] == [{"dst": "0.0.0.0/0"}, {"dst": "10.244.0.0/16"}]
@@ -289,8 +310,9 @@ FULL_ENV = {
 def test_parse_args() -> None:
     """CNI_PATH is split; the values are kept."""
     args = cni.parse_args(FULL_ENV)
-    assert args == cni.CniArgs("ADD", "c0ffee", "/var/run/netns/x", "eth0",
-                               ("/opt/cni/bin", "/usr/lib/cni"))
+    assert args == cni.CniArgs(
+        "ADD", "c0ffee", "/var/run/netns/x", "eth0", ("/opt/cni/bin", "/usr/lib/cni")
+    )
 
 
 def test_del_needs_no_netns() -> None:
@@ -324,7 +346,8 @@ def test_bad_environment(change: Mapping[str, str], fragment: str) -> None:
 def test_version_info() -> None:
     """VERSION lists the accepted config versions, in the spec's format."""
     assert cni.version_info() == {
-        "cniVersion": "1.0.0", "supportedVersions": ["0.3.1", "0.4.0", "1.0.0"],
+        "cniVersion": "1.0.0",
+        "supportedVersions": ["0.3.1", "0.4.0", "1.0.0"],
     }
 
 
@@ -378,14 +401,22 @@ class Plugin:
 
     def config(self, **extra: Any) -> bytes:
         """Our config pointing at this test's subnet.env and data dir."""
-        fields: dict[str, Any] = {"subnetFile": str(self.subnet_file),
-                                  "dataDir": str(self.data_dir)}
+        fields: dict[str, Any] = {
+            "subnetFile": str(self.subnet_file),
+            "dataDir": str(self.data_dir),
+        }
         fields.update(extra)
         return _conf(**fields)
 
-    def run(self, command: str, stdin: bytes | None = None, *, container: str = "c1",
-            mode: str = "ok", env: Mapping[str, str] | None = None
-            ) -> subprocess.CompletedProcess[bytes]:
+    def run(
+        self,
+        command: str,
+        stdin: bytes | None = None,
+        *,
+        container: str = "c1",
+        mode: str = "ok",
+        env: Mapping[str, str] | None = None,
+    ) -> subprocess.CompletedProcess[bytes]:
         """One invocation; returns the finished process (stdout and stderr as bytes)."""
         full = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
@@ -400,9 +431,14 @@ class Plugin:
         }
         full.update(env or {})
         full = {k: v for k, v in full.items() if v}
-        return subprocess.run([sys.executable, "-m", "pyflannel.cni"],
-                              input=self.config() if stdin is None else stdin,
-                              capture_output=True, env=full, timeout=60, check=False)
+        return subprocess.run(
+            [sys.executable, "-m", "pyflannel.cni"],
+            input=self.config() if stdin is None else stdin,
+            capture_output=True,
+            env=full,
+            timeout=60,
+            check=False,
+        )
 
     def calls(self) -> list[dict[str, Any]]:
         """What the stand-in delegate was given, in order."""
@@ -453,8 +489,7 @@ def test_add_saves_state_and_prints_result(plugin: Plugin) -> None:
     prints the delegate's result."""
     proc = plugin.run("ADD")
     assert proc.returncode == 0, proc.stdout
-    assert json.loads(proc.stdout) == {"cniVersion": "1.0.0",
-                                       "ips": [{"address": "10.244.3.2/24"}]}
+    assert json.loads(proc.stdout) == {"cniVersion": "1.0.0", "ips": [{"address": "10.244.3.2/24"}]}
     [call] = plugin.calls()
     assert call["command"] == "ADD"
     state = plugin.data_dir / "c1"
@@ -462,7 +497,8 @@ def test_add_saves_state_and_prints_result(plugin: Plugin) -> None:
     assert stat.S_IMODE(state.stat().st_mode) == 0o600
     assert stat.S_IMODE(plugin.data_dir.stat().st_mode) == 0o700
     assert json.loads(call["config"])["ipam"]["ranges"] == [
-        [{"subnet": "10.244.3.0/24", "gateway": "10.244.3.1"}]]
+        [{"subnet": "10.244.3.0/24", "gateway": "10.244.3.1"}]
+    ]
 
 
 def test_del_uses_stored_config_even_without_subnet_env(plugin: Plugin) -> None:

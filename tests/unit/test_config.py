@@ -54,7 +54,10 @@ def test_subnet_len_default(
     """SubnetLen defaults to 24 up to /22, to prefix+2 for /23 to /28; subnet 0 is skipped."""
     cfg = parse({"Network": network})
     assert (cfg.subnet_len, str(cfg.subnet_min), str(cfg.subnet_max)) == (
-        subnet_len, subnet_min, subnet_max)
+        subnet_len,
+        subnet_min,
+        subnet_max,
+    )
 
 
 @pytest.mark.parametrize("network", ["10.4.0.0/29", "10.4.0.0/30", "10.4.0.4/32"])
@@ -71,18 +74,30 @@ def test_network_too_small(network: str) -> None:
     [
         ({"Network": "10.0.0.0/8", "SubnetLen": 31}, "SubnetLen must be less than /31"),
         ({"Network": "10.0.0.0/8", "SubnetLen": 32}, "SubnetLen must be less than /31"),
-        ({"Network": "10.0.0.0/16", "SubnetLen": 17},
-         "network must be able to accommodate at least four subnets"),
-        ({"Network": "10.0.0.0/16", "SubnetLen": 8},
-         "network must be able to accommodate at least four subnets"),
-        ({"Network": "10.0.0.0/16", "SubnetMin": "10.1.0.0"},
-         "SubnetMin is not in the range of the Network"),
-        ({"Network": "10.0.0.0/16", "SubnetMax": "10.1.0.0"},
-         "SubnetMax is not in the range of the Network"),
-        ({"Network": "10.0.0.0/16", "SubnetMin": "10.0.1.5"},
-         "SubnetMin is not on a SubnetLen boundary: 10.0.1.5"),
-        ({"Network": "10.0.0.0/16", "SubnetLen": 26, "SubnetMax": "10.0.3.32"},
-         "SubnetMax is not on a SubnetLen boundary: 10.0.3.32"),
+        (
+            {"Network": "10.0.0.0/16", "SubnetLen": 17},
+            "network must be able to accommodate at least four subnets",
+        ),
+        (
+            {"Network": "10.0.0.0/16", "SubnetLen": 8},
+            "network must be able to accommodate at least four subnets",
+        ),
+        (
+            {"Network": "10.0.0.0/16", "SubnetMin": "10.1.0.0"},
+            "SubnetMin is not in the range of the Network",
+        ),
+        (
+            {"Network": "10.0.0.0/16", "SubnetMax": "10.1.0.0"},
+            "SubnetMax is not in the range of the Network",
+        ),
+        (
+            {"Network": "10.0.0.0/16", "SubnetMin": "10.0.1.5"},
+            "SubnetMin is not on a SubnetLen boundary: 10.0.1.5",
+        ),
+        (
+            {"Network": "10.0.0.0/16", "SubnetLen": 26, "SubnetMax": "10.0.3.32"},
+            "SubnetMax is not on a SubnetLen boundary: 10.0.3.32",
+        ),
         ({"Network": ""}, "please define a correct Network parameter in the flannel config"),
         ({}, "please define a correct Network parameter in the flannel config"),
     ],
@@ -115,10 +130,17 @@ def test_host_bits_masked() -> None:
 
 def test_keys_case_insensitive() -> None:
     """Top-level and Backend keys match in any case, and the backend type is lower-cased."""
-    cfg = parse_network_config(json.dumps({
-        "network": "10.7.0.0/16", "SUBNETLEN": 26, "subnetmin": "10.7.0.64",
-        "SubNetMax": "10.7.1.0", "backend": {"TYPE": "VXLAN", "vni": 4, "port": 4789},
-    }))
+    cfg = parse_network_config(
+        json.dumps(
+            {
+                "network": "10.7.0.0/16",
+                "SUBNETLEN": 26,
+                "subnetmin": "10.7.0.64",
+                "SubNetMax": "10.7.1.0",
+                "backend": {"TYPE": "VXLAN", "vni": 4, "port": 4789},
+            }
+        )
+    )
     assert cfg.network == IPv4Network("10.7.0.0/16")
     assert cfg.subnet_len == 26
     assert cfg.subnet_min == IPv4Address("10.7.0.64")
@@ -128,8 +150,14 @@ def test_keys_case_insensitive() -> None:
 
 def test_unknown_keys_ignored() -> None:
     """Keys flanneld does not know (or pyflannel does not use) are ignored, at both levels."""
-    cfg = parse({"Network": "10.3.0.0/16", "Comment": "hi", "EnableNFTables": False,
-                 "Backend": {"Type": "vxlan", "MacPrefix": "0E-2A", "Whatever": [1, 2]}})
+    cfg = parse(
+        {
+            "Network": "10.3.0.0/16",
+            "Comment": "hi",
+            "EnableNFTables": False,
+            "Backend": {"Type": "vxlan", "MacPrefix": "0E-2A", "Whatever": [1, 2]},
+        }
+    )
     assert cfg.subnet_len == 24
 
 
@@ -165,8 +193,18 @@ def test_not_a_json_object(text: str) -> None:
         parse_network_config(text)
 
 
-@pytest.mark.parametrize("network", ["10.3.0.0", "10.3.0.0/33", "fc00::/48", "banana",
-                                     "10.3.0.0/255.255.0.0", "10.3.0.0/0.0.255.255", "10.3.0.0/"])
+@pytest.mark.parametrize(
+    "network",
+    [
+        "10.3.0.0",
+        "10.3.0.0/33",
+        "fc00::/48",
+        "banana",
+        "10.3.0.0/255.255.0.0",
+        "10.3.0.0/0.0.255.255",
+        "10.3.0.0/",
+    ],
+)
 def test_invalid_network(network: str) -> None:
     """A Network that is not an IPv4 CIDR (address/length, as Go's ParseCIDR wants) is refused."""
     with pytest.raises(ConfigError, match="Network"):
@@ -197,11 +235,23 @@ def test_backend_without_type_is_udp() -> None:
 
 def test_vxlan_options_parsed() -> None:
     """VNI, Port, GBP, Learning, DirectRouting and MTU are read from the Backend object."""
-    cfg = parse({"Network": "10.3.0.0/16", "Backend": {
-        "Type": "vxlan", "VNI": 42, "Port": 4789, "GBP": True, "Learning": True,
-        "DirectRouting": True, "MTU": 9000}})
-    assert cfg.backend == VxlanConfig(vni=42, port=4789, gbp=True, learning=True,
-                                      direct_routing=True, mtu=9000)
+    cfg = parse(
+        {
+            "Network": "10.3.0.0/16",
+            "Backend": {
+                "Type": "vxlan",
+                "VNI": 42,
+                "Port": 4789,
+                "GBP": True,
+                "Learning": True,
+                "DirectRouting": True,
+                "MTU": 9000,
+            },
+        }
+    )
+    assert cfg.backend == VxlanConfig(
+        vni=42, port=4789, gbp=True, learning=True, direct_routing=True, mtu=9000
+    )
     assert cfg.backend.device_name == "flannel.42"
     assert cfg.backend.udp_port == 4789
 
@@ -216,14 +266,16 @@ def test_vxlan_defaults() -> None:
 
 def test_null_values_take_defaults() -> None:
     """A JSON null leaves the field at its default, as Go leaves the zero value."""
-    cfg = parse({"Network": "10.3.0.0/16", "SubnetLen": None,
-                 "Backend": {"Type": "vxlan", "VNI": None}})
+    cfg = parse(
+        {"Network": "10.3.0.0/16", "SubnetLen": None, "Backend": {"Type": "vxlan", "VNI": None}}
+    )
     assert cfg.subnet_len == 24
     assert cfg.backend.vni == 1
 
 
-@pytest.mark.parametrize(("vni", "ok"), [(0, True), (1, True), (16777215, True),
-                                         (16777216, False), (-1, False)])
+@pytest.mark.parametrize(
+    ("vni", "ok"), [(0, True), (1, True), (16777215, True), (16777216, False), (-1, False)]
+)
 def test_vni_range(vni: int, ok: bool) -> None:
     """The VNI must fit VXLAN's 24 bits."""
     backend = {"Type": "vxlan", "VNI": vni}
@@ -234,8 +286,9 @@ def test_vni_range(vni: int, ok: bool) -> None:
             parse_backend(backend)
 
 
-@pytest.mark.parametrize(("port", "ok"), [(0, True), (4789, True), (65535, True),
-                                          (65536, False), (-1, False)])
+@pytest.mark.parametrize(
+    ("port", "ok"), [(0, True), (4789, True), (65535, True), (65536, False), (-1, False)]
+)
 def test_port_range(port: int, ok: bool) -> None:
     """The Port must be a UDP port number (0 leaves the kernel default)."""
     backend = {"Type": "vxlan", "Port": port}
@@ -248,10 +301,15 @@ def test_port_range(port: int, ok: bool) -> None:
 
 def test_seed_config() -> None:
     """The seed's config parses to exactly what it says, with port 8472 and VNI 1."""
-    text = json.dumps({
-        "Network": "172.16.0.0/16", "SubnetLen": 24, "SubnetMin": "172.16.10.0",
-        "SubnetMax": "172.16.99.0", "Backend": {"Type": "vxlan", "Port": 8472},
-    })
+    text = json.dumps(
+        {
+            "Network": "172.16.0.0/16",
+            "SubnetLen": 24,
+            "SubnetMin": "172.16.10.0",
+            "SubnetMax": "172.16.99.0",
+            "Backend": {"Type": "vxlan", "Port": 8472},
+        }
+    )
     cfg = parse_network_config(text)
     assert cfg == NetworkConfig(
         network=IPv4Network("172.16.0.0/16"),
@@ -276,8 +334,9 @@ def test_seed_config() -> None:
 )
 def test_contains_subnet(subnet: str, inside: bool) -> None:
     """A subnet is compatible only with the right length and a start in [SubnetMin, SubnetMax]."""
-    cfg = parse({"Network": "172.16.0.0/16", "SubnetMin": "172.16.10.0",
-                 "SubnetMax": "172.16.99.0"})
+    cfg = parse(
+        {"Network": "172.16.0.0/16", "SubnetMin": "172.16.10.0", "SubnetMax": "172.16.99.0"}
+    )
     assert cfg.contains_subnet(IPv4Network(subnet)) is inside
 
 

@@ -13,8 +13,14 @@ from pyflannel.kernel import Link
 
 def link(index: int, name: str, *addrs: str, mtu: int = 1500) -> Link:
     """A link record as Netlink.links() returns it."""
-    return Link(index, name, f"02:00:00:00:00:{index:02x}", mtu, True,
-                tuple(IPv4Interface(a) for a in addrs))
+    return Link(
+        index,
+        name,
+        f"02:00:00:00:00:{index:02x}",
+        mtu,
+        True,
+        tuple(IPv4Interface(a) for a in addrs),
+    )
 
 
 LO = link(1, "lo", "127.0.0.1/8", mtu=65536)

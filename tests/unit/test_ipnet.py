@@ -87,8 +87,11 @@ def test_subnets_between_inclusive() -> None:
 def test_subnets_between_small_subnets() -> None:
     """Steps follow the prefix length (here /30: four addresses)."""
     got = list(subnets_between(IPv4Address("10.0.0.4"), IPv4Address("10.0.0.12"), 30))
-    assert got == [IPv4Network("10.0.0.4/30"), IPv4Network("10.0.0.8/30"),
-                   IPv4Network("10.0.0.12/30")]
+    assert got == [
+        IPv4Network("10.0.0.4/30"),
+        IPv4Network("10.0.0.8/30"),
+        IPv4Network("10.0.0.12/30"),
+    ]
 
 
 def test_subnets_between_single_and_empty() -> None:

@@ -10,8 +10,16 @@ import pytest
 PKG = Path(__file__).resolve().parents[2] / "pyflannel"
 
 PURE = [
-    "config.py", "ipnet.py", "lease.py", "reconcile.py", "subnet.py", "backend/vxlan.py",
-    "iface.py", "retry.py", "errors.py", "kernel.py",
+    "config.py",
+    "ipnet.py",
+    "lease.py",
+    "reconcile.py",
+    "subnet.py",
+    "backend/vxlan.py",
+    "iface.py",
+    "retry.py",
+    "errors.py",
+    "kernel.py",
 ]
 FORBIDDEN_IN_PURE = {"etcd", "etcd3gw", "requests", "pyroute2", "subprocess"}
 
@@ -25,9 +33,14 @@ def imported_roots(path: Path) -> set[str]:
             roots.update(alias.name.split(".")[0] for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             roots.add(node.module.split(".")[0])
-        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
-              and node.func.id == "__import__" and node.args
-              and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)):
+        elif (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id == "__import__"
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+            and isinstance(node.args[0].value, str)
+        ):
             roots.add(node.args[0].value.split(".")[0])
     return roots
 
@@ -45,8 +58,9 @@ def test_package_found() -> None:
 
 def test_only_netlink_imports_pyroute2() -> None:
     """pyroute2 is imported by pyflannel/netlink.py and by no other module."""
-    importers = sorted(p.relative_to(PKG).as_posix() for p in package_modules()
-                       if "pyroute2" in imported_roots(p))
+    importers = sorted(
+        p.relative_to(PKG).as_posix() for p in package_modules() if "pyroute2" in imported_roots(p)
+    )
     assert importers == ["netlink.py"]
 
 

@@ -50,37 +50,54 @@ def test_encode_roundtrip() -> None:
         pytest.param(
             '{"PublicIP":"192.168.64.3","BackendType":"vxlan",'
             '"BackendData":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"}}',
-            LeaseAttrs(IP, "vxlan", MAC, 1), id="v0.14-no-PublicIPv6"),
+            LeaseAttrs(IP, "vxlan", MAC, 1),
+            id="v0.14-no-PublicIPv6",
+        ),
         pytest.param(
             '{"PublicIP":"192.168.64.3","BackendType":"vxlan",'
             '"BackendData":{"VtepMAC":"c6:d2:32:6f:8f:44"}}',
-            LeaseAttrs(IP, "vxlan", MAC, None), id="v0.10-v0.13-no-VNI"),
+            LeaseAttrs(IP, "vxlan", MAC, None),
+            id="v0.10-v0.13-no-VNI",
+        ),
         pytest.param(
             '{"publicip":"192.168.64.3","BACKENDTYPE":"vxlan",'
             '"backendData":{"vni":3,"vtepmac":"c6:d2:32:6f:8f:44"}}',
-            LeaseAttrs(IP, "vxlan", MAC, 3), id="mixed-case-names"),
+            LeaseAttrs(IP, "vxlan", MAC, 3),
+            id="mixed-case-names",
+        ),
         pytest.param(
             '{"PublicIP":"192.168.64.3","BackendType":"vxlan",'
             '"BackendData":{"VNI":1,"VtepMAC":"C6:D2:32:6F:8F:44"}}',
-            LeaseAttrs(IP, "vxlan", MAC, 1), id="uppercase-mac"),
+            LeaseAttrs(IP, "vxlan", MAC, 1),
+            id="uppercase-mac",
+        ),
         pytest.param(
             '{"PublicIP":"192.168.64.3","PublicIPv6":"fd00::5","BackendType":"vxlan",'
             '"BackendData":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"},'
             '"BackendV6Data":{"VNI":1,"VtepMAC":"aa:bb:cc:dd:ee:ff"}}',
-            LeaseAttrs(IP, "vxlan", MAC, 1), id="dual-stack"),
+            LeaseAttrs(IP, "vxlan", MAC, 1),
+            id="dual-stack",
+        ),
         pytest.param(
             '{"PublicIP":"192.168.64.3","BackendType":"vxlan","Extra":{"x":[1]},'
             '"BackendData":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44","Other":true}}',
-            LeaseAttrs(IP, "vxlan", MAC, 1), id="unknown-fields"),
+            LeaseAttrs(IP, "vxlan", MAC, 1),
+            id="unknown-fields",
+        ),
         pytest.param(
             '{"PublicIP":"192.168.64.3","BackendType":"vxlan",'
             '"BackendData":{"VNI":16777215,"VtepMAC":"c6:d2:32:6f:8f:44"}}',
-            LeaseAttrs(IP, "vxlan", MAC, 16777215), id="uint32-vni"),
+            LeaseAttrs(IP, "vxlan", MAC, 16777215),
+            id="uint32-vni",
+        ),
         pytest.param(
             '{"PublicIP":"192.168.64.3","BackendType":"host-gw"}',
-            LeaseAttrs(IP, "host-gw", None, None), id="other-backend"),
-        pytest.param('{"PublicIP":"192.168.64.3"}', LeaseAttrs(IP, "", None, None),
-                     id="no-backend"),
+            LeaseAttrs(IP, "host-gw", None, None),
+            id="other-backend",
+        ),
+        pytest.param(
+            '{"PublicIP":"192.168.64.3"}', LeaseAttrs(IP, "", None, None), id="no-backend"
+        ),
     ],
 )
 def test_decode(text: str | bytes, expected: LeaseAttrs) -> None:
@@ -97,18 +114,23 @@ def test_decode(text: str | bytes, expected: LeaseAttrs) -> None:
         pytest.param("[1, 2]", id="array"),
         pytest.param('"192.168.64.3"', id="string"),
         pytest.param("null", id="null"),
-        pytest.param('{"BackendType":"vxlan","BackendData":{"VtepMAC":"c6:d2:32:6f:8f:44"}}',
-                     id="PublicIP-missing"),
+        pytest.param(
+            '{"BackendType":"vxlan","BackendData":{"VtepMAC":"c6:d2:32:6f:8f:44"}}',
+            id="PublicIP-missing",
+        ),
         pytest.param('{"PublicIP":null}', id="PublicIP-null"),
         pytest.param('{"PublicIP":"fd00::5"}', id="PublicIP-ipv6"),
         pytest.param('{"PublicIP":3232251907}', id="PublicIP-number"),
         pytest.param('{"PublicIP":"192.168.64"}', id="PublicIP-short"),
         pytest.param('{"PublicIP":"192.168.64.3","BackendType":5}', id="BackendType-number"),
         pytest.param('{"PublicIP":"192.168.64.3","BackendData":[1]}', id="BackendData-array"),
-        pytest.param('{"PublicIP":"192.168.64.3","BackendData":{"VtepMAC":"zz:d2:32:6f:8f:44"}}',
-                     id="bad-mac"),
-        pytest.param('{"PublicIP":"192.168.64.3","BackendData":{"VtepMAC":"c6:d2:32:6f:8f"}}',
-                     id="short-mac"),
+        pytest.param(
+            '{"PublicIP":"192.168.64.3","BackendData":{"VtepMAC":"zz:d2:32:6f:8f:44"}}',
+            id="bad-mac",
+        ),
+        pytest.param(
+            '{"PublicIP":"192.168.64.3","BackendData":{"VtepMAC":"c6:d2:32:6f:8f"}}', id="short-mac"
+        ),
         pytest.param('{"PublicIP":"192.168.64.3","BackendData":{"VtepMAC":42}}', id="mac-number"),
         pytest.param('{"PublicIP":"192.168.64.3","BackendData":{"VNI":-1}}', id="negative-vni"),
         pytest.param('{"PublicIP":"192.168.64.3","BackendData":{"VNI":"1"}}', id="string-vni"),
@@ -138,8 +160,12 @@ NET_C = IPv4Network("10.5.3.0/24")
 
 def lease(net: IPv4Network, host: int = 1, mac: str = "02:00:00:00:00:01", rev: int = 1) -> Lease:
     """A vxlan lease on *net* held by 192.168.1.<host>."""
-    return Lease(net, LeaseAttrs(IPv4Address(f"192.168.1.{host}"), "vxlan", mac, 1),
-                 expiration=1000.0, revision=rev)
+    return Lease(
+        net,
+        LeaseAttrs(IPv4Address(f"192.168.1.{host}"), "vxlan", mac, 1),
+        expiration=1000.0,
+        revision=rev,
+    )
 
 
 def added(le: Lease) -> LeaseEvent:

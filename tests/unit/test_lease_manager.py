@@ -20,10 +20,17 @@ ME = IPv4Address("10.0.1.3")
 OTHER = IPv4Address("10.0.2.3")
 MY_ATTRS = LeaseAttrs(ME, "vxlan", "02:aa:00:00:00:01", 1)
 OTHER_ATTRS = LeaseAttrs(OTHER, "vxlan", "02:bb:00:00:00:02", 1)
-CFG = parse_network_config(json.dumps({
-    "Network": "172.16.0.0/16", "SubnetLen": 24, "SubnetMin": "172.16.10.0",
-    "SubnetMax": "172.16.99.0", "Backend": {"Type": "vxlan", "Port": 8472},
-}))
+CFG = parse_network_config(
+    json.dumps(
+        {
+            "Network": "172.16.0.0/16",
+            "SubnetLen": 24,
+            "SubnetMin": "172.16.10.0",
+            "SubnetMax": "172.16.99.0",
+            "Backend": {"Type": "vxlan", "Port": 8472},
+        }
+    )
+)
 #: Three /30 subnets: 10.0.0.4, 10.0.0.8, 10.0.0.12.
 TINY = parse_network_config('{"Network":"10.0.0.0/28","Backend":{"Type":"vxlan"}}')
 
@@ -40,8 +47,9 @@ def _registry(clock: FakeClock) -> MemoryRegistry:
 
 def manager(registry: MemoryRegistry, hint: str | None = None, seed: int = 0) -> LeaseManager:
     """A LeaseManager for ME with a seeded generator."""
-    return LeaseManager(registry, ME, hint=IPv4Network(hint) if hint else None,
-                        rng=random.Random(seed))
+    return LeaseManager(
+        registry, ME, hint=IPv4Network(hint) if hint else None, rng=random.Random(seed)
+    )
 
 
 def key(subnet: str) -> str:
@@ -57,8 +65,9 @@ def test_acquire_creates_new_lease(registry: MemoryRegistry, clock: FakeClock) -
     assert lease.attrs == MY_ATTRS
     assert lease.expiration == pytest.approx(clock.time() + LEASE_TTL)
     assert registry.get_raw(key(str(lease.subnet))) == MY_ATTRS.encode()
-    assert registry.get_subnet(lease.subnet) == Lease(lease.subnet, MY_ATTRS, lease.expiration,
-                                                      lease.revision)
+    assert registry.get_subnet(lease.subnet) == Lease(
+        lease.subnet, MY_ATTRS, lease.expiration, lease.revision
+    )
 
 
 def test_acquire_reuses_lease_with_our_ip(registry: MemoryRegistry, clock: FakeClock) -> None:
@@ -75,8 +84,7 @@ def test_acquire_reuses_lease_with_our_ip(registry: MemoryRegistry, clock: FakeC
     assert len(registry.list_subnets().leases) == 2
 
 
-def test_acquire_reuses_reservation_without_ttl(registry: MemoryRegistry,
-                                                clock: FakeClock) -> None:
+def test_acquire_reuses_reservation_without_ttl(registry: MemoryRegistry, clock: FakeClock) -> None:
     """A reservation (a key without TTL) with our IP is reclaimed and stays without TTL."""
     registry.put_raw(key("172.16.40.0/24"), LeaseAttrs(ME, "vxlan", None, None).encode())
     lease = manager(registry).acquire(CFG, MY_ATTRS)
@@ -120,8 +128,9 @@ class RacingRegistry(MemoryRegistry):
     def create_subnet(self, subnet: IPv4Network, attrs: LeaseAttrs, ttl: int) -> Lease:
         self.attempts.append(subnet)
         if len(self.attempts) <= self.losses:
-            rival = LeaseAttrs(IPv4Address(f"10.9.0.{len(self.attempts)}"), "vxlan",
-                               "02:cc:00:00:00:01", 1)
+            rival = LeaseAttrs(
+                IPv4Address(f"10.9.0.{len(self.attempts)}"), "vxlan", "02:cc:00:00:00:01", 1
+            )
             super().create_subnet(subnet, rival, ttl)
         return super().create_subnet(subnet, attrs, ttl)
 
@@ -232,4 +241,3 @@ def test_create_conflict_is_already_exists(registry: MemoryRegistry) -> None:
     registry.create_subnet(IPv4Network("172.16.42.0/24"), OTHER_ATTRS, LEASE_TTL)
     with pytest.raises(AlreadyExists):
         registry.create_subnet(IPv4Network("172.16.42.0/24"), MY_ATTRS, LEASE_TTL)
-

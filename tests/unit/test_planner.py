@@ -10,8 +10,8 @@ import pytest
 
 from pyflannel.backend.vxlan import desired_state
 from pyflannel.errors import KernelError
-from pyflannel.lease import Lease, LeaseAttrs
 from pyflannel.kernel import Fdb, KernelState, Neigh, Route
+from pyflannel.lease import Lease, LeaseAttrs
 from pyflannel.reconcile import Plan, apply, plan
 
 DEV = 7
@@ -108,8 +108,12 @@ def test_desired_direct_routing_onlink() -> None:
 
 def test_desired_direct_routing_off_link_peer_encapsulated() -> None:
     """With DirectRouting a peer behind a gateway is still reached through VXLAN."""
-    d = desired_state([peer(S1, P1, M1), peer(S2, P2, M2)], DEV, direct_routing=True,
-                      is_onlink=lambda ip: ip == P2)
+    d = desired_state(
+        [peer(S1, P1, M1), peer(S2, P2, M2)],
+        DEV,
+        direct_routing=True,
+        is_onlink=lambda ip: ip == P2,
+    )
     assert d.state.routes[S1] == onlink(S1)
     assert d.state.routes[S2] == Route(S2, P2, None, False)
     assert d.state.neighs == {vtep(S1): M1}
@@ -265,9 +269,12 @@ def test_apply_order_add() -> None:
     w = RecordingWriter()
     report = apply(plan(programmed((S1, P1, M1), (S2, P2, M2)), KernelState()), w, DEV)
     assert w.calls == [
-        ("replace_neigh", vtep(S1)), ("replace_neigh", vtep(S2)),
-        ("replace_fdb", M1), ("replace_fdb", M2),
-        ("replace_route", S1), ("replace_route", S2),
+        ("replace_neigh", vtep(S1)),
+        ("replace_neigh", vtep(S2)),
+        ("replace_fdb", M1),
+        ("replace_fdb", M2),
+        ("replace_route", S1),
+        ("replace_route", S2),
     ]
     assert (report.applied, report.failed) == (6, 0)
 
@@ -293,8 +300,9 @@ def test_apply_failed_neigh_holds_back_only_that_route() -> None:
 def test_apply_failed_fdb_holds_back_only_that_route() -> None:
     """A peer whose FDB entry failed gets no route; the other peers are programmed fully."""
     w = RecordingWriter(fail={("replace_fdb", M2)})
-    report = apply(plan(programmed((S1, P1, M1), (S2, P2, M2), (S3, P3, M3)), KernelState()),
-                   w, DEV)
+    report = apply(
+        plan(programmed((S1, P1, M1), (S2, P2, M2), (S3, P3, M3)), KernelState()), w, DEV
+    )
     routes = [k for op, k in w.calls if op == "replace_route"]
     assert routes == [S1, S3]
     assert (report.applied, report.failed) == (7, 1)
@@ -313,14 +321,19 @@ def test_apply_failed_fdb_holds_back_route_when_neigh_already_right() -> None:
 
 def test_apply_all_deletions_attempted() -> None:
     """Every deletion is attempted even when earlier ones fail; failures are collected."""
-    w = RecordingWriter(fail={("delete_route", S1), ("delete_neigh", vtep(S1)),
-                              ("delete_fdb", M2)})
+    w = RecordingWriter(fail={("delete_route", S1), ("delete_neigh", vtep(S1)), ("delete_fdb", M2)})
     report = apply(plan(KernelState(), programmed((S1, P1, M1), (S2, P2, M2))), w, DEV)
-    assert sorted(w.calls, key=str) == sorted([
-        ("delete_route", S1), ("delete_route", S2),
-        ("delete_neigh", vtep(S1)), ("delete_neigh", vtep(S2)),
-        ("delete_fdb", M1), ("delete_fdb", M2),
-    ], key=str)
+    assert sorted(w.calls, key=str) == sorted(
+        [
+            ("delete_route", S1),
+            ("delete_route", S2),
+            ("delete_neigh", vtep(S1)),
+            ("delete_neigh", vtep(S2)),
+            ("delete_fdb", M1),
+            ("delete_fdb", M2),
+        ],
+        key=str,
+    )
     assert (report.applied, report.failed) == (3, 3)
     assert all(isinstance(e, KernelError) for e in report.errors)
 

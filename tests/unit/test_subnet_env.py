@@ -75,11 +75,17 @@ def test_write_failure_leaves_no_temp(tmp_path: Path) -> None:
     [
         pytest.param(SEED_TEXT, "172.16.34.0/24", id="seed"),
         pytest.param("FLANNEL_SUBNET=10.5.34.1/24\n", "10.5.34.0/24", id="host-bits-masked"),
-        pytest.param("FLANNEL_NETWORK=10.5.0.0/16\r\nFLANNEL_SUBNET=10.5.34.1/24\r\n",
-                     "10.5.34.0/24", id="crlf"),
+        pytest.param(
+            "FLANNEL_NETWORK=10.5.0.0/16\r\nFLANNEL_SUBNET=10.5.34.1/24\r\n",
+            "10.5.34.0/24",
+            id="crlf",
+        ),
         pytest.param("FLANNEL_SUBNET=10.4.0.65/26", "10.4.0.64/26", id="no-newline"),
-        pytest.param("# comment\nFLANNEL_IPV6_SUBNET=fc00::1/64\nFLANNEL_SUBNET=10.5.9.1/24\n",
-                     "10.5.9.0/24", id="other-lines"),
+        pytest.param(
+            "# comment\nFLANNEL_IPV6_SUBNET=fc00::1/64\nFLANNEL_SUBNET=10.5.9.1/24\n",
+            "10.5.9.0/24",
+            id="other-lines",
+        ),
     ],
 )
 def test_read_hint_valid(tmp_path: Path, content: str, expected: str) -> None:

@@ -64,8 +64,13 @@ def unit_copy(tmp_path: Path) -> Path:
 
 
 def _verify(path: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([_systemd_analyze(), "verify", str(path)], capture_output=True,
-                          text=True, timeout=60, check=False)
+    return subprocess.run(
+        [_systemd_analyze(), "verify", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 def test_verify_is_clean(unit_copy: Path) -> None:
@@ -89,7 +94,10 @@ def test_security_exposure(unit_copy: Path) -> None:
     """Record the offline exposure score; it must stay at or below MAX_EXPOSURE."""
     proc = subprocess.run(
         [_systemd_analyze(), "security", "--offline=true", "--no-pager", str(unit_copy)],
-        capture_output=True, text=True, timeout=60, check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     m = re.search(r"Overall exposure level for pyflannel\.service: (\d+(?:\.\d+)?)", proc.stdout)
     assert m is not None, proc.stdout + proc.stderr
@@ -112,7 +120,11 @@ def test_unit_essentials() -> None:
     assert d["AmbientCapabilities"] == ["CAP_NET_ADMIN"]
     assert (d["RuntimeDirectory"], d["RuntimeDirectoryPreserve"]) == (["flannel"], ["yes"])
     assert set(d["RestrictAddressFamilies"][0].split()) == {
-        "AF_UNIX", "AF_INET", "AF_INET6", "AF_NETLINK"}
+        "AF_UNIX",
+        "AF_INET",
+        "AF_INET6",
+        "AF_NETLINK",
+    }
     assert "User" not in d
     assert "DynamicUser" not in d
 
@@ -125,16 +137,28 @@ def test_env_file_names_real_flags() -> None:
     known = {"FLANNELD_" + f.name.upper().replace("-", "_") for f in FLAGS} | {"FLANNELD_V"}
     assert named <= known, named - known
     assert named >= {
-        "FLANNELD_ETCD_ENDPOINTS", "FLANNELD_ETCD_PREFIX", "FLANNELD_ETCD_API",
-        "FLANNELD_IFACE", "FLANNELD_PUBLIC_IP", "FLANNELD_SUBNET_FILE", "FLANNELD_IP_MASQ",
-        "FLANNELD_ETCD_CAFILE", "FLANNELD_ETCD_CERTFILE", "FLANNELD_ETCD_KEYFILE",
-        "FLANNELD_ETCD_USERNAME", "FLANNELD_ETCD_PASSWORD", "FLANNELD_LOG_FORMAT",
+        "FLANNELD_ETCD_ENDPOINTS",
+        "FLANNELD_ETCD_PREFIX",
+        "FLANNELD_ETCD_API",
+        "FLANNELD_IFACE",
+        "FLANNELD_PUBLIC_IP",
+        "FLANNELD_SUBNET_FILE",
+        "FLANNELD_IP_MASQ",
+        "FLANNELD_ETCD_CAFILE",
+        "FLANNELD_ETCD_CERTFILE",
+        "FLANNELD_ETCD_KEYFILE",
+        "FLANNELD_ETCD_USERNAME",
+        "FLANNELD_ETCD_PASSWORD",
+        "FLANNELD_LOG_FORMAT",
         "FLANNELD_LOG_LEVEL",
     }
 
 
 def test_env_file_is_all_comments() -> None:
     """An example: installing it unedited changes nothing (every setting is commented out)."""
-    live = [ln for ln in ENV_FILE.read_text().splitlines()
-            if ln.strip() and not ln.lstrip().startswith("#")]
+    live = [
+        ln
+        for ln in ENV_FILE.read_text().splitlines()
+        if ln.strip() and not ln.lstrip().startswith("#")
+    ]
     assert live == []
