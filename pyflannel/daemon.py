@@ -346,6 +346,7 @@ class Daemon:
 
     def reconcile(self, reason: str) -> None:
         """Make the kernel match the leases: desired from leases, actual from the kernel."""
+        started = time.monotonic()
         current = self.nl.link(self.dev.name)
         if current is None or current.index != self.dev.index:
             log.warning("device_missing", device=self.dev.name, action="re-creating")
@@ -382,6 +383,7 @@ class Daemon:
             neigh_del=len(p.del_neighs),
             fdb_del=len(p.del_fdb),
             failed=report.failed,
+            duration_ms=round((time.monotonic() - started) * 1000, 1),
         )
         for err in report.errors:
             log.warning(
