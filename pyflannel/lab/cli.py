@@ -120,26 +120,14 @@ def _check(args: argparse.Namespace) -> int:
                 if dst is src:
                     continue
                 for b in dst.containers:
-                    res = run(
-                        "curl",
-                        "-s",
-                        "-m",
-                        "5",
-                        "-o",
-                        "/dev/null",
-                        "-w",
-                        "%{http_code}",
-                        f"http://{b.ip}:8000/",
-                        ns=a.ns,
-                        check=False,
-                    )
-                    ok = res.stdout == "200"
+                    code = lab.curl(a.ns, b.ip)
+                    ok = code == "200"
                     failed += not ok
                     rows.append(
                         (
                             f"{a.name} ({a.ip})",
                             f"{b.name} ({b.ip})",
-                            "PASS" if ok else f"FAIL ({res.stdout or res.returncode})",
+                            "PASS" if ok else f"FAIL ({code})",
                             _path(lab, src, a, dst, b),
                         )
                     )

@@ -492,6 +492,24 @@ class Lab:
         )
 
     @staticmethod
+    def curl(src_ns: str, dst: IPv4Address | str | None, timeout: float = 5) -> str:
+        """The HTTP status of ``GET http://dst:8000/`` from namespace *src_ns* ("000" if none)."""
+        res = run(
+            "curl",
+            "-s",
+            "-m",
+            str(timeout),
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            f"http://{dst}:8000/",
+            ns=src_ns,
+            check=False,
+        )
+        return res.stdout or "000"
+
+    @staticmethod
     def wait(cond: object, timeout: float, what: str, interval: float = 0.05) -> None:
         """Poll *cond* until it is true or *timeout* seconds pass."""
         deadline = time.monotonic() + timeout

@@ -27,20 +27,16 @@ def wait(cond, timeout: float = 10.0, what: str = "condition") -> None:  # type:
 
 def curl(lab: Lab, src_ns: str, dst: str) -> str:
     """HTTP status code of GET http://dst:8000/ from a container."""
-    res = run(
-        "curl",
-        "-s",
-        "-m",
-        "5",
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code}",
-        f"http://{dst}:8000/",
-        ns=src_ns,
-        check=False,
+    return lab.curl(src_ns, dst)
+
+
+def start_pinger(src_ns: str, dst: str, count: int) -> subprocess.Popen[str]:
+    """ping -i 0.1 in the background; ``communicate()`` returns its summary."""
+    return subprocess.Popen(
+        ["ip", "netns", "exec", src_ns, "ping", "-c", str(count), "-i", "0.1", "-W", "1", dst],
+        stdout=subprocess.PIPE,
+        text=True,
     )
-    return res.stdout
 
 
 def test_each_cell_leases_a_distinct_subnet_in_range(lab: Lab) -> None:
@@ -288,24 +284,7 @@ def test_own_lease_deleted_is_reacquired_without_loss(lab: Lab) -> None:
     c1, c2 = lab.cells[:2]
     s2 = subnet_of(lab, c2)
     before = lab.get(lease_key(s2))
-    pinger = subprocess.Popen(
-        [
-            "ip",
-            "netns",
-            "exec",
-            c1.containers[0].ns,
-            "ping",
-            "-c",
-            "20",
-            "-i",
-            "0.1",
-            "-W",
-            "1",
-            str(c2.containers[0].ip),
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    pinger = start_pinger(c1.containers[0].ns, str(c2.containers[0].ip), 20)
     time.sleep(0.3)
     lab.delete(lease_key(s2))
     wait(
@@ -322,24 +301,7 @@ def test_sigkill_and_restart_is_hitless(lab: Lab) -> None:
     cells keeps answering."""
     c1, c2 = lab.cells[:2]
     s2, mac = subnet_of(lab, c2), vtep_mac(c2)
-    pinger = subprocess.Popen(
-        [
-            "ip",
-            "netns",
-            "exec",
-            c1.containers[0].ns,
-            "ping",
-            "-c",
-            "40",
-            "-i",
-            "0.1",
-            "-W",
-            "1",
-            str(c2.containers[0].ip),
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    pinger = start_pinger(c1.containers[0].ns, str(c2.containers[0].ip), 40)
     time.sleep(0.5)
     lab.kill(f"pyflannel-{c2.name}", signal.SIGKILL)
     lab.subnet_file(c2).rename(lab.subnet_file(c2).with_suffix(".old"))
