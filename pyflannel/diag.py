@@ -11,11 +11,19 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from typing import Any
 
 
-def capture_vxlan(iface: str, port: int, timeout: float, count: int = 0) -> list[dict[str, Any]]:
-    """Sniff *iface* for *timeout* seconds and return the VXLAN packets on UDP *port*."""
+def capture_vxlan(
+    iface: str,
+    port: int,
+    timeout: float,
+    count: int = 0,
+    on_start: Callable[[], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Sniff *iface* for *timeout* seconds and return the VXLAN packets on UDP *port*;
+    *on_start* is called once the capture socket is open."""
     from scapy.layers.inet import IP, UDP
     from scapy.layers.vxlan import VXLAN  # registers the layer; it decodes as Raw without it
     from scapy.packet import bind_layers
@@ -27,7 +35,10 @@ def capture_vxlan(iface: str, port: int, timeout: float, count: int = 0) -> list
         return UDP in p and port in (p[UDP].sport, p[UDP].dport)
 
     out: list[dict[str, Any]] = []
-    for p in sniff(iface=iface, timeout=timeout, count=count, lfilter=is_vxlan):
+    packets = sniff(
+        iface=iface, timeout=timeout, count=count, lfilter=is_vxlan, started_callback=on_start
+    )
+    for p in packets:
         rec: dict[str, Any] = {
             "src": p[IP].src,
             "dst": p[IP].dst,
@@ -55,7 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     cap.add_argument("--count", type=int, default=0, help="stop after this many (0: no limit)")
     args = p.parse_args(argv)
     try:
-        for rec in capture_vxlan(args.iface, args.port, args.timeout, args.count):
+        # "capturing" on stderr tells a caller (a test) that packets sent now will be seen.
+        started = lambda: print("capturing", file=sys.stderr, flush=True)  # noqa: E731
+        for rec in capture_vxlan(args.iface, args.port, args.timeout, args.count, started):
             print(json.dumps(rec), flush=True)
     except OSError as exc:
         print(f"capture failed on {args.iface}: {exc}", file=sys.stderr)

@@ -103,14 +103,15 @@ def test_curl_across_cells_travels_as_vxlan(lab: Lab) -> None:
             "--iface",
             "p-c1",
             "--timeout",
-            "6",
+            "4",
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
     try:
-        time.sleep(1.5)  # let scapy open its socket
+        assert cap.stderr is not None
+        assert cap.stderr.readline().strip() == "capturing"  # the socket is open
         assert curl(lab, con_a.ns, str(con_c.ip)) == "200"
         assert curl(lab, con_c.ns, str(con_a.ip)) == "200"
         out, err = cap.communicate(timeout=20)
