@@ -4,8 +4,9 @@
   restart that reuses them);
 * propagation: a peer lease written in etcd -> its route present on another cell.
 
-Run as root: ``.venv/bin/python bench/latency.py [--api v2|v3] [--runs N]``.  Prints figures
-(median, min, max in milliseconds); asserts nothing.
+Run as root: ``.venv/bin/python bench/latency.py [--api v2 v3] [--runs N]`` (both APIs by
+default, one after the other in the same run).  Prints figures (median, min, max in
+milliseconds); asserts nothing.
 """
 
 from __future__ import annotations
@@ -51,14 +52,27 @@ def fmt(xs: list[float]) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--api", choices=["v2", "v3"], default="v2")
+    ap.add_argument("--api", choices=["v2", "v3"], nargs="+", default=["v2", "v3"])
     ap.add_argument("--runs", type=int, default=10)
     args = ap.parse_args()
+    for api in args.api:
+        measure(api, args.runs)
+    return 0
+
+
+def measure(api: str, runs: int) -> None:
+    """Print both figures for one etcd API."""
+    with tempfile.TemporaryDirectory(prefix="pf-bench-") as workdir:
+        measure_in(Path(workdir), api, runs)
+
+
+def measure_in(workdir: Path, api: str, runs: int) -> None:
+    """Build a two-cell lab in *workdir* and measure."""
     lab = Lab(
-        Path(tempfile.mkdtemp(prefix="pf-bench-")),
+        workdir,
         prefix=f"pfb{os.getpid() % 10000}-",
         cells=2,
-        api=args.api,
+        api=api,
         resync_interval=30,
     )
     try:
@@ -69,7 +83,7 @@ def main() -> int:
         lab.start_daemon(c2)
         lab.wait_subnet_env(c2)
         cold, warm = [], []
-        for i in range(args.runs):
+        for i in range(runs):
             sf = lab.subnet_file(c1)
             sf.unlink(missing_ok=True)
             if i == 0:
@@ -80,15 +94,15 @@ def main() -> int:
             (cold if i == 0 else warm).append(time.monotonic() - t0)
             lab.kill(f"pyflannel-{c1.name}")
         print(
-            f"[{args.api}] start -> subnet.env, first start (new device + lease): "
+            f"[{api}] start -> subnet.env, first start (new device + lease): "
             f"{cold[0] * 1000:.1f} ms"
         )
-        print(f"[{args.api}] start -> subnet.env, restart (reused device + lease): {fmt(warm)}")
+        print(f"[{api}] start -> subnet.env, restart (reused device + lease): {fmt(warm)}")
 
         lab.start_daemon(c1)
         lab.wait_subnet_env(c1)
         writer = subprocess.Popen(
-            ["ip", "netns", "exec", lab.etcd_ns, sys.executable, "-c", WRITER, args.api, ETCD_URL],
+            ["ip", "netns", "exec", lab.etcd_ns, sys.executable, "-c", WRITER, api, ETCD_URL],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -96,7 +110,7 @@ def main() -> int:
         assert writer.stdin is not None and writer.stdout is not None
         lat = []
         with IPRoute(netns=c1.ns, flags=0) as ipr:
-            for i in range(args.runs):
+            for i in range(runs):
                 subnet = f"172.16.{200 + i}.0"
                 value = json.dumps(
                     {
@@ -121,10 +135,9 @@ def main() -> int:
                 lat.append(seen - t_start)  # from the write request: includes its round trip
         writer.stdin.close()
         writer.wait()
-        print(f"[{args.api}] lease written in etcd -> route present on another cell: {fmt(lat)}")
+        print(f"[{api}] lease written in etcd -> route present on another cell: {fmt(lat)}")
     finally:
         lab.down()
-    return 0
 
 
 if __name__ == "__main__":
