@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
-from pyflannel.errors import ConfigError
+from pyflannel.errors import ConfigError, UnsupportedBackend
 
 #: The VXLAN UDP port the Linux kernel uses when none is given (flanneld sends none for Port 0).
 KERNEL_VXLAN_PORT = 8472
@@ -97,7 +97,7 @@ def parse_backend(raw: Any) -> VxlanConfig:
         obj = _fold(raw)
         btype = str(_get(obj, "Type", str, "udp")).lower()
     if btype != "vxlan":
-        raise ConfigError(
+        raise UnsupportedBackend(
             f'backend type "{btype}" is not supported: pyflannel implements only "vxlan" '
             '(set "Backend": {"Type": "vxlan"} in the network config)'
         )

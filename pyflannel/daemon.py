@@ -41,6 +41,7 @@ from pyflannel.errors import (
     PyflannelError,
     RegistryRefused,
     RegistryUnavailable,
+    UnsupportedBackend,
 )
 from pyflannel.iface import ExternalInterface, choose_external
 from pyflannel.kernel import Link, VxlanSpec
@@ -70,6 +71,7 @@ class _Own:
 
     gone: bool = False
     taken_by: Lease | None = None
+    stale: bool = False  # our key holds other attributes than ours (same public IP)
 
 
 class Daemon:
@@ -94,6 +96,7 @@ class Daemon:
         self.dev: Link
         self.attrs: LeaseAttrs
         self.lease: Lease
+        self.manager: LeaseManager
 
     # --- signals ------------------------------------------------------------------------------
 
@@ -138,9 +141,9 @@ class Daemon:
                 result = fn()
             except RegistryUnavailable as exc:
                 problem = str(exc)
+            except UnsupportedBackend:
+                raise  # waiting cannot fix it: exit 1 with the reason
             except (NotFound, ConfigError) as exc:
-                if isinstance(exc, ConfigError) and "not supported: pyflannel" in str(exc):
-                    raise
                 problem = str(exc)
             else:
                 if once.last is not None:
@@ -190,9 +193,8 @@ class Daemon:
         )
         self._ensure_device()
         hint = read_subnet_hint(self.opts.subnet_file)
-        manager = LeaseManager(self.registry, self.ext.public_ip, hint=hint)
-        self.manager = manager
-        self.lease = self._retry("lease", lambda: manager.acquire(self.cfg, self.attrs))
+        self.manager = LeaseManager(self.registry, self.ext.public_ip, hint=hint)
+        self.lease = self._retry("lease", lambda: self.manager.acquire(self.cfg, self.attrs))
         self._ensure_address()
         text = subnet_env_text(self.cfg.network, self.lease.subnet, self.dev.mtu, self.opts.ip_masq)
         write_subnet_env(self.opts.subnet_file, text)
@@ -332,10 +334,15 @@ class Daemon:
     def _own_change(self, ch: Change) -> None:
         if ch.kind is EventKind.REMOVED:
             self._own.gone = True
-        elif ch.new is not None and ch.new.attrs != self.attrs:
+        elif ch.new is not None and ch.new.attrs.public_ip != self.attrs.public_ip:
+            # Another host wrote our key.  (Our own older writes may still echo back with a
+            # previous VTEP MAC after the device was re-created: those are not a takeover.)
             self._own.taken_by = ch.new
         elif ch.new is not None:
             self.lease = ch.new  # our own write echoed back: its expiration is current
+            # Same host but another VTEP MAC (hand-edited, or an older write of ours echoing
+            # late): rewrite it, since peers program whatever the key says.
+            self._own.stale = ch.new.attrs != self.attrs
 
     def _fail(self, message: str) -> None:
         self._fatal = message
@@ -414,13 +421,14 @@ class Daemon:
             self._own.gone = False
             log.info("lease_reacquired", subnet=str(self.lease.subnet))
         due = self._renew_due()
-        if due is not None and time.time() >= due:
+        if self._own.stale or (due is not None and time.time() >= due):
             try:
                 self.lease = self.manager.renew(self.lease, self.attrs)
             except RegistryUnavailable as exc:
                 log.warning("lease_renew_failed", problem=str(exc))
                 return time.time() + min(backoff.next(), 60.0)
             backoff.reset()
+            self._own.stale = False
             log.info(
                 "lease_renewed",
                 subnet=str(self.lease.subnet),

@@ -24,6 +24,10 @@ class ConfigError(PyflannelError):
     """A flag, environment variable or network config value is invalid."""
 
 
+class UnsupportedBackend(ConfigError):
+    """The network config asks for a backend pyflannel does not implement."""
+
+
 class RegistryError(PyflannelError):
     """A registry (etcd) operation failed."""
 

@@ -426,6 +426,20 @@ def test_own_lease_has_flanneld_ttl(lab: Lab) -> None:
     assert 86000 < ttl <= 86400
 
 
+def test_own_lease_edited_by_hand_is_rewritten(lab: Lab) -> None:
+    """A hand edit of a cell's lease (its own public IP, a wrong VTEP MAC) is rewritten by that
+    cell, so that peers keep programming the right MAC."""
+    c1, c2 = lab.cells[:2]
+    s2, mac2 = subnet_of(lab, c2), vtep_mac(c2)
+    key = lease_key(s2)
+    good = lab.get(key)
+    lab.put(key, good.replace(mac2, "02:00:00:00:ee:01"))
+    wait(lambda: lab.get(key) == good, 10, "lease rewritten")
+    wait(lambda: neighs(c1).get(s2.split("/")[0]) == mac2, 10, "peer programs the right MAC")
+    assert (mac2, str(c2.underlay_ip)) in fdb(c1)
+    assert not any(m == "02:00:00:00:ee:01" for m, _ in fdb(c1))
+
+
 def test_third_cell_joins_then_leaves(lab: Lab) -> None:
     """cell-3 joins and is programmed on the others; SIGTERM exits 0 and keeps its state; its
     lease deleted in etcd removes it from the others."""
