@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from pyflannel import __version__
+from pyflannel.subnetenv import env_pairs
 
 __all__ = [
     "SUPPORTED_VERSIONS",
@@ -326,12 +327,7 @@ def parse_subnet_env(text: str, source: str = "subnet.env") -> SubnetEnv:
     ``FLANNEL_NETWORK`` may list several networks, comma-separated.  ``FLANNEL_IPMASQ`` is true
     only when it reads ``true``, as in Go.
     """
-    values: dict[str, str] = {}
-    for raw in text.splitlines():
-        line = raw.strip()
-        if line and not line.startswith("#") and "=" in line:
-            key, value = line.split("=", 1)
-            values[key.strip()] = value.strip()
+    values = dict(env_pairs(text))
     missing = [
         k
         for k in ("FLANNEL_NETWORK", "FLANNEL_SUBNET", "FLANNEL_MTU", "FLANNEL_IPMASQ")

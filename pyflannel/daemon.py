@@ -50,7 +50,8 @@ from pyflannel.netlink import Netlink
 from pyflannel.reconcile import apply, plan
 from pyflannel.registry import Registry, join_key, open_registry
 from pyflannel.retry import Backoff, OnceFilter
-from pyflannel.subnet import LeaseManager, read_subnet_hint, subnet_env_text, write_subnet_env
+from pyflannel.subnet import LeaseManager
+from pyflannel.subnetenv import read_subnet_hint, subnet_env_text, write_subnet_env
 
 log = structlog.get_logger("pyflannel")
 T = TypeVar("T")

@@ -5,23 +5,20 @@ Allocation follows flanneld ≥ 0.18 (flannel-behaviour.md §3.2): reuse the lea
 carries our public IP (deleting ones that no longer fit the config), else the subnet named in the
 previous ``subnet.env`` if nobody holds it (never steal it, flannel-io/flannel#1289), else a
 random one among the first 100 free subnets; create only with compare-and-set and try again when
-a race is lost.
+a race is lost.  The ``subnet.env`` file itself is :mod:`pyflannel.subnetenv`'s.
 """
 
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
-from pathlib import Path
 
 import structlog
 
 from pyflannel.config import NetworkConfig
 from pyflannel.errors import AlreadyExists, LeaseLost, OutOfSubnets, PyflannelError
-from pyflannel.ipnet import gateway_address, subnets_between
+from pyflannel.ipnet import subnets_between
 from pyflannel.lease import Lease, LeaseAttrs, Snapshot
 from pyflannel.registry import LEASE_TTL, Registry
 
@@ -163,47 +160,3 @@ class LeaseManager:
                 return self.renew(holder, attrs)
             who = holder.attrs.public_ip if holder is not None else "an unreadable record"
             raise LeaseLost(f"subnet {lease.subnet} is now leased by {who}") from None
-
-
-# --- subnet.env -------------------------------------------------------------------------------
-
-
-def subnet_env_text(network: IPv4Network, subnet: IPv4Network, mtu: int, ip_masq: bool) -> str:
-    """The file flanneld writes: four lines in this order, no quotes."""
-    return (
-        f"FLANNEL_NETWORK={network}\n"
-        f"FLANNEL_SUBNET={gateway_address(subnet)}/{subnet.prefixlen}\n"
-        f"FLANNEL_MTU={mtu}\n"
-        f"FLANNEL_IPMASQ={'true' if ip_masq else 'false'}\n"
-    )
-
-
-def write_subnet_env(path: Path, text: str) -> None:
-    """Write *text* atomically: a temporary file in the same directory, fsync, rename."""
-    path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def read_subnet_hint(path: Path) -> IPv4Network | None:
-    """The FLANNEL_SUBNET of a previous run, as a network; None if absent or unreadable."""
-    try:
-        lines = path.read_text().splitlines()
-    except (OSError, UnicodeDecodeError):
-        return None
-    values = [ln.split("=", 1)[1].strip() for ln in lines if ln.startswith("FLANNEL_SUBNET=")]
-    if len(values) != 1:
-        return None
-    try:
-        return IPv4Network(values[0], strict=False)
-    except ValueError:
-        return None

@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
+from pyflannel.subnetenv import env_pairs
+
 SEED_CONFIG = {
     "Network": "172.16.0.0/16",
     "SubnetLen": 24,
@@ -84,12 +86,7 @@ class Cell:
 
 def read_env(path: Path) -> dict[str, str]:
     """Parse a subnet.env file."""
-    out: dict[str, str] = {}
-    for line in path.read_text().splitlines():
-        if "=" in line:
-            k, v = line.split("=", 1)
-            out[k.strip()] = v.strip()
-    return out
+    return dict(env_pairs(path.read_text()))
 
 
 class Lab:

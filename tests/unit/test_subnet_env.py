@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pyflannel.subnet import read_subnet_hint, subnet_env_text, write_subnet_env
+from pyflannel.subnetenv import read_subnet_hint, subnet_env_text, write_subnet_env
 
 SEED_TEXT = (
     "FLANNEL_NETWORK=172.16.0.0/16\n"

@@ -1,0 +1,68 @@
+"""``subnet.env``: the file that hands the lease to whatever attaches containers.
+
+Written atomically by the daemon in flanneld's exact format; read back at start for the
+previous subnet, and by pyflannel-cni and the lab.  Pure apart from the file I/O; imports
+nothing heavy, since the CNI plugin loads it for every container.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from ipaddress import IPv4Network
+from pathlib import Path
+
+from pyflannel.ipnet import gateway_address
+
+
+def subnet_env_text(network: IPv4Network, subnet: IPv4Network, mtu: int, ip_masq: bool) -> str:
+    """The file flanneld writes: four lines in this order, no quotes."""
+    return (
+        f"FLANNEL_NETWORK={network}\n"
+        f"FLANNEL_SUBNET={gateway_address(subnet)}/{subnet.prefixlen}\n"
+        f"FLANNEL_MTU={mtu}\n"
+        f"FLANNEL_IPMASQ={'true' if ip_masq else 'false'}\n"
+    )
+
+
+def write_subnet_env(path: Path, text: str) -> None:
+    """Write *text* atomically: a temporary file in the same directory, fsync, rename."""
+    path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def env_pairs(text: str) -> list[tuple[str, str]]:
+    """The ``KEY=value`` lines of a subnet.env text, in order (blank and ``#`` lines skipped)."""
+    pairs = []
+    for raw in text.splitlines():
+        line = raw.strip()
+        if line and not line.startswith("#") and "=" in line:
+            key, value = line.split("=", 1)
+            pairs.append((key.strip(), value.strip()))
+    return pairs
+
+
+def read_subnet_hint(path: Path) -> IPv4Network | None:
+    """The FLANNEL_SUBNET of a previous run, as a network; None if absent, unreadable or
+    ambiguous (named twice), as flanneld reads it."""
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError):
+        return None
+    values = [v for k, v in env_pairs(text) if k == "FLANNEL_SUBNET"]
+    if len(values) != 1:
+        return None
+    try:
+        return IPv4Network(values[0], strict=False)
+    except ValueError:
+        return None
