@@ -320,8 +320,9 @@ class EtcdV3Registry:
                 raise mapped from None
         raise AssertionError("unreachable")  # pragma: no cover - the loop always returns/raises
 
-    def _call(self, fn: Callable[[etcd3gw.Etcd3Client], T]) -> T:
-        """Run *fn*, failing over to the next endpoint while one is unreachable."""
+    def _failover(self, attempt: Callable[[_Endpoint], T]) -> T:
+        """Run *attempt* on the current endpoint, then on the next ones while they are
+        unreachable (it raises _Unreachable); the first that answers becomes current."""
         errors: list[str] = []
         with self._lock:
             start = self._current
@@ -330,7 +331,7 @@ class EtcdV3Registry:
             idx = (start + step) % n
             ep = self._endpoints[idx]
             try:
-                result = self._on(ep, fn)
+                result = attempt(ep)
             except _Unreachable as exc:
                 errors.append(f"{ep.url}: {exc}")
                 continue
@@ -339,6 +340,10 @@ class EtcdV3Registry:
                     self._current = idx
             return result
         raise RegistryUnavailable("etcd unreachable: " + "; ".join(errors))
+
+    def _call(self, fn: Callable[[etcd3gw.Etcd3Client], T]) -> T:
+        """Run *fn* with failover between endpoints."""
+        return self._failover(lambda ep: self._on(ep, fn))
 
     # --- unary helpers ---------------------------------------------------------------------
 
@@ -501,13 +506,8 @@ class EtcdV3Registry:
                 "progress_notify": True,
             }
         }
-        errors: list[str] = []
-        with self._lock:
-            start = self._current
-        n = len(self._endpoints)
-        for step in range(n):
-            idx = (start + step) % n
-            ep = self._endpoints[idx]
+
+        def attempt(ep: _Endpoint) -> tuple[requests.Response, _Endpoint]:
             try:
                 self._authenticate(ep)
                 resp = ep.session.post(
@@ -516,29 +516,19 @@ class EtcdV3Registry:
                     stream=True,
                     timeout=(self._opts.timeout, self.watch_poll),
                 )
-            except _Unreachable as exc:  # from _authenticate
-                errors.append(f"{ep.url}: {exc}")
-                continue
             except (gw.Etcd3Exception, requests.RequestException) as exc:
-                mapped = self._map(ep, exc)
-                if isinstance(mapped, _Unreachable):
-                    errors.append(f"{ep.url}: {mapped}")
-                    continue
-                raise mapped from None
+                raise self._map(ep, exc) from None  # _Unreachable: the next endpoint
             if resp.status_code != requests.codes.ok:
                 code, text = _parse_status(resp.text)
                 resp.close()
                 if resp.status_code == requests.codes.service_unavailable:
-                    errors.append(f"{ep.url}: {text}")
-                    continue
+                    raise _Unreachable(text)
                 raise self._refusal(ep, code, text) or RegistryUnavailable(
                     f"etcd at {ep.url} refused the watch: {text}"
                 )
-            if idx != start:
-                with self._lock:
-                    self._current = idx
             return resp, ep
-        raise RegistryUnavailable("etcd unreachable: " + "; ".join(errors))
+
+        return self._failover(attempt)
 
     def _read_stream(
         self, resp: requests.Response, ep: _Endpoint, cursor: int, stop: threading.Event
