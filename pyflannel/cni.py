@@ -45,7 +45,6 @@ import os
 import re
 import subprocess
 import sys
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
@@ -53,7 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from pyflannel import __version__
-from pyflannel.subnetenv import env_pairs
+from pyflannel.subnetenv import atomic_write, env_pairs
 
 __all__ = [
     "SUPPORTED_VERSIONS",
@@ -442,19 +441,9 @@ def _state_path(conf: NetConf, args: CniArgs) -> Path:
 
 
 def _save_state(path: Path, data: bytes) -> None:
-    # Atomic (temporary file + rename): a crash mid-write must not leave DEL a torn config.
+    # Atomic: a crash mid-write must not leave DEL a torn config.
     try:
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(path, data, mode=0o600, dir_mode=0o700)
     except OSError as exc:
         raise CniError(ERR_IO, f"cannot save the delegate config to {path}", str(exc)) from None
 

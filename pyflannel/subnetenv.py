@@ -25,20 +25,26 @@ def subnet_env_text(network: IPv4Network, subnet: IPv4Network, mtu: int, ip_masq
     )
 
 
-def write_subnet_env(path: Path, text: str) -> None:
-    """Write *text* atomically: a temporary file in the same directory, fsync, rename."""
-    path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+def atomic_write(path: Path, data: bytes, *, mode: int = 0o644, dir_mode: int = 0o755) -> None:
+    """Write *data* to *path* atomically: a temporary file in the same directory, fsync,
+    rename; a crash leaves the old file or the new one, never a torn one."""
+    path.parent.mkdir(mode=dir_mode, parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_subnet_env(path: Path, text: str) -> None:
+    """Write subnet.env atomically, readable by all (the CNI plugin may run as another user)."""
+    atomic_write(path, text.encode())
 
 
 def env_pairs(text: str) -> list[tuple[str, str]]:
