@@ -157,6 +157,18 @@ FLAGS: tuple[_Flag, ...] = (
 )
 
 
+def _typed(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """Let argparse show our reason ("must be between 1 and 1439 minutes"), not its own."""
+
+    def convert(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
+
+    return convert
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         # One line, exit 2: scripts and systemd journals show the reason, not a usage dump.
@@ -182,7 +194,7 @@ def _parser() -> _Parser:
             p.add_argument(
                 *names,
                 dest=f.name,
-                type=f.parse,
+                type=_typed(f.parse),
                 nargs="?",
                 const=True,
                 default=argparse.SUPPRESS,
@@ -193,7 +205,7 @@ def _parser() -> _Parser:
             p.add_argument(
                 *names,
                 dest=f.name,
-                type=f.parse,
+                type=_typed(f.parse),
                 action="append",
                 default=argparse.SUPPRESS,
                 help=f.help,
@@ -202,7 +214,7 @@ def _parser() -> _Parser:
             p.add_argument(
                 *names,
                 dest=f.name,
-                type=f.parse,
+                type=_typed(f.parse),
                 default=argparse.SUPPRESS,
                 help=f"{f.help} (default: {f.default})",
             )

@@ -9,6 +9,7 @@ contract suite (``tests/contract``) holds them all to the same behaviour.
 
 from __future__ import annotations
 
+import re
 import ssl
 import threading
 from collections.abc import Iterator
@@ -147,6 +148,19 @@ def subnets_key(prefix: str, subnet: IPv4Network | None = None) -> str:
 
 # A peer that closes the socket mid-handshake (etcd restarting) is an outage, not a refusal.
 _TLS_TRANSIENT = (ssl.SSLEOFError, ssl.SSLZeroReturnError, ssl.SSLSyscallError)
+
+
+_ERRNO_RE = re.compile(r"\[Errno -?\d+\] [^'\")]+")
+
+
+def short_reason(text: str) -> str:
+    """The useful part of a requests/urllib3 connection error (they run to 300 characters)."""
+    m = _ERRNO_RE.search(text)
+    if m:
+        return m.group(0)
+    if "timed out" in text.lower():
+        return "timed out"
+    return text[:200]
 
 
 def tls_failure(exc: BaseException | None) -> str | None:

@@ -35,6 +35,7 @@ from pyflannel.registry import (
     decode_record,
     join_key,
     removed,
+    short_reason,
     subnets_key,
     tls_failure,
 )
@@ -113,7 +114,7 @@ class EtcdV2Registry:
                         f"TLS to etcd at {self._endpoints[idx]} failed: {tls} "
                         "(check --etcd-cafile/--etcd-certfile/--etcd-keyfile)"
                     ) from None
-                errors.append(f"{self._endpoints[idx]}: {cause or exc}")
+                errors.append(f"{self._endpoints[idx]}: {short_reason(str(cause or exc))}")
                 continue
             except etcd.EtcdInsufficientPermissions:
                 raise RegistryRefused(

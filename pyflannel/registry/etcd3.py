@@ -60,6 +60,7 @@ from pyflannel.registry import (
     decode_record,
     join_key,
     removed,
+    short_reason,
     subnets_key,
     tls_failure,
 )
@@ -131,17 +132,6 @@ def _parse_status(text: str | None) -> tuple[int | None, str]:
 
 
 _RPC_PREFIX = re.compile(r"^rpc error: code = \w+ desc = ")
-_ERRNO_RE = re.compile(r"\[Errno -?\d+\] [^'\")]+")
-
-
-def _short(text: str) -> str:
-    """The useful part of a requests/urllib3 connection error (they run to 300 characters)."""
-    m = _ERRNO_RE.search(text)
-    if m:
-        return m.group(0)
-    if "timed out" in text.lower():
-        return "timed out"
-    return text[:200]
 
 
 def _read_timed_out(exc: BaseException) -> bool:
@@ -247,12 +237,12 @@ class EtcdV3Registry:
         ):
             # etcd3gw raises ConnectionFailedError for HTTP 503 too: a member without a leader.
             _, text = _parse_status(exc.detail_text)
-            return _Unreachable(_short(text))
+            return _Unreachable(short_reason(text))
         if isinstance(exc, gw.Etcd3Exception):
             code, text = _parse_status(exc.detail_text)
             return self._refusal(ep, code, text) or RegistryUnavailable(f"etcd at {ep.url}: {text}")
         if isinstance(exc, requests.RequestException):
-            return _Unreachable(_short(str(exc)))
+            return _Unreachable(short_reason(str(exc)))
         return RegistryUnavailable(f"etcd at {ep.url}: {exc}")
 
     def _refusal(self, ep: _Endpoint, code: int | None, text: str) -> Exception | None:
@@ -542,7 +532,7 @@ class EtcdV3Registry:
                 if _read_timed_out(exc):
                     return  # quiet, not dropped: the caller re-opens from the same revision
                 raise RegistryUnavailable(
-                    f"etcd watch stream from {ep.url} failed: {_short(str(exc))}"
+                    f"etcd watch stream from {ep.url} failed: {short_reason(str(exc))}"
                 ) from None
             if line is None:
                 raise RegistryUnavailable(f"etcd watch stream from {ep.url} ended")
