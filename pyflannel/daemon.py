@@ -194,7 +194,9 @@ class Daemon:
         )
         self._ensure_device()
         hint = read_subnet_hint(self.opts.subnet_file)
-        self.manager = LeaseManager(self.registry, self.ext.public_ip, hint=hint)
+        self.manager = LeaseManager(
+            self.registry, self.ext.public_ip, hint=hint, ttl=self.opts.lease_ttl
+        )
         self.lease = self._retry("lease", lambda: self.manager.acquire(self.cfg, self.attrs))
         self._ensure_address()
         text = subnet_env_text(self.cfg.network, self.lease.subnet, self.dev.mtu, self.opts.ip_masq)

@@ -105,8 +105,10 @@ class LeaseManager:
         *,
         hint: IPv4Network | None = None,
         rng: random.Random | None = None,
+        ttl: int = LEASE_TTL,
     ) -> None:
         self._registry = registry
+        self._ttl = ttl
         self._public_ip = public_ip
         self._hint = hint
         self._rng = rng or random.Random()
@@ -124,7 +126,7 @@ class LeaseManager:
             if isinstance(alloc.action, Reuse):
                 lease = alloc.action.lease
                 # A key without TTL is a reservation: keep it permanent (flanneld v2 semantics).
-                ttl = 0 if lease.expiration is None else LEASE_TTL
+                ttl = 0 if lease.expiration is None else self._ttl
                 new = self._registry.update_subnet(lease.subnet, attrs, ttl)
                 log.info(
                     "lease_acquired",
@@ -134,7 +136,7 @@ class LeaseManager:
                 )
                 return new
             try:
-                new = self._registry.create_subnet(alloc.action.subnet, attrs, LEASE_TTL)
+                new = self._registry.create_subnet(alloc.action.subnet, attrs, self._ttl)
             except AlreadyExists:
                 log.info("lease_race_lost", subnet=str(alloc.action.subnet), attempt=attempt)
                 continue
@@ -144,7 +146,7 @@ class LeaseManager:
 
     def renew(self, lease: Lease, attrs: LeaseAttrs) -> Lease:
         """Rewrite the full value with a fresh TTL (a reservation stays without one)."""
-        ttl = 0 if lease.expiration is None else LEASE_TTL
+        ttl = 0 if lease.expiration is None else self._ttl
         return self._registry.update_subnet(lease.subnet, attrs, ttl)
 
     def reacquire(self, lease: Lease, attrs: LeaseAttrs) -> Lease:
@@ -153,7 +155,7 @@ class LeaseManager:
         Raises LeaseLost when somebody else holds it now.
         """
         try:
-            return self._registry.create_subnet(lease.subnet, attrs, LEASE_TTL)
+            return self._registry.create_subnet(lease.subnet, attrs, self._ttl)
         except AlreadyExists:
             holder = self._registry.get_subnet(lease.subnet)
             if holder is not None and holder.attrs.public_ip == self._public_ip:

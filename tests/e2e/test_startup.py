@@ -267,3 +267,30 @@ def test_reservation_is_claimed_and_stays_permanent(lab1: Lab, api: str) -> None
             "VtepMAC"
         ]
     assert lab1.kill(name, signal.SIGTERM) == 0
+
+
+@pytest.mark.parametrize("api", ["v2", "v3"])
+def test_lease_is_renewed_before_it_expires(lab1: Lab, api: str) -> None:
+    """The lease is rewritten at expiry minus the margin with a fresh TTL (a 64 s lease and a
+    1 min margin: renewed about 4 s after it was taken), and stays ours."""
+    prefix = f"/t10{api}"
+    put = "set" if api == "v2" else "put"
+    lab1.etcdctl(
+        put, f"{prefix}/config", '{"Network":"10.60.0.0/16","Backend":{"Type":"vxlan"}}', api=api
+    )
+    _, name = start(
+        lab1, prefix, f"--etcd-api={api}", "--subnet-lease-ttl=64", "--subnet-lease-renew-margin=1"
+    )
+    Lab.wait(lambda: events(lab1, name, "lease_renewed"), 20, "a renewal")
+    subnet = str(events(lab1, name, "lease_acquired")[0]["subnet"])
+    key = f"{prefix}/subnets/{subnet.replace('/', '-')}"
+    if api == "v2":
+        out = lab1.etcdctl("-o", "extended", "get", key, api="v2")
+        ttl = int(next(ln for ln in out.splitlines() if ln.startswith("TTL:")).split()[1])
+    else:
+        kv = json.loads(lab1.etcdctl("get", key, "-w", "json", api="v3"))["kvs"][0]
+        out = lab1.etcdctl("lease", "timetolive", format(int(kv["lease"]), "x"), api="v3")
+        ttl = int(out.split("remaining(")[1].split("s")[0])
+    assert 58 <= ttl <= 64
+    assert json.loads(lab1.etcdctl("get", key, api=api).splitlines()[-1])["PublicIP"] == "10.0.1.3"
+    assert lab1.kill(name, signal.SIGTERM) == 0
