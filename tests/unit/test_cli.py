@@ -298,3 +298,30 @@ def test_real_process_bogus_flag() -> None:
     lines = res.stderr.splitlines()
     assert len(lines) == 1, res.stderr
     assert "--bogus" in lines[0]
+
+
+def test_lease_ttl_defaults_to_flanneld_24h_and_is_settable() -> None:
+    """--subnet-lease-ttl defaults to 86400 s and reads FLANNELD_SUBNET_LEASE_TTL."""
+    assert opts().lease_ttl == 86400
+    assert opts("--subnet-lease-ttl=7200").lease_ttl == 7200
+    assert (
+        opts(
+            env={"FLANNELD_SUBNET_LEASE_TTL": "600", "FLANNELD_SUBNET_LEASE_RENEW_MARGIN": "5"}
+        ).lease_ttl
+        == 600
+    )
+
+
+@pytest.mark.parametrize(
+    ("argv", "reason"),
+    [
+        (("--subnet-lease-ttl=59",), "between 60 and 864000"),
+        (("--subnet-lease-ttl=3600",), "must be shorter than --subnet-lease-ttl"),
+        (("--subnet-lease-ttl=600", "--subnet-lease-renew-margin=10"), "must be shorter"),
+    ],
+)
+def test_lease_ttl_must_be_in_range_and_exceed_the_margin(
+    capsys: pytest.CaptureFixture[str], argv: tuple[str, ...], reason: str
+) -> None:
+    """A TTL out of range, or not longer than the renew margin, is a usage error."""
+    assert reason in usage_error(capsys, *argv)
