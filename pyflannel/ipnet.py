@@ -39,11 +39,6 @@ def subnets_between(first: IPv4Address, last: IPv4Address, prefixlen: int) -> It
         addr += step
 
 
-def overlaps(a: IPv4Network, b: IPv4Network) -> bool:
-    """True when the two networks share an address (compared under the shorter mask)."""
-    return a.overlaps(b)
-
-
 def gateway_address(subnet: IPv4Network) -> IPv4Address:
     """The first usable address of *subnet*: what FLANNEL_SUBNET names (network + 1)."""
     return subnet.network_address + 1

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 
-from pyflannel.kernel import Fdb, KernelState, Neigh, Route
+from pyflannel.kernel import Fdb, KernelState, Route
 from pyflannel.lease import Lease
 
 
@@ -62,8 +62,3 @@ def desired_state(
         out.state.fdb.add(Fdb(attrs.vtep_mac, attrs.public_ip))
         out.state.routes[lease.subnet] = Route(lease.subnet, vtep_ip, dev, True)
     return out
-
-
-def neigh_of(state: KernelState, ip: IPv4Address) -> Neigh:
-    """The neighbour record for *ip* in *state*."""
-    return Neigh(ip, state.neighs[ip])

@@ -29,7 +29,7 @@ from pyflannel.errors import (
     RegistryRefused,
     RegistryUnavailable,
 )
-from pyflannel.lease import EventKind, Events, Lease, LeaseAttrs, LeaseEvent, Snapshot
+from pyflannel.lease import Events, Lease, LeaseAttrs, LeaseEvent, Snapshot
 from pyflannel.registry import (
     EtcdOptions,
     decode_record,
@@ -251,4 +251,4 @@ class EtcdV2Registry:
             c.http.clear()
 
 
-__all__ = ["EtcdV2Registry", "EventKind"]
+__all__ = ["EtcdV2Registry"]

@@ -6,7 +6,7 @@ from ipaddress import IPv4Address, IPv4Network
 
 import pytest
 
-from pyflannel.ipnet import gateway_address, overlaps, parse_subnet_key, subnet_key, subnets_between
+from pyflannel.ipnet import gateway_address, parse_subnet_key, subnet_key, subnets_between
 
 
 @pytest.mark.parametrize(
@@ -113,20 +113,6 @@ def test_subnets_between_top_of_address_space() -> None:
     """The range may end at the last subnet of the IPv4 space without overflowing."""
     got = list(subnets_between(IPv4Address("255.255.255.0"), IPv4Address("255.255.255.0"), 24))
     assert got == [IPv4Network("255.255.255.0/24")]
-
-
-@pytest.mark.parametrize(
-    ("a", "b", "expected"),
-    [
-        ("10.5.0.0/16", "10.5.34.0/24", True),
-        ("10.5.34.0/24", "10.5.0.0/16", True),
-        ("10.5.34.0/24", "10.5.35.0/24", False),
-        ("10.5.34.0/25", "10.5.34.128/25", False),
-    ],
-)
-def test_overlaps(a: str, b: str, expected: bool) -> None:
-    """Two networks overlap when they share an address, whichever is longer."""
-    assert overlaps(IPv4Network(a), IPv4Network(b)) is expected
 
 
 def test_gateway_address() -> None:
