@@ -11,7 +11,8 @@ import json
 import os
 import shutil
 import subprocess
-from collections.abc import Iterator
+import sys
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -138,3 +139,41 @@ def ping(
         ns=src_ns,
         check=False,
     )
+
+
+def capture_vxlan(
+    lab: Lab, send: Callable[[], None], iface: str = "p-c1", port: int = 8472
+) -> list[dict[str, object]]:
+    """VXLAN packets seen on the router's *iface* while *send* runs (pyflannel.diag capture)."""
+    cap = subprocess.Popen(
+        [
+            "ip",
+            "netns",
+            "exec",
+            lab.router_ns,
+            sys.executable,
+            "-m",
+            "pyflannel.diag",
+            "capture",
+            "--iface",
+            iface,
+            "--port",
+            str(port),
+            "--timeout",
+            "4",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert cap.stderr is not None
+        assert cap.stderr.readline().strip() == "capturing"  # the socket is open
+        send()
+        out, err = cap.communicate(timeout=20)
+    finally:
+        cap.kill()
+        cap.wait()
+    pkts = [json.loads(line) for line in out.splitlines()]
+    assert pkts, f"no VXLAN captured: {err}"
+    return pkts

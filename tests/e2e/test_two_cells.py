@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from ipaddress import IPv4Network
 
@@ -15,7 +14,17 @@ import pytest
 
 from pyflannel.lab.topo import Lab, run
 
-from .conftest import daemon_log, fdb, lease_key, neighs, ping, routes, subnet_of, vtep_mac
+from .conftest import (
+    capture_vxlan,
+    daemon_log,
+    fdb,
+    lease_key,
+    neighs,
+    ping,
+    routes,
+    subnet_of,
+    vtep_mac,
+)
 
 pytestmark = [pytest.mark.e2e]
 
@@ -90,36 +99,12 @@ def test_curl_across_cells_travels_as_vxlan(lab: Lab) -> None:
     as VXLAN on UDP 8472 with VNI 1 between 10.0.1.3 and 10.0.2.3."""
     con_a = lab.cells[0].containers[0]
     con_c = lab.cells[1].containers[0]
-    cap = subprocess.Popen(
-        [
-            "ip",
-            "netns",
-            "exec",
-            lab.router_ns,
-            sys.executable,
-            "-m",
-            "pyflannel.diag",
-            "capture",
-            "--iface",
-            "p-c1",
-            "--timeout",
-            "4",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert cap.stderr is not None
-        assert cap.stderr.readline().strip() == "capturing"  # the socket is open
+
+    def send() -> None:
         assert curl(lab, con_a.ns, str(con_c.ip)) == "200"
         assert curl(lab, con_c.ns, str(con_a.ip)) == "200"
-        out, err = cap.communicate(timeout=20)
-    finally:
-        cap.kill()
-        cap.wait()
-    pkts = [json.loads(line) for line in out.splitlines()]
-    assert pkts, f"no VXLAN captured: {err}"
+
+    pkts = capture_vxlan(lab, send)
     fwd = [
         p
         for p in pkts

@@ -3,17 +3,14 @@
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 from collections.abc import Iterator
 
 import pytest
 
 from pyflannel.lab.topo import Lab, run
 
-from .conftest import _require, routes, subnet_of
+from .conftest import _require, capture_vxlan, routes, subnet_of
 
 pytestmark = [pytest.mark.e2e]
 
@@ -78,35 +75,10 @@ def test_direct_routing_on_link_peers_and_vxlan_to_others(lab3: Lab) -> None:
 def test_vxlan_on_the_wire_uses_vni_42_and_port_4789(lab3: Lab) -> None:
     """Traffic between cell-1 and cell-2 is VXLAN on UDP 4789 with VNI 42."""
     c1, c2 = lab3.cells[:2]
-    cap = subprocess.Popen(
-        [
-            "ip",
-            "netns",
-            "exec",
-            lab3.router_ns,
-            sys.executable,
-            "-m",
-            "pyflannel.diag",
-            "capture",
-            "--iface",
-            "p-c1",
-            "--port",
-            "4789",
-            "--timeout",
-            "4",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert cap.stderr is not None
-        assert cap.stderr.readline().strip() == "capturing"
+
+    def send() -> None:
         assert lab3.curl(c1.containers[0].ns, c2.containers[0].ip) == "200"
-        out, _ = cap.communicate(timeout=20)
-    finally:
-        cap.kill()
-        cap.wait()
-    pkts = [json.loads(line) for line in out.splitlines()]
+
+    pkts = capture_vxlan(lab3, send, port=4789)
     ours = [p for p in pkts if {p["src"], p["dst"]} == {"10.0.1.3", "10.0.2.3"}]
     assert ours and all(p["dport"] == 4789 and p["vni"] == 42 for p in ours)
