@@ -38,23 +38,13 @@ def _up(args: argparse.Namespace) -> int:
         step("underlay: router, 10.0.1.0/24 and 10.0.2.0/24", lab.build_underlay)
         step(f"etcd at 10.0.1.2:2379 (serving the {args.api} API)", lab.start_etcd)
         step("network config /coreos.com/network/config (the seed's)", lab.put_config)
+        lab.start_cells(lab.cells, 2, cni=args.cni)
         for cell in lab.cells:
-            lab.start_daemon(cell)
-        for i, cell in enumerate(lab.cells):
-            env = lab.wait_subnet_env(cell)
+            env = read_env(lab.subnet_file(cell))
             print(
                 f"  {cell.name} ({cell.underlay_ip}): pyflannel leased "
                 f"{IPv4Network(env['FLANNEL_SUBNET'], strict=False)}, MTU {env['FLANNEL_MTU']}"
             )
-            if args.cni:
-                lab.attach_containers_cni(cell, 2, start=2 * i)
-            else:
-                lab.attach_containers(cell, 2, start=2 * i)
-            for con in cell.containers:
-                lab.start_http(con)
-        for cell in lab.cells:
-            for con in cell.containers:
-                lab.wait_http(con)
         lab.save_state()
         _wait_programmed(lab)
     except BaseException:

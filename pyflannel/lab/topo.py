@@ -467,6 +467,21 @@ class Lab:
             con.cni_result = result
             cell.containers.append(con)
 
+    def start_cells(self, cells: list[Cell], containers: int = 2, cni: bool = False) -> None:
+        """Run pyflannel on *cells*; once each has its lease, attach *containers* containers
+        (by hand, or through pyflannel-cni) with HTTP servers, and wait until they serve."""
+        for cell in cells:
+            self.start_daemon(cell)
+        attach = self.attach_containers_cni if cni else self.attach_containers
+        for i, cell in enumerate(cells):
+            self.wait_subnet_env(cell)
+            attach(cell, containers, start=containers * i)
+            for con in cell.containers:
+                self.start_http(con)
+        for cell in cells:
+            for con in cell.containers:
+                self.wait_http(con)
+
     def start_http(self, con: Container) -> None:
         """``python3 -m http.server 8000`` inside the container, serving an empty directory."""
         root = self.workdir / "www" / con.name

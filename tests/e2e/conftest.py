@@ -45,16 +45,7 @@ def lab(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
         lab.build_underlay()
         lab.start_etcd()
         lab.put_config()
-        for cell in lab.cells[:2]:
-            lab.start_daemon(cell)
-        for i, cell in enumerate(lab.cells[:2]):
-            lab.wait_subnet_env(cell)
-            lab.attach_containers(cell, 2, start=2 * i)
-            for con in cell.containers:
-                lab.start_http(con)
-        for cell in lab.cells[:2]:
-            for con in cell.containers:
-                lab.wait_http(con)
+        lab.start_cells(lab.cells[:2], 2)
         yield lab
     finally:
         for cell in lab.cells:

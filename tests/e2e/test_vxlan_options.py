@@ -32,14 +32,7 @@ def lab3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         lab.build_underlay()
         lab.start_etcd()
         lab.put_config(CONFIG)
-        for cell in lab.cells:
-            lab.start_daemon(cell)
-        for i, cell in enumerate(lab.cells):
-            lab.wait_subnet_env(cell)
-            lab.attach_containers(cell, 1, start=i)
-            lab.start_http(cell.containers[0])
-        for cell in lab.cells:
-            lab.wait_http(cell.containers[0])
+        lab.start_cells(lab.cells, 1)
         yield lab
     finally:
         lab.down()
