@@ -1,4 +1,5 @@
-"""The command line: flanneld's flags and ``FLANNELD_*`` variables into :class:`DaemonOptions`.
+"""The command line: flanneld's flags and ``FLANNELD_*`` variables into
+:class:`~pyflannel.options.DaemonOptions`.
 
 Every flag can also come from ``FLANNELD_<NAME>`` (upper case, ``-`` → ``_``); the command line
 wins.  Unlike flanneld (which exits 0), an unknown flag or a bad value is one error line and
@@ -11,33 +12,16 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any, NoReturn
 
 from pyflannel import __version__
+from pyflannel.options import DaemonOptions
 from pyflannel.registry import EtcdOptions
 
 EXIT_USAGE = 2
-
-
-@dataclass(frozen=True)
-class DaemonOptions:
-    """Everything the daemon is told at start, validated."""
-
-    etcd: EtcdOptions = field(default_factory=EtcdOptions)
-    etcd_api: str = "v2"
-    ifaces: tuple[str, ...] = ()
-    iface_regexes: tuple[str, ...] = ()
-    public_ip: IPv4Address | None = None
-    subnet_file: Path = Path("/run/flannel/subnet.env")
-    renew_margin_minutes: int = 60
-    lease_ttl: int = 86400
-    ip_masq: bool = False
-    resync_interval: float = 30.0
-    log_format: str = "auto"
-    log_level: str = "info"
 
 
 def _bool(text: str) -> bool:

@@ -29,7 +29,6 @@ import structlog
 
 from pyflannel import systemd
 from pyflannel.backend.vxlan import desired_state
-from pyflannel.cli import DaemonOptions
 from pyflannel.config import VXLAN_OVERHEAD, NetworkConfig, parse_network_config
 from pyflannel.errors import (
     Compacted,
@@ -44,10 +43,11 @@ from pyflannel.errors import (
     UnsupportedBackend,
 )
 from pyflannel.iface import ExternalInterface, choose_external
-from pyflannel.kernel import Link, VxlanSpec
+from pyflannel.kernel.netlink import Netlink
+from pyflannel.kernel.plan import apply, plan
+from pyflannel.kernel.records import Link, VxlanSpec
 from pyflannel.lease import Change, EventKind, Lease, LeaseAttrs, LeaseTracker, WatchBatch
-from pyflannel.netlink import Netlink
-from pyflannel.reconcile import apply, plan
+from pyflannel.options import DaemonOptions
 from pyflannel.registry import Registry, join_key, open_registry
 from pyflannel.retry import Backoff, OnceFilter
 from pyflannel.subnet import LeaseManager

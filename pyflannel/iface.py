@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address
 
 from pyflannel.errors import ConfigError
-from pyflannel.kernel import Link
+from pyflannel.kernel.records import Link
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 
-from pyflannel.kernel import Fdb, KernelState, Route
+from pyflannel.kernel.records import Fdb, KernelState, Route
 from pyflannel.lease import Lease
 
 

@@ -20,10 +20,10 @@ import pytest
 
 from pyflannel.backend.vxlan import desired_state
 from pyflannel.errors import KernelError
-from pyflannel.kernel import Fdb, KernelState, Link, Neigh, Route, VxlanSpec
+from pyflannel.kernel.netlink import Netlink
+from pyflannel.kernel.plan import apply, plan
+from pyflannel.kernel.records import Fdb, KernelState, Link, Neigh, Route, VxlanSpec
 from pyflannel.lease import Lease, LeaseAttrs
-from pyflannel.netlink import Netlink
-from pyflannel.reconcile import apply, plan
 
 pytestmark = [
     pytest.mark.netns,

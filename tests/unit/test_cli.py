@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from pyflannel import __version__
-from pyflannel.cli import DaemonOptions, parse_args
+from pyflannel.cli import parse_args
+from pyflannel.options import DaemonOptions
 from pyflannel.registry import EtcdOptions
 
 REPO = Path(__file__).resolve().parents[2]

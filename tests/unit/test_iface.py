@@ -8,7 +8,7 @@ import pytest
 
 from pyflannel.errors import ConfigError
 from pyflannel.iface import choose_external
-from pyflannel.kernel import Link
+from pyflannel.kernel.records import Link
 
 
 def link(index: int, name: str, *addrs: str, mtu: int = 1500) -> Link:

@@ -13,13 +13,15 @@ PURE = [
     "config.py",
     "ipnet.py",
     "lease.py",
-    "reconcile.py",
+    "kernel/plan.py",
     "subnet.py",
     "backend/vxlan.py",
     "iface.py",
     "retry.py",
     "errors.py",
-    "kernel.py",
+    "kernel/records.py",
+    "kernel/__init__.py",
+    "options.py",
 ]
 FORBIDDEN_IN_PURE = {"etcd", "etcd3gw", "requests", "pyroute2", "subprocess"}
 
@@ -53,15 +55,24 @@ def package_modules() -> list[Path]:
 def test_package_found() -> None:
     """The check looks at the real package (a wrong path would make every rule pass)."""
     names = {p.relative_to(PKG).as_posix() for p in package_modules()}
-    assert {"netlink.py", *PURE} <= names
+    assert {"kernel/netlink.py", *PURE} <= names
 
 
-def test_only_netlink_imports_pyroute2() -> None:
-    """pyroute2 is imported by pyflannel/netlink.py and by no other module."""
+def test_only_the_kernel_folder_imports_pyroute2() -> None:
+    """pyroute2 is imported inside pyflannel/kernel/ and nowhere else (one folder owns the
+    kernel)."""
     importers = sorted(
         p.relative_to(PKG).as_posix() for p in package_modules() if "pyroute2" in imported_roots(p)
     )
-    assert importers == ["netlink.py"]
+    assert importers
+    assert all(name.startswith("kernel/") for name in importers), importers
+
+
+def test_cli_and_daemon_do_not_import_each_other_at_module_level() -> None:
+    """The options record lives in pyflannel.options; cli loads the daemon only inside main()."""
+    tree = ast.parse((PKG / "daemon.py").read_text())
+    names = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    assert "pyflannel.cli" not in names
 
 
 @pytest.mark.parametrize("module", PURE)
@@ -73,8 +84,10 @@ def test_pure_module_imports(module: str) -> None:
 
 @pytest.mark.parametrize("module", PURE)
 def test_pure_module_does_not_load_the_netlink_adapter(module: str) -> None:
-    """The pure core takes kernel records from pyflannel.kernel, never pyflannel.netlink (which
-    would load pyroute2 behind its back)."""
+    """The pure core takes kernel records from pyflannel.kernel.records, never the netlink side
+    of the kernel folder (which would load pyroute2 behind its back)."""
     tree = ast.parse((PKG / module).read_text())
     names = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
-    assert "pyflannel.netlink" not in names
+    allowed = {"pyflannel.kernel.records", "pyflannel.kernel.plan"}
+    kernel = {n for n in names if n.startswith("pyflannel.kernel")}
+    assert kernel <= allowed, kernel

@@ -10,9 +10,9 @@ import pytest
 
 from pyflannel.backend.vxlan import desired_state
 from pyflannel.errors import KernelError
-from pyflannel.kernel import Fdb, KernelState, Neigh, Route
+from pyflannel.kernel.plan import Plan, apply, plan
+from pyflannel.kernel.records import Fdb, KernelState, Neigh, Route
 from pyflannel.lease import Lease, LeaseAttrs
-from pyflannel.reconcile import Plan, apply, plan
 
 DEV = 7
 S1 = IPv4Network("10.5.51.0/24")

@@ -17,7 +17,7 @@ from ipaddress import IPv4Address
 from typing import Protocol
 
 from pyflannel.errors import KernelError
-from pyflannel.kernel import Fdb, KernelState, Neigh, Route
+from pyflannel.kernel.records import Fdb, KernelState, Neigh, Route
 
 
 @dataclass(frozen=True)
@@ -86,7 +86,7 @@ def plan(desired: KernelState, actual: KernelState) -> Plan:
 
 
 class KernelWriter(Protocol):
-    """The part of :class:`~pyflannel.netlink.Netlink` that :func:`apply` uses."""
+    """The part of :class:`~pyflannel.kernel.netlink.Netlink` that :func:`apply` uses."""
 
     def replace_neigh(self, dev: int, n: Neigh) -> None: ...
     def delete_neigh(self, dev: int, n: Neigh) -> None: ...

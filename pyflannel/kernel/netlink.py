@@ -25,7 +25,7 @@ from pyroute2.netlink.rtnl import ndmsg
 from pyroute2.netns import setns
 
 from pyflannel.errors import KernelError
-from pyflannel.kernel import Fdb, KernelState, Link, Neigh, Route, VxlanSpec
+from pyflannel.kernel.records import Fdb, KernelState, Link, Neigh, Route, VxlanSpec
 
 NUD_PERMANENT = ndmsg.states["permanent"]
 NUD_NOARP = ndmsg.states["noarp"]

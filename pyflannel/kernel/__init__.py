@@ -1,0 +1,13 @@
+"""The kernel side of pyflannel: everything that reads or writes the kernel's network state.
+
+One folder owns the kernel; nothing outside it opens a netlink socket or imports pyroute2.
+
+* :mod:`.records` — plain records (Link, Neigh, Fdb, Route, VxlanSpec, KernelState); pure.
+* :mod:`.plan` — the difference between desired and actual state, and applying it; pure apart
+  from the writer it is handed.
+* :mod:`.netlink` — the door: the :class:`~pyflannel.kernel.netlink.Netlink` facade the daemon
+  talks to (pyroute2 for links and addresses).
+
+This package imports nothing itself, so the pure core can load :mod:`.records` without pulling
+in pyroute2.
+"""

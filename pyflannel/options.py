@@ -1,0 +1,29 @@
+"""What the daemon is told at start (flags and ``FLANNELD_*`` variables, validated by
+:mod:`pyflannel.cli`); a plain record shared by the CLI and the daemon, so that neither imports
+the other."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address
+from pathlib import Path
+
+from pyflannel.registry import EtcdOptions
+
+
+@dataclass(frozen=True)
+class DaemonOptions:
+    """Everything the daemon is told at start, validated."""
+
+    etcd: EtcdOptions = field(default_factory=EtcdOptions)
+    etcd_api: str = "v2"
+    ifaces: tuple[str, ...] = ()
+    iface_regexes: tuple[str, ...] = ()
+    public_ip: IPv4Address | None = None
+    subnet_file: Path = Path("/run/flannel/subnet.env")
+    renew_margin_minutes: int = 60
+    lease_ttl: int = 86400
+    ip_masq: bool = False
+    resync_interval: float = 30.0
+    log_format: str = "auto"
+    log_level: str = "info"
