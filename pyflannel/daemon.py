@@ -404,7 +404,7 @@ class Daemon:
             # Our own writes echo back too; self.lease keeps the expiration we wrote (a v3 watch
             # event says a key has a lease, not when it ends).
             lost_ttl = ch.new.expiration is None and self.lease.expiration is not None
-            self._own.stale = ch.new.attrs != self.attrs or lost_ttl
+            self._own.stale = ch.new.attrs != self.attrs or lost_ttl or not ch.new.exact
 
     def _fail(self, message: str) -> None:
         self._fatal = message

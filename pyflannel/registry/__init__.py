@@ -164,7 +164,8 @@ def _decode_record(
         attrs = decode_attrs(value)
     except LeaseDecodeError as exc:
         return invalid(key, str(exc), subnet)
-    lease = Lease(subnet, attrs, expiration, revision)
+    text = value.decode() if isinstance(value, bytes) else value  # decode_attrs checked UTF-8
+    lease = Lease(subnet, attrs, expiration, revision, exact=text == attrs.encode())
     return LeaseEvent(EventKind.ADDED, key, subnet=subnet, lease=lease)
 
 

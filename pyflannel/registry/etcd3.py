@@ -6,14 +6,17 @@ watch blocks forever when its start revision has been compacted and when etcd re
 (flannel-behaviour.md section 1.4):
 
 * config: ``Range <prefix>/config``; absent is NotFound;
-* list: ``Range <prefix>/subnets`` as a prefix (no trailing slash, as flanneld does), then
-  ``LeaseTimeToLive`` of each key's lease for its expiration; the header revision is the cursor;
+* list: one ``Range <prefix>/subnets`` as a prefix (no trailing slash, as flanneld does); the
+  header revision is the cursor.  Unlike flanneld, no ``LeaseTimeToLive`` per key (150 s at
+  10,000 keys): a key on a lease is reported with an expiration "not read", since a peer's
+  expiry is never needed; only ``get_subnet`` (one key) asks;
 * create: ``LeaseGrant(ttl)``, then ``Txn(If Version(key) == 0 Then Put(key, lease))``; the
   lease is revoked again when the transaction fails or does not succeed;
 * update: a *new* ``LeaseGrant(ttl)`` and a plain ``Put`` with it; ttl 0 is a ``Put`` without a
   lease, which detaches the key from any lease (a reservation);
 * delete: ``DeleteRange(key)``;
-* watch: ``POST /v3/watch`` from ``after + 1``, one JSON message per line; ``compact_revision``
+* watch: ``POST /v3/watch`` from ``after + 1``, one JSON message per line, no extra round trip
+  per event; ``compact_revision``
   is Compacted, an error line or the end of the stream is RegistryUnavailable.
 
 Expirations: a key without a lease has none (a reservation).  flanneld itself reports lease 0 as
@@ -55,7 +58,7 @@ from pyflannel.errors import (
     RegistryRefused,
     RegistryUnavailable,
 )
-from pyflannel.lease import Events, Lease, LeaseAttrs, LeaseEvent, Snapshot
+from pyflannel.lease import EXPIRY_NOT_READ, Events, Lease, LeaseAttrs, LeaseEvent, Snapshot
 from pyflannel.registry import (
     EtcdOptions,
     decode_record,
@@ -390,9 +393,10 @@ class EtcdV3Registry:
         return values[0].decode("utf-8", "replace")
 
     def list_subnets(self) -> Snapshot:
-        """Every record under ``<prefix>/subnets``, with expirations from LeaseTimeToLive."""
+        """Every record under ``<prefix>/subnets`` in one range read; a key on a lease gets
+        :data:`~pyflannel.lease.EXPIRY_NOT_READ` (flanneld asks LeaseTimeToLive per key)."""
         res = self._range(subnets_key(self._prefix), prefix=True)
-        return parse_range(res, self._lookup())
+        return parse_range(res, _not_read)
 
     def get_subnet(self, subnet: IPv4Network) -> Lease | None:
         """Read one lease."""
@@ -547,7 +551,7 @@ class EtcdV3Registry:
     def _message(self, ep: _Endpoint, line: bytes, cursor: int) -> Events | None:
         """One line of the watch stream as a batch; None for the "created" confirmation."""
         try:
-            out = parse_watch_line(line, cursor, self._lookup())
+            out = parse_watch_line(line, cursor, _not_read)  # a PUT costs no round trip
         except _BadMessage as exc:
             raise RegistryUnavailable(f"etcd at {ep.url} sent a bad watch message: {exc}") from None
         if isinstance(out, WatchEnd):
@@ -567,6 +571,13 @@ class EtcdV3Registry:
 #: Wall-clock expiry of the keys on a lease ID (None: no lease, a reservation).  Injected, so
 #: that parsing needs no server and the lookup can change without touching the parsers.
 ExpirationLookup = Callable[[int], float | None]
+
+
+def _not_read(lease_id: int) -> float | None:
+    """The expiration of a key on *lease_id* without asking etcd: None without a lease (a
+    reservation), else "has a TTL, end not read"."""
+    return None if lease_id == 0 else EXPIRY_NOT_READ
+
 
 #: The longest watch message parsed: etcd caps one at its request limit (1.5 MiB by default)
 #: plus base64 and framing; a far larger line is not from etcd.
