@@ -421,8 +421,9 @@ def test_own_lease_edited_by_hand_is_rewritten(lab: Lab) -> None:
     lab.put(key, good.replace(mac2, "02:00:00:00:ee:01"))
     wait(lambda: lab.get(key) == good, 10, "lease rewritten")
     wait(lambda: neighs(c1).get(s2.split("/")[0]) == mac2, 10, "peer programs the right MAC")
-    assert (mac2, str(c2.underlay_ip)) in fdb(c1)
-    assert not any(m == "02:00:00:00:ee:01" for m, _ in fdb(c1))
+    # The neighbour is written before the FDB entries change: wait for those too.
+    wait(lambda: (mac2, str(c2.underlay_ip)) in fdb(c1), 10, "FDB entry for the right MAC")
+    wait(lambda: not any(m == "02:00:00:00:ee:01" for m, _ in fdb(c1)), 10, "wrong MAC's FDB gone")
 
 
 def test_third_cell_joins_then_leaves(lab: Lab) -> None:
