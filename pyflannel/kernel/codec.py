@@ -12,11 +12,11 @@ Any malformed or truncated buffer raises :class:`CodecError`, never IndexError o
 
 from __future__ import annotations
 
-import socket
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
+from typing import ClassVar
 
 from pyflannel.kernel.records import Route
 
@@ -44,8 +44,8 @@ RTM_NEWADDR, RTM_DELADDR, RTM_GETADDR = 20, 21, 22
 RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE = 24, 25, 26
 RTM_NEWNEIGH, RTM_DELNEIGH, RTM_GETNEIGH = 28, 29, 30
 
-AF_INET = socket.AF_INET
-AF_INET6 = socket.AF_INET6
+AF_INET = 2
+AF_INET6 = 10
 AF_BRIDGE = 7
 
 NUD_NOARP = 0x40
@@ -242,6 +242,7 @@ class Message:
 class Ack:
     """An NLMSG_ERROR: ``errno`` 0 is a success ACK; ``seq`` is the request's."""
 
+    type: ClassVar[int] = NLMSG_ERROR
     seq: int
     errno: int
     request_type: int

@@ -23,7 +23,23 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 
-from pyflannel.kernel import codec
+from pyflannel.kernel.codec import (
+    AF_BRIDGE,
+    AF_INET,
+    NTF_SELF,
+    NUD_PERMANENT,
+    RT_TABLE_MAIN,
+    RTM_DELLINK,
+    RTM_DELNEIGH,
+    RTM_NEWLINK,
+    RTM_NEWNEIGH,
+    RTM_NEWROUTE,
+    RTNH_F_ONLINK,
+    LinkMsg,
+    NeighMsg,
+    Parsed,
+    RouteMsg,
+)
 from pyflannel.kernel.records import Fdb, KernelState, Route, RouteEntry
 
 _RTPROT_KERNEL = 2
@@ -74,43 +90,51 @@ class Mirror:
 
     def load(
         self,
-        link: codec.LinkMsg | None,
-        neighs: Iterable[codec.NeighMsg],
-        fdb: Iterable[codec.NeighMsg],
-        routes: Iterable[codec.RouteMsg],
+        link: LinkMsg | None,
+        neighs: Iterable[NeighMsg],
+        fdb: Iterable[NeighMsg],
+        routes: Iterable[RouteMsg],
     ) -> None:
         """Start over from full dumps (*link* is the device itself, None if it is gone)."""
         self._link = self._link_key(link) if link is not None else None
         self._neighs.clear()
         self._fdb.clear()
         self._routes.clear()
-        for m in (*neighs, *fdb):
+        for m in neighs:
+            self._fold_neigh(m)
+        for m in fdb:
+            # A dump lists each remote of a MAC as its own entry: they add up.
+            if m.ifindex == self.dev and m.family == AF_BRIDGE and m.lladdr in self._fdb:
+                dst = _ip(m.dst)
+                if dst is not None and self._fdb_ours(m):
+                    self._fdb[m.lladdr] += (dst,)
+                continue
             self._fold_neigh(m)
         for r in routes:
             self._fold_route(r)
 
-    def apply(self, msg: codec.Parsed) -> Touched:
+    def apply(self, msg: Parsed) -> Touched:
         """Fold one notification; return what it changed."""
-        if isinstance(msg, codec.NeighMsg):
+        if isinstance(msg, NeighMsg):
             return self._fold_neigh(msg)
-        if isinstance(msg, codec.RouteMsg):
+        if isinstance(msg, RouteMsg):
             return self._fold_route(msg)
-        if isinstance(msg, codec.LinkMsg):
+        if isinstance(msg, LinkMsg):
             return self._fold_link(msg)
         return NOTHING
 
     @staticmethod
-    def _link_key(m: codec.LinkMsg) -> _LinkKey:
+    def _link_key(m: LinkMsg) -> _LinkKey:
         return (m.name, m.up, m.mtu, m.mac)
 
-    def _fold_link(self, m: codec.LinkMsg) -> Touched:
+    def _fold_link(self, m: LinkMsg) -> Touched:
         if m.index != self.dev:
             # Our device re-created under another index: everything we hold is stale.
             same_name = self._link is not None and m.name == self._link[0]
-            if same_name and m.type == codec.RTM_NEWLINK:
+            if same_name and m.type == RTM_NEWLINK:
                 return Touched(device=True)
             return NOTHING
-        if m.type == codec.RTM_DELLINK:
+        if m.type == RTM_DELLINK:
             self._link = None
             return Touched(device=True)
         key = self._link_key(m)
@@ -119,20 +143,20 @@ class Mirror:
         self._link = key
         return Touched(device=True)
 
-    def _fold_neigh(self, m: codec.NeighMsg) -> Touched:
+    def _fold_neigh(self, m: NeighMsg) -> Touched:
         if m.ifindex != self.dev:
             return NOTHING
-        if m.family == codec.AF_INET:
+        if m.family == AF_INET:
             return self._fold_ip_neigh(m)
-        if m.family == codec.AF_BRIDGE:
+        if m.family == AF_BRIDGE:
             return self._fold_fdb(m)
         return NOTHING
 
-    def _fold_ip_neigh(self, m: codec.NeighMsg) -> Touched:
+    def _fold_ip_neigh(self, m: NeighMsg) -> Touched:
         ip = _ip(m.dst)
         if ip is None:
             return NOTHING
-        ours = m.type == codec.RTM_NEWNEIGH and m.state & codec.NUD_PERMANENT and m.lladdr
+        ours = m.type == RTM_NEWNEIGH and m.state & NUD_PERMANENT and m.lladdr
         if ours and m.lladdr is not None:
             if self._neighs.get(ip) == m.lladdr:
                 return NOTHING
@@ -141,26 +165,21 @@ class Mirror:
             return NOTHING
         return Touched(neighs=(IPv4Address(ip),))
 
-    def _fold_fdb(self, m: codec.NeighMsg) -> Touched:
+    def _fold_fdb(self, m: NeighMsg) -> Touched:
         mac = m.lladdr
         if mac is None:
             return NOTHING
         dst = _ip(m.dst)
         have = self._fdb.get(mac, ())
         resync = False
-        if m.type == codec.RTM_DELNEIGH:
+        if m.type == RTM_DELNEIGH:
             if dst is None or dst not in have:
                 if dst is not None or not have:
                     return NOTHING
                 left: tuple[int, ...] = ()  # no dst: the whole MAC is gone
             else:
                 left = tuple(d for d in have if d != dst)
-        elif (
-            dst is None
-            or m.odd
-            or not m.state & codec.NUD_PERMANENT
-            or not m.flags & codec.NTF_SELF
-        ):
+        elif dst is None or m.odd or not m.state & NUD_PERMANENT or not m.flags & NTF_SELF:
             if not have:
                 return NOTHING
             left = ()  # replaced by something we did not write: let the planner rewrite it
@@ -175,8 +194,12 @@ class Mirror:
             self._fdb.pop(mac, None)
         return Touched(fdb=(_mac(mac),), resync=resync)
 
-    def _fold_route(self, m: codec.RouteMsg) -> Touched:
-        if m.family != codec.AF_INET or m.table != codec.RT_TABLE_MAIN:
+    @staticmethod
+    def _fdb_ours(m: NeighMsg) -> bool:
+        return bool(m.state & NUD_PERMANENT and m.flags & NTF_SELF and not m.odd)
+
+    def _fold_route(self, m: RouteMsg) -> Touched:
+        if m.family != AF_INET or m.table != RT_TABLE_MAIN:
             return NOTHING
         key = (_ip(m.dst) or 0, m.dst_len)
         val: _RVal = (
@@ -191,7 +214,7 @@ class Mirror:
         )
         have = self._routes.get(key, ())
         others = tuple(v for v in have if v[:2] != val[:2])
-        if m.type == codec.RTM_NEWROUTE:
+        if m.type == RTM_NEWROUTE:
             if val in have:
                 return NOTHING
             self._routes[key] = (*others, val)
@@ -222,7 +245,7 @@ class Mirror:
     def _entry(net: IPv4Network, v: _RVal) -> RouteEntry:
         prio, _, oif, gw, proto, scope, kind, flags = v
         gateway = IPv4Address(gw) if gw is not None else None
-        onlink = bool(flags & codec.RTNH_F_ONLINK)
+        onlink = bool(flags & RTNH_F_ONLINK)
         return RouteEntry(net, gateway, oif, proto, scope, kind, prio, onlink)
 
     def _entries(self, on_dev: bool) -> list[RouteEntry]:
@@ -270,7 +293,7 @@ class Mirror:
                 net = IPv4Network((addr, plen))
                 if network is not None and (net == own or not net.subnet_of(network)):
                     break
-                onlink = bool(flags & codec.RTNH_F_ONLINK)
+                onlink = bool(flags & RTNH_F_ONLINK)
                 state.routes[net] = Route(net, IPv4Address(gw), oif, onlink)
                 break
         return state

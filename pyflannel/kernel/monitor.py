@@ -14,7 +14,7 @@ import socket
 from typing import Final
 
 from pyflannel.kernel import codec
-from pyflannel.kernel.rtnl import RECV_SIZE, open_netlink
+from pyflannel.kernel.rtnl import NetlinkSocket
 
 # Group numbers (linux/rtnetlink.h); bind() takes a mask with bit (group - 1) set.
 RTNLGRP_LINK = 1
@@ -48,7 +48,7 @@ def group_mask(groups: tuple[int, ...]) -> int:
     return mask
 
 
-class Monitor:
+class Monitor(NetlinkSocket):
     """A notification socket in the current namespace or in *netns*."""
 
     def __init__(
@@ -57,23 +57,8 @@ class Monitor:
         groups: tuple[int, ...] = DEFAULT_GROUPS,
         rcvbuf: int = MONITOR_RCVBUF,
     ) -> None:
-        self._sock = open_netlink(netns, group_mask(groups), rcvbuf)
+        super().__init__(netns, group_mask(groups), rcvbuf)
         self._sock.setblocking(False)
-        self._buf = bytearray(RECV_SIZE)
-
-    def fileno(self) -> int:
-        """For ``select``/``selectors``."""
-        return self._sock.fileno()
-
-    def close(self) -> None:
-        """Close the socket."""
-        self._sock.close()
-
-    def __enter__(self) -> Monitor:
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.close()
 
     def read(self, limit: int = MAX_PER_READ) -> list[codec.Parsed] | Overflow:
         """The notifications queued now (possibly none), or OVERFLOW."""

@@ -15,7 +15,7 @@ import socket
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Self, TypeVar
 
 from pyroute2.netns import setns
 
@@ -115,26 +115,37 @@ class BatchResult:
 P = TypeVar("P", bound=codec.Parsed)
 
 
-class Rtnl:
-    """A NETLINK_ROUTE socket for requests (no multicast groups)."""
+class NetlinkSocket:
+    """Owns one netlink socket and a receive buffer; closes as a context manager."""
 
-    def __init__(self, netns: str | None = None, rcvbuf: int = RCVBUF) -> None:
-        self._sock = open_netlink(netns, 0, rcvbuf)
-        for opt in (NETLINK_CAP_ACK, NETLINK_EXT_ACK, NETLINK_GET_STRICT_CHK):
-            self._sock.setsockopt(SOL_NETLINK, opt, 1)
-        self._sock.settimeout(TIMEOUT)
+    def __init__(self, netns: str | None, groups: int, rcvbuf: int) -> None:
+        self._sock = open_netlink(netns, groups, rcvbuf)
         self._buf = bytearray(RECV_SIZE)
-        self._seq = int.from_bytes(os.urandom(4), "big")
+
+    def fileno(self) -> int:
+        """For ``select``/``selectors``."""
+        return self._sock.fileno()
 
     def close(self) -> None:
         """Close the socket."""
         self._sock.close()
 
-    def __enter__(self) -> Rtnl:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *_: object) -> None:
         self.close()
+
+
+class Rtnl(NetlinkSocket):
+    """A NETLINK_ROUTE socket for requests (no multicast groups)."""
+
+    def __init__(self, netns: str | None = None, rcvbuf: int = RCVBUF) -> None:
+        super().__init__(netns, 0, rcvbuf)
+        for opt in (NETLINK_CAP_ACK, NETLINK_EXT_ACK, NETLINK_GET_STRICT_CHK):
+            self._sock.setsockopt(SOL_NETLINK, opt, 1)
+        self._sock.settimeout(TIMEOUT)
+        self._seq = int.from_bytes(os.urandom(4), "big")
 
     def _next_seq(self) -> int:
         self._seq = (self._seq + 1) & 0xFFFFFFFF or 1
