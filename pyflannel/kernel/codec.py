@@ -382,37 +382,71 @@ def _text(raw: bytes | None) -> str:
     return raw.split(b"\0", 1)[0].decode(errors="replace") if raw else ""
 
 
-_ODD_NDA = (NDA_PORT, NDA_VNI, NDA_IFINDEX, NDA_SRC_VNI)
+_ODD_NDA = frozenset((NDA_PORT, NDA_VNI, NDA_IFINDEX, NDA_SRC_VNI))
+_U32_ATTR = 8  # header + 4 bytes
+
+
+# parse_neigh and parse_route run for every entry of a 10,000-peer dump, so they walk their
+# attributes inline, keeping only the few they need (no dict, no slices of the others).
 
 
 def parse_neigh(kind: int, p: bytes) -> NeighMsg:
     """The payload of RTM_NEWNEIGH/RTM_DELNEIGH."""
     _need(p, _NDMSG.size, "ndmsg")
     family, ifindex, state, flags, _ = _NDMSG.unpack_from(p)
-    a = _attrs(p, _NDMSG.size)
-    odd = any(k in a for k in _ODD_NDA)
-    return NeighMsg(kind, family, ifindex, state, flags, a.get(NDA_DST), a.get(NDA_LLADDR), odd)
+    dst = lladdr = None
+    odd = False
+    n = len(p)
+    off = _NDMSG.size
+    unpack = _RTA.unpack_from
+    while off + 4 <= n:
+        length, t = unpack(p, off)
+        end = off + length
+        if length < 4 or end > n:
+            raise CodecError(f"attribute at offset {off} claims {length} bytes of {n - off}")
+        t &= NLA_TYPE_MASK
+        if t == NDA_DST:
+            dst = p[off + 4 : end]
+        elif t == NDA_LLADDR:
+            lladdr = p[off + 4 : end]
+        elif t in _ODD_NDA:
+            odd = True
+        off = (end + 3) & ~3
+    return NeighMsg(kind, family, ifindex, state, flags, dst, lladdr, odd)
 
 
 def parse_route(kind: int, p: bytes) -> RouteMsg:
     """The payload of RTM_NEWROUTE/RTM_DELROUTE."""
     _need(p, _RTMSG.size, "rtmsg")
     family, dst_len, _, tos, table, proto, scope, rtype, flags = _RTMSG.unpack_from(p)
-    a = _attrs(p, _RTMSG.size)
+    dst = gateway = oif = None
+    priority = 0
+    n = len(p)
+    off = _RTMSG.size
+    unpack = _RTA.unpack_from
+    while off + 4 <= n:
+        length, t = unpack(p, off)
+        end = off + length
+        if length < 4 or end > n:
+            raise CodecError(f"attribute at offset {off} claims {length} bytes of {n - off}")
+        t &= NLA_TYPE_MASK
+        if t == RTA_DST:
+            dst = p[off + 4 : end]
+        elif t == RTA_GATEWAY:
+            gateway = p[off + 4 : end]
+        elif t in (RTA_OIF, RTA_TABLE, RTA_PRIORITY):
+            if length != _U32_ATTR:
+                raise CodecError(f"u32 attribute {t} of {length - 4} bytes")
+            value = _U32.unpack_from(p, off + 4)[0]
+            if t == RTA_OIF:
+                oif = value
+            elif t == RTA_TABLE:
+                table = value
+            else:
+                priority = value
+        off = (end + 3) & ~3
     return RouteMsg(
-        kind,
-        family,
-        a.get(RTA_DST),
-        dst_len,
-        tos,
-        _u32_of(a.get(RTA_TABLE)) or table,
-        proto,
-        scope,
-        rtype,
-        flags,
-        a.get(RTA_GATEWAY),
-        _u32_of(a.get(RTA_OIF)),
-        _u32_of(a.get(RTA_PRIORITY)) or 0,
+        kind, family, dst, dst_len, tos, table, proto, scope, rtype, flags, gateway, oif, priority
     )
 
 

@@ -101,15 +101,18 @@ class Mirror:
         self._fdb.clear()
         self._routes.clear()
         for m in neighs:
-            self._fold_neigh(m)
+            if m.ifindex == self.dev and m.family == AF_INET:
+                self._fold_ip_neigh(m)
         for m in fdb:
-            # A dump lists each remote of a MAC as its own entry: they add up.
-            if m.ifindex == self.dev and m.family == AF_BRIDGE and m.lladdr in self._fdb:
-                dst = _ip(m.dst)
-                if dst is not None and self._fdb_ours(m):
-                    self._fdb[m.lladdr] += (dst,)
+            if m.ifindex != self.dev or m.family != AF_BRIDGE or m.lladdr is None:
                 continue
-            self._fold_neigh(m)
+            have = self._fdb.get(m.lladdr)
+            dst = _ip(m.dst)
+            if not have:
+                self._fold_fdb(m)
+            elif dst is not None and dst not in have and self._fdb_ours(m):
+                # A dump lists each remote of a MAC as its own entry: they add up.
+                self._fdb[m.lladdr] = (*have, dst)
         for r in routes:
             self._fold_route(r)
 
@@ -118,7 +121,8 @@ class Mirror:
         if isinstance(msg, NeighMsg):
             return self._fold_neigh(msg)
         if isinstance(msg, RouteMsg):
-            return self._fold_route(msg)
+            key = self._fold_route(msg)
+            return Touched(routes=(IPv4Network(key),)) if key is not None else NOTHING
         if isinstance(msg, LinkMsg):
             return self._fold_link(msg)
         return NOTHING
@@ -147,44 +151,52 @@ class Mirror:
         if m.ifindex != self.dev:
             return NOTHING
         if m.family == AF_INET:
-            return self._fold_ip_neigh(m)
+            ip = self._fold_ip_neigh(m)
+            return Touched(neighs=(IPv4Address(ip),)) if ip is not None else NOTHING
         if m.family == AF_BRIDGE:
-            return self._fold_fdb(m)
+            changed = self._fold_fdb(m)
+            if changed is None:
+                return NOTHING
+            return Touched(fdb=(_mac(changed[0]),), resync=changed[1])
         return NOTHING
 
-    def _fold_ip_neigh(self, m: NeighMsg) -> Touched:
+    # The _fold_* helpers change the maps and return what changed (None: nothing), without
+    # building records: load() folds tens of thousands of entries.
+
+    def _fold_ip_neigh(self, m: NeighMsg) -> int | None:
         ip = _ip(m.dst)
         if ip is None:
-            return NOTHING
+            return None
         ours = m.type == RTM_NEWNEIGH and m.state & NUD_PERMANENT and m.lladdr
         if ours and m.lladdr is not None:
             if self._neighs.get(ip) == m.lladdr:
-                return NOTHING
+                return None
             self._neighs[ip] = m.lladdr
         elif self._neighs.pop(ip, None) is None:
-            return NOTHING
-        return Touched(neighs=(IPv4Address(ip),))
+            return None
+        return ip
 
-    def _fold_fdb(self, m: NeighMsg) -> Touched:
+    def _fold_fdb(self, m: NeighMsg) -> tuple[bytes, bool] | None:
+        """(MAC, resync needed) when the MAC's remotes changed."""
         mac = m.lladdr
         if mac is None:
-            return NOTHING
+            return None
         dst = _ip(m.dst)
         have = self._fdb.get(mac, ())
         resync = False
         if m.type == RTM_DELNEIGH:
             if dst is None or dst not in have:
                 if dst is not None or not have:
-                    return NOTHING
+                    return None
                 left: tuple[int, ...] = ()  # no dst: the whole MAC is gone
             else:
                 left = tuple(d for d in have if d != dst)
         elif dst is None or m.odd or not m.state & NUD_PERMANENT or not m.flags & NTF_SELF:
             if not have:
-                return NOTHING
+                return None
             left = ()  # replaced by something we did not write: let the planner rewrite it
         elif dst in have:
-            return NOTHING
+            return None
         else:
             resync = len(have) > 1  # append or replace of one of several remotes? unknowable
             left = (dst,)
@@ -192,15 +204,15 @@ class Mirror:
             self._fdb[mac] = left
         else:
             self._fdb.pop(mac, None)
-        return Touched(fdb=(_mac(mac),), resync=resync)
+        return mac, resync
 
     @staticmethod
     def _fdb_ours(m: NeighMsg) -> bool:
         return bool(m.state & NUD_PERMANENT and m.flags & NTF_SELF and not m.odd)
 
-    def _fold_route(self, m: RouteMsg) -> Touched:
+    def _fold_route(self, m: RouteMsg) -> tuple[int, int] | None:
         if m.family != AF_INET or m.table != RT_TABLE_MAIN:
-            return NOTHING
+            return None
         key = (_ip(m.dst) or 0, m.dst_len)
         val: _RVal = (
             m.priority,
@@ -216,15 +228,15 @@ class Mirror:
         others = tuple(v for v in have if v[:2] != val[:2])
         if m.type == RTM_NEWROUTE:
             if val in have:
-                return NOTHING
+                return None
             self._routes[key] = (*others, val)
         elif len(others) == len(have):
-            return NOTHING
+            return None
         elif others:
             self._routes[key] = others
         else:
             del self._routes[key]
-        return Touched(routes=(IPv4Network(key),))
+        return key
 
     # --- reading -------------------------------------------------------------------------
 
