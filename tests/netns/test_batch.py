@@ -241,3 +241,17 @@ def test_monitor_sees_hand_deletes_and_link_down(ns: str, rtnl: Rtnl, dev: int) 
         run(*ipn, "link", "set", "flannel.1", "down")
         wait_for(mon, mirror, lambda t: t.device)
         assert mirror.device_up is False
+
+
+def test_monitor_reports_overflow(ns: str, rtnl: Rtnl, dev: int) -> None:
+    """With a tiny receive buffer, a bulk write overflows it: read() says OVERFLOW (the caller
+    must re-dump), and the socket keeps working afterwards."""
+    with Monitor(ns, rcvbuf=4096) as mon:
+        assert rtnl.write(program(dev, range(200))).ok == 600
+        assert mon.read() is OVERFLOW
+        mon.drain()
+        mirror = Mirror(dev)
+        mirror.load(rtnl.link(dev), rtnl.neighs(dev), rtnl.fdb(dev), rtnl.routes())
+        assert mirror.counts()[:2] == (200, 200)
+        run("ip", "-n", ns, "link", "set", "flannel.1", "mtu", "1400")
+        wait_for(mon, mirror, lambda t: t.device)
