@@ -7,6 +7,11 @@ One folder owns the kernel; nothing outside it opens a netlink socket or imports
   from the writer it is handed.
 * :mod:`.netlink` — the door: the :class:`~pyflannel.kernel.netlink.Netlink` facade the daemon
   talks to (pyroute2 for links and addresses).
+* :mod:`.codec` — rtnetlink requests and replies as bytes (struct); pure.
+* :mod:`.rtnl` — a raw NETLINK_ROUTE socket: batched writes with per-request results, dumps.
+* :mod:`.monitor` — the notification socket (links, neighbours/FDB, routes).
+* :mod:`.mirror` — the kernel's entries for the VXLAN device, folded from dumps and
+  notifications; pure.
 
 This package imports nothing itself, so the pure core can load :mod:`.records` without pulling
 in pyroute2.

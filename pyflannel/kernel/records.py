@@ -47,6 +47,22 @@ class Route:
 
 
 @dataclass(frozen=True)
+class RouteEntry:
+    """A main-table IPv4 route as the kernel reports it, on any device: what the mirror shows
+    of routes pyflannel must not touch (another device's, the kernel's connected ones) and of
+    every route on the VXLAN device, gateway or not."""
+
+    dst: IPv4Network
+    gateway: IPv4Address | None
+    oif: int | None
+    protocol: int
+    scope: int
+    kind: int  # rtm_type: 1 unicast, 6 blackhole, 7 unreachable...
+    priority: int = 0
+    onlink: bool = False
+
+
+@dataclass(frozen=True)
 class VxlanSpec:
     """What the VXLAN device must look like (flannel-behaviour.md §4.2)."""
 
@@ -76,4 +92,4 @@ class KernelState:
     foreign: dict[IPv4Network, Route] = field(default_factory=dict)
 
 
-__all__ = ["Fdb", "KernelState", "Link", "Neigh", "Route", "VxlanSpec"]
+__all__ = ["Fdb", "KernelState", "Link", "Neigh", "Route", "RouteEntry", "VxlanSpec"]

@@ -20,11 +20,13 @@ PURE = [
     "retry.py",
     "errors.py",
     "kernel/records.py",
+    "kernel/codec.py",
+    "kernel/mirror.py",
     "kernel/__init__.py",
     "options.py",
     "untrusted.py",
 ]
-FORBIDDEN_IN_PURE = {"etcd", "etcd3gw", "requests", "pyroute2", "subprocess"}
+FORBIDDEN_IN_PURE = {"etcd", "etcd3gw", "requests", "pyroute2", "subprocess", "socket"}
 
 
 def imported_roots(path: Path) -> set[str]:
@@ -78,7 +80,8 @@ def test_cli_and_daemon_do_not_import_each_other_at_module_level() -> None:
 
 @pytest.mark.parametrize("module", PURE)
 def test_pure_module_imports(module: str) -> None:
-    """The pure core imports no etcd client, no HTTP client, no pyroute2 and no subprocess."""
+    """The pure core imports no etcd client, no HTTP client, no pyroute2, no subprocess and no
+    socket."""
     bad = imported_roots(PKG / module) & FORBIDDEN_IN_PURE
     assert bad == set(), f"{module} imports {sorted(bad)}"
 
@@ -89,6 +92,6 @@ def test_pure_module_does_not_load_the_netlink_adapter(module: str) -> None:
     of the kernel folder (which would load pyroute2 behind its back)."""
     tree = ast.parse((PKG / module).read_text())
     names = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
-    allowed = {"pyflannel.kernel.records", "pyflannel.kernel.plan"}
+    allowed = {"pyflannel.kernel.records", "pyflannel.kernel.plan", "pyflannel.kernel.codec"}
     kernel = {n for n in names if n.startswith("pyflannel.kernel")}
     assert kernel <= allowed, kernel

@@ -1,0 +1,319 @@
+"""A mirror of the kernel state that concerns the VXLAN device, kept current by notifications
+(pure: it folds parsed messages from :mod:`pyflannel.kernel.codec`, it never reads the kernel).
+
+It holds, on device index ``dev``: permanent neighbours (IPv4 -> MAC) and permanent ``self``
+FDB entries without port/VNI overrides (MAC -> remote IPs); and every IPv4 route of the main
+table, whatever its device, so that a route on another device to a subnet we would route is
+seen as a conflict, never replaced or deleted.  Storage is ints and bytes in dicts (no message
+objects); records are built on request.
+
+Protocol facts it relies on (shared/reference/kernel-notifications.md):
+* A link going down drops its routes without RTM_DELROUTE, so any change of the device (down,
+  up, MTU, MAC, name, deleted, re-created with another index) sets ``Touched.device``: the
+  caller must re-dump.
+* ``bridge fdb replace`` of a MAC with one remote rewrites that remote in place and notifies
+  only RTM_NEWNEIGH with the new dst.  With several remotes (made by ``append``) a new dst is
+  ambiguous (append or replace?), so ``Touched.resync`` asks for a re-dump.
+* RTM_NEWROUTE replaces the route with the same (dst/len, tos, priority) in its table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network
+
+from pyflannel.kernel.codec import (
+    AF_BRIDGE,
+    AF_INET,
+    NTF_SELF,
+    NUD_PERMANENT,
+    RT_TABLE_MAIN,
+    RTM_DELLINK,
+    RTM_DELNEIGH,
+    RTM_NEWLINK,
+    RTM_NEWNEIGH,
+    RTM_NEWROUTE,
+    RTNH_F_ONLINK,
+    LinkMsg,
+    NeighMsg,
+    Parsed,
+    RouteMsg,
+)
+from pyflannel.kernel.records import Fdb, KernelState, Route, RouteEntry
+
+_RTPROT_KERNEL = 2
+
+# A route: (priority, tos, oif, gateway, protocol, scope, kind, flags); oif/gateway may be None.
+_RVal = tuple[int, int, int | None, int | None, int, int, int, int]
+_LinkKey = tuple[str, bool, int, str]
+
+
+@dataclass(frozen=True, slots=True)
+class Touched:
+    """What one notification changed in the mirror."""
+
+    neighs: tuple[IPv4Address, ...] = ()
+    fdb: tuple[str, ...] = ()  # MACs
+    routes: tuple[IPv4Network, ...] = ()
+    device: bool = False  # our device changed or went away: re-dump everything
+    resync: bool = False  # the mirror cannot tell what the kernel holds: re-dump
+
+    @property
+    def empty(self) -> bool:
+        """True when nothing the mirror holds changed."""
+        return not (self.neighs or self.fdb or self.routes or self.device or self.resync)
+
+
+NOTHING = Touched()
+
+
+def _ip(raw: bytes | None) -> int | None:
+    return int.from_bytes(raw, "big") if raw is not None and len(raw) == 4 else None
+
+
+def _mac(raw: bytes) -> str:
+    return raw.hex(":")
+
+
+class Mirror:
+    """The kernel's entries for VXLAN device index *dev* (and the main table's other routes)."""
+
+    def __init__(self, dev: int) -> None:
+        self.dev = dev
+        self._link: _LinkKey | None = None
+        self._neighs: dict[int, bytes] = {}
+        self._fdb: dict[bytes, tuple[int, ...]] = {}
+        self._routes: dict[tuple[int, int], tuple[_RVal, ...]] = {}
+
+    # --- folding -------------------------------------------------------------------------
+
+    def load(
+        self,
+        link: LinkMsg | None,
+        neighs: Iterable[NeighMsg],
+        fdb: Iterable[NeighMsg],
+        routes: Iterable[RouteMsg],
+    ) -> None:
+        """Start over from full dumps (*link* is the device itself, None if it is gone)."""
+        self._link = self._link_key(link) if link is not None else None
+        self._neighs.clear()
+        self._fdb.clear()
+        self._routes.clear()
+        for m in neighs:
+            if m.ifindex == self.dev and m.family == AF_INET:
+                self._fold_ip_neigh(m)
+        for m in fdb:
+            if m.ifindex != self.dev or m.family != AF_BRIDGE or m.lladdr is None:
+                continue
+            have = self._fdb.get(m.lladdr)
+            dst = _ip(m.dst)
+            if not have:
+                self._fold_fdb(m)
+            elif dst is not None and dst not in have and self._fdb_ours(m):
+                # A dump lists each remote of a MAC as its own entry: they add up.
+                self._fdb[m.lladdr] = (*have, dst)
+        for r in routes:
+            self._fold_route(r)
+
+    def apply(self, msg: Parsed) -> Touched:
+        """Fold one notification; return what it changed."""
+        if isinstance(msg, NeighMsg):
+            return self._fold_neigh(msg)
+        if isinstance(msg, RouteMsg):
+            key = self._fold_route(msg)
+            return Touched(routes=(IPv4Network(key),)) if key is not None else NOTHING
+        if isinstance(msg, LinkMsg):
+            return self._fold_link(msg)
+        return NOTHING
+
+    @staticmethod
+    def _link_key(m: LinkMsg) -> _LinkKey:
+        return (m.name, m.up, m.mtu, m.mac)
+
+    def _fold_link(self, m: LinkMsg) -> Touched:
+        if m.index != self.dev:
+            # Our device re-created under another index: everything we hold is stale.
+            same_name = self._link is not None and m.name == self._link[0]
+            if same_name and m.type == RTM_NEWLINK:
+                return Touched(device=True)
+            return NOTHING
+        if m.type == RTM_DELLINK:
+            self._link = None
+            return Touched(device=True)
+        key = self._link_key(m)
+        if key == self._link:
+            return NOTHING  # carrier, statistics, operstate: nothing that moves our entries
+        self._link = key
+        return Touched(device=True)
+
+    def _fold_neigh(self, m: NeighMsg) -> Touched:
+        if m.ifindex != self.dev:
+            return NOTHING
+        if m.family == AF_INET:
+            ip = self._fold_ip_neigh(m)
+            return Touched(neighs=(IPv4Address(ip),)) if ip is not None else NOTHING
+        if m.family == AF_BRIDGE:
+            changed = self._fold_fdb(m)
+            if changed is None:
+                return NOTHING
+            return Touched(fdb=(_mac(changed[0]),), resync=changed[1])
+        return NOTHING
+
+    # The _fold_* helpers change the maps and return what changed (None: nothing), without
+    # building records: load() folds tens of thousands of entries.
+
+    def _fold_ip_neigh(self, m: NeighMsg) -> int | None:
+        ip = _ip(m.dst)
+        if ip is None:
+            return None
+        ours = m.type == RTM_NEWNEIGH and m.state & NUD_PERMANENT and m.lladdr
+        if ours and m.lladdr is not None:
+            if self._neighs.get(ip) == m.lladdr:
+                return None
+            self._neighs[ip] = m.lladdr
+        elif self._neighs.pop(ip, None) is None:
+            return None
+        return ip
+
+    def _fold_fdb(self, m: NeighMsg) -> tuple[bytes, bool] | None:
+        """(MAC, resync needed) when the MAC's remotes changed."""
+        mac = m.lladdr
+        if mac is None:
+            return None
+        dst = _ip(m.dst)
+        have = self._fdb.get(mac, ())
+        resync = False
+        if m.type == RTM_DELNEIGH:
+            if dst is None or dst not in have:
+                if dst is not None or not have:
+                    return None
+                left: tuple[int, ...] = ()  # no dst: the whole MAC is gone
+            else:
+                left = tuple(d for d in have if d != dst)
+        elif dst is None or m.odd or not m.state & NUD_PERMANENT or not m.flags & NTF_SELF:
+            if not have:
+                return None
+            left = ()  # replaced by something we did not write: let the planner rewrite it
+        elif dst in have:
+            return None
+        else:
+            resync = len(have) > 1  # append or replace of one of several remotes? unknowable
+            left = (dst,)
+        if left:
+            self._fdb[mac] = left
+        else:
+            self._fdb.pop(mac, None)
+        return mac, resync
+
+    @staticmethod
+    def _fdb_ours(m: NeighMsg) -> bool:
+        return bool(m.state & NUD_PERMANENT and m.flags & NTF_SELF and not m.odd)
+
+    def _fold_route(self, m: RouteMsg) -> tuple[int, int] | None:
+        if m.family != AF_INET or m.table != RT_TABLE_MAIN:
+            return None
+        key = (_ip(m.dst) or 0, m.dst_len)
+        val: _RVal = (
+            m.priority,
+            m.tos,
+            m.oif,
+            _ip(m.gateway),
+            m.protocol,
+            m.scope,
+            m.kind,
+            m.flags,
+        )
+        have = self._routes.get(key, ())
+        others = tuple(v for v in have if v[:2] != val[:2])
+        if m.type == RTM_NEWROUTE:
+            if val in have:
+                return None
+            self._routes[key] = (*others, val)
+        elif len(others) == len(have):
+            return None
+        elif others:
+            self._routes[key] = others
+        else:
+            del self._routes[key]
+        return key
+
+    # --- reading -------------------------------------------------------------------------
+
+    @property
+    def device_up(self) -> bool | None:
+        """Whether the device is up (None: unknown or gone)."""
+        return self._link[1] if self._link is not None else None
+
+    def neighs(self) -> dict[IPv4Address, str]:
+        """Permanent neighbours on the device: IP -> MAC."""
+        return {IPv4Address(ip): _mac(mac) for ip, mac in self._neighs.items()}
+
+    def fdb(self) -> set[Fdb]:
+        """Permanent ``self`` FDB entries on the device (one per remote)."""
+        return {Fdb(_mac(mac), IPv4Address(d)) for mac, dsts in self._fdb.items() for d in dsts}
+
+    @staticmethod
+    def _entry(net: IPv4Network, v: _RVal) -> RouteEntry:
+        prio, _, oif, gw, proto, scope, kind, flags = v
+        gateway = IPv4Address(gw) if gw is not None else None
+        onlink = bool(flags & RTNH_F_ONLINK)
+        return RouteEntry(net, gateway, oif, proto, scope, kind, prio, onlink)
+
+    def _entries(self, on_dev: bool) -> list[RouteEntry]:
+        return [
+            self._entry(IPv4Network(key), v)
+            for key, vals in self._routes.items()
+            for v in vals
+            if (v[2] == self.dev) == on_dev
+        ]
+
+    def dev_routes(self) -> list[RouteEntry]:
+        """Every main-table route on the device (any prefix, with or without a gateway)."""
+        return self._entries(on_dev=True)
+
+    def foreign_routes(self) -> list[RouteEntry]:
+        """Every main-table route not on the device."""
+        return self._entries(on_dev=False)
+
+    def foreign(self, dst: IPv4Network) -> list[RouteEntry]:
+        """Main-table routes to exactly *dst* that are not on the device (a conflict when we
+        want to route *dst*)."""
+        key = (int(dst.network_address), dst.prefixlen)
+        return [self._entry(dst, v) for v in self._routes.get(key, ()) if v[2] != self.dev]
+
+    def state(
+        self,
+        network: IPv4Network | None = None,
+        subnet_len: int | None = None,
+        own: IPv4Network | None = None,
+    ) -> KernelState:
+        """The entries as :class:`KernelState`.  Routes: those with a gateway, not the kernel's;
+        without *network*, those on the device; with it, as ``Netlink.observe`` selects them:
+        /subnet_len subnets of *network* other than *own*, on any device (direct routes go via
+        the underlay)."""
+        state = KernelState(neighs=self.neighs(), fdb=self.fdb())
+        for (addr, plen), vals in self._routes.items():
+            if network is not None and subnet_len is not None and plen != subnet_len:
+                continue
+            # The lowest priority (metric) is the route the kernel uses.
+            for _, _, oif, gw, proto, _, _, flags in sorted(vals, key=lambda v: v[:2]):
+                if gw is None or proto == _RTPROT_KERNEL:
+                    continue
+                if network is None and oif != self.dev:
+                    continue
+                net = IPv4Network((addr, plen))
+                if network is not None and (net == own or not net.subnet_of(network)):
+                    break
+                onlink = bool(flags & RTNH_F_ONLINK)
+                state.routes[net] = Route(net, IPv4Address(gw), oif, onlink)
+                break
+        return state
+
+    def counts(self) -> tuple[int, int, int]:
+        """(neighbours, FDB remotes, main-table routes) held."""
+        return (
+            len(self._neighs),
+            sum(len(v) for v in self._fdb.values()),
+            sum(len(v) for v in self._routes.values()),
+        )

@@ -1,0 +1,283 @@
+"""A raw ``NETLINK_ROUTE`` socket: batched writes with per-request results, and dumps.
+
+The requests come from :mod:`pyflannel.kernel.codec`.  :meth:`Rtnl.write` sends many requests
+per ``send`` (the kernel handles them one by one in our context and queues one ACK each, going
+on after a failure), then reads the ACKs and matches them to the requests by ``seq``.
+:meth:`Rtnl.dump` reads a multi-part reply to NLMSG_DONE and starts over when the kernel flags
+it NLM_F_DUMP_INTR (the table changed during the dump, so the result may be inconsistent).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Self, TypeVar
+
+from pyroute2.netns import setns
+
+from pyflannel.errors import KernelError
+from pyflannel.kernel import codec
+
+SOL_NETLINK = 270
+NETLINK_CAP_ACK = 10  # ACKs carry only the request's header, not the whole request back
+NETLINK_EXT_ACK = 11  # failures carry the kernel's explanation
+NETLINK_GET_STRICT_CHK = 12  # dump requests' header fields filter (device, table)
+SO_RCVBUFFORCE = 33  # root may exceed net.core.rmem_max
+NETNS_RUN_DIR = "/run/netns"
+
+#: Bounds of one send: the kernel's ACKs for a batch must fit the receive buffer (each queued
+#: ACK costs about 1 kB of buffer accounting, whatever its size).
+BATCH_BYTES = 64 * 1024
+BATCH_MESSAGES = 256
+RCVBUF = 8 * 1024 * 1024
+RECV_SIZE = 1024 * 1024
+DUMP_TRIES = 5
+TIMEOUT = 10.0
+
+
+def open_netlink(netns: str | None, groups: int = 0, rcvbuf: int = RCVBUF) -> socket.socket:
+    """A bound NETLINK_ROUTE socket in the current namespace or in the named *netns*.
+
+    A namespace name that does not exist raises FileNotFoundError (never creates one).  The
+    socket is made in a short-lived thread that joined the namespace: ``setns`` is per thread
+    and a socket stays in the namespace it was created in.
+    """
+
+    def make() -> socket.socket:
+        s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+        try:
+            try:
+                s.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, rcvbuf)
+            except PermissionError:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+            s.bind((0, groups))
+        except BaseException:
+            s.close()
+            raise
+        return s
+
+    if netns is None:
+        return make()
+    if "/" in netns or netns in ("", ".", ".."):
+        raise ValueError(f"not a netns name: {netns!r}")
+    fd = os.open(os.path.join(NETNS_RUN_DIR, netns), os.O_RDONLY | os.O_CLOEXEC)
+    result: list[socket.socket | BaseException] = []
+
+    def worker() -> None:
+        try:
+            setns(fd, flags=0)  # pyroute2: setns(2) with CLONE_NEWNET on this thread
+            result.append(make())
+        except BaseException as exc:  # handed to the caller's thread
+            result.append(exc)
+
+    try:
+        t = threading.Thread(target=worker, name="pyflannel-netns-socket")
+        t.start()
+        t.join()
+    finally:
+        os.close(fd)
+    if isinstance(result[0], BaseException):
+        raise result[0]
+    return result[0]
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One request to write, with the label its failure is reported under."""
+
+    label: str
+    data: bytes  # from a codec.encode_*; its seq is replaced when sent
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """A request the kernel refused."""
+
+    label: str
+    errno: int
+    strerror: str
+    message: str = ""  # the kernel's extended-ack text, if any
+
+
+@dataclass(slots=True)
+class BatchResult:
+    """What a :meth:`Rtnl.write` did: counts and the failures, in request order."""
+
+    sent: int = 0
+    ok: int = 0
+    failures: list[Failure] = field(default_factory=list)
+
+
+P = TypeVar("P", bound=codec.Parsed)
+
+
+class NetlinkSocket:
+    """Owns one netlink socket and a receive buffer; closes as a context manager."""
+
+    def __init__(self, netns: str | None, groups: int, rcvbuf: int) -> None:
+        self._sock = open_netlink(netns, groups, rcvbuf)
+        self._buf = bytearray(RECV_SIZE)
+
+    def fileno(self) -> int:
+        """For ``select``/``selectors``."""
+        return self._sock.fileno()
+
+    def close(self) -> None:
+        """Close the socket."""
+        self._sock.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+
+class Rtnl(NetlinkSocket):
+    """A NETLINK_ROUTE socket for requests (no multicast groups)."""
+
+    def __init__(self, netns: str | None = None, rcvbuf: int = RCVBUF) -> None:
+        super().__init__(netns, 0, rcvbuf)
+        for opt in (NETLINK_CAP_ACK, NETLINK_EXT_ACK, NETLINK_GET_STRICT_CHK):
+            self._sock.setsockopt(SOL_NETLINK, opt, 1)
+        self._sock.settimeout(TIMEOUT)
+        self._seq = int.from_bytes(os.urandom(4), "big")
+
+    def _next_seq(self) -> int:
+        self._seq = (self._seq + 1) & 0xFFFFFFFF or 1
+        return self._seq
+
+    def _recv(self) -> list[codec.Message]:
+        n = self._sock.recv_into(self._buf, 0, socket.MSG_TRUNC)
+        if n > len(self._buf):
+            raise codec.CodecError(f"netlink message of {n} bytes truncated")
+        return codec.split(bytes(memoryview(self._buf)[:n]))
+
+    def write(self, requests: Iterable[Request]) -> BatchResult:
+        """Send every request (bounded batches per ``send``); return counts and failures.
+
+        One failure never stops the others.  If ACKs are lost (receive buffer overflow), the
+        requests without one are reported with ENOBUFS: their outcome is unknown, re-read.
+        """
+        result = BatchResult()
+        batch: list[bytes] = []
+        labels: dict[int, str] = {}
+        size = 0
+        for req in requests:
+            seq = self._next_seq()
+            batch.append(codec.with_seq(req.data, seq))
+            labels[seq] = req.label
+            size += len(req.data)
+            if size >= BATCH_BYTES or len(batch) >= BATCH_MESSAGES:
+                self._send_batch(batch, labels, result)
+                batch, labels, size = [], {}, 0
+        if batch:
+            self._send_batch(batch, labels, result)
+        return result
+
+    def _send_batch(self, batch: list[bytes], labels: dict[int, str], out: BatchResult) -> None:
+        self._sock.send(b"".join(batch))
+        out.sent += len(batch)
+        pending = dict(labels)
+        try:
+            while pending:
+                for m in self._recv():
+                    if m.type != codec.NLMSG_ERROR:
+                        continue
+                    ack = codec.parse_error(m)
+                    label = pending.pop(ack.seq, None)
+                    if label is None:
+                        continue  # a late ACK of an earlier, abandoned batch
+                    if ack.errno == 0:
+                        out.ok += 1
+                    else:
+                        out.failures.append(
+                            Failure(label, ack.errno, os.strerror(ack.errno), ack.message)
+                        )
+        except OSError as exc:
+            if exc.errno != errno.ENOBUFS:
+                raise
+            out.failures.extend(
+                Failure(label, errno.ENOBUFS, "ACK lost (receive buffer overflow)")
+                for label in pending.values()
+            )
+
+    def dump(self, request: bytes, kind: type[P], op: str = "dump") -> list[P]:
+        """Send the dump *request* and return its messages of type *kind*, retrying while the
+        kernel marks the dump interrupted.  A refused request raises KernelError."""
+        for _ in range(DUMP_TRIES):
+            seq = self._next_seq()
+            self._sock.send(codec.with_seq(request, seq))
+            out: list[P] = []
+            interrupted = False
+            done = False
+            while not done:
+                for m in self._recv():
+                    if m.seq != seq:
+                        continue
+                    interrupted |= bool(m.flags & codec.NLM_F_DUMP_INTR)
+                    if m.type == codec.NLMSG_DONE:
+                        if err := codec.done_errno(m):
+                            raise KernelError(op, "", err, os.strerror(err))
+                        done = True
+                        break
+                    parsed = codec.parse(m)
+                    if isinstance(parsed, codec.Ack):
+                        if parsed.errno:
+                            raise KernelError(op, "", parsed.errno, os.strerror(parsed.errno))
+                        done = True
+                        break
+                    if isinstance(parsed, kind):
+                        out.append(parsed)
+            if not interrupted:
+                return out
+        raise KernelError(op, "", errno.EINTR, "dump interrupted on every try")
+
+    # --- the dumps pyflannel uses ------------------------------------------------------------
+
+    def neighs(self, ifindex: int = 0) -> list[codec.NeighMsg]:
+        """IPv4 neighbours (of device *ifindex* only, when given)."""
+        found = self.dump(codec.encode_neigh_dump(ifindex), codec.NeighMsg, "neigh.dump")
+        return [m for m in found if not ifindex or m.ifindex == ifindex]
+
+    def fdb(self, ifindex: int = 0) -> list[codec.NeighMsg]:
+        """FDB entries (of device *ifindex* only, when given)."""
+        found = self.dump(codec.encode_fdb_dump(ifindex), codec.NeighMsg, "fdb.dump")
+        return [m for m in found if not ifindex or m.ifindex == ifindex]
+
+    def routes(self, table: int = codec.RT_TABLE_MAIN) -> list[codec.RouteMsg]:
+        """IPv4 routes of *table* (0: every table)."""
+        found = self.dump(codec.encode_route_dump(table), codec.RouteMsg, "route.dump")
+        return [m for m in found if not table or m.table == table]
+
+    def links(self) -> list[codec.LinkMsg]:
+        """Every link."""
+        return self.dump(codec.encode_link_dump(), codec.LinkMsg, "link.dump")
+
+    def addresses(self, index: int = 0) -> list[codec.AddrMsg]:
+        """IPv4 addresses (of link *index* only, when given)."""
+        found = self.dump(codec.encode_addr_dump(0, index), codec.AddrMsg, "addr.dump")
+        return [m for m in found if not index or m.index == index]
+
+    def link(self, index: int) -> codec.LinkMsg | None:
+        """The link with *index*, or None when there is none."""
+        seq = self._next_seq()
+        self._sock.send(codec.encode_link_get(index, seq))
+        while True:
+            for m in self._recv():
+                if m.seq != seq:
+                    continue
+                parsed = codec.parse(m)
+                if isinstance(parsed, codec.LinkMsg):
+                    return parsed
+                if isinstance(parsed, codec.Ack):
+                    if parsed.errno in (errno.ENODEV, errno.ENOENT):
+                        return None
+                    if parsed.errno:
+                        raise KernelError(
+                            "link.get", str(index), parsed.errno, os.strerror(parsed.errno)
+                        )

@@ -1,0 +1,218 @@
+"""The kernel mirror's fold, on hand-made messages and on notifications captured from the
+kernel (fixtures/netlink.json); pure, no root."""
+
+from __future__ import annotations
+
+import json
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
+
+from pyflannel.kernel import codec
+from pyflannel.kernel.mirror import Mirror, Touched
+from pyflannel.kernel.records import Fdb, Route
+
+DEV = 4
+ETH0 = 3
+FIXTURES = json.loads((Path(__file__).parent / "fixtures" / "netlink.json").read_text())
+A = IPv4Address
+N = IPv4Network
+
+
+def mac(i: int) -> bytes:
+    """The MAC aa:bb:cc:00:00:<i>."""
+    return bytes([0xAA, 0xBB, 0xCC, 0, 0, i])
+
+
+def neigh(
+    kind: int, ip: str, i: int | None, state: int = codec.NUD_PERMANENT, dev: int = DEV
+) -> codec.NeighMsg:
+    """An IPv4 neighbour message."""
+    lladdr = mac(i) if i is not None else None
+    return codec.NeighMsg(kind, codec.AF_INET, dev, state, 0, A(ip).packed, lladdr)
+
+
+def fdb(kind: int, i: int, dst: str | None, odd: bool = False, state: int = 0xC0) -> codec.NeighMsg:
+    """An FDB (AF_BRIDGE) message for MAC *i*."""
+    raw = A(dst).packed if dst else None
+    return codec.NeighMsg(kind, codec.AF_BRIDGE, DEV, state, codec.NTF_SELF, raw, mac(i), odd)
+
+
+def route(
+    kind: int, net: str, gw: str | None, oif: int | None = DEV, prio: int = 0, proto: int = 3
+) -> codec.RouteMsg:
+    """A main-table IPv4 route message."""
+    n = N(net)
+    return codec.RouteMsg(
+        kind,
+        codec.AF_INET,
+        n.network_address.packed,
+        n.prefixlen,
+        0,
+        254,
+        proto,
+        0,
+        1,
+        codec.RTNH_F_ONLINK if oif == DEV else 0,
+        A(gw).packed if gw else None,
+        oif,
+        prio,
+    )
+
+
+def link(
+    kind: int = codec.RTM_NEWLINK, index: int = DEV, up: bool = True, mtu: int = 1450
+) -> codec.LinkMsg:
+    """flannel.1 as a link message."""
+    return codec.LinkMsg(kind, index, "flannel.1", int(up), mtu, "aa:bb:cc:00:00:01", 0)
+
+
+NEW_N, DEL_N = codec.RTM_NEWNEIGH, codec.RTM_DELNEIGH
+NEW_R, DEL_R = codec.RTM_NEWROUTE, codec.RTM_DELROUTE
+
+
+def loaded() -> Mirror:
+    """A mirror loaded with one peer (10.5.2.0) and a foreign route to 10.6.0.0/24."""
+    m = Mirror(DEV)
+    m.load(
+        link(),
+        [neigh(NEW_N, "10.5.2.0", 2), neigh(NEW_N, "10.9.9.9", 9, dev=ETH0)],
+        [fdb(NEW_N, 2, "192.0.2.20"), fdb(NEW_N, 3, None)],  # no dst: a multicast-style entry
+        [route(NEW_R, "10.5.2.0/24", "10.5.2.0"), route(NEW_R, "10.6.0.0/24", "192.0.2.1", ETH0)],
+    )
+    return m
+
+
+def test_load_keeps_only_our_device_entries() -> None:
+    """Neighbours and FDB entries of other devices, or without a dst, stay out."""
+    m = loaded()
+    assert m.neighs() == {A("10.5.2.0"): "aa:bb:cc:00:00:02"}
+    assert m.fdb() == {Fdb("aa:bb:cc:00:00:02", A("192.0.2.20"))}
+    assert m.state().routes == {N("10.5.2.0/24"): Route(N("10.5.2.0/24"), A("10.5.2.0"), DEV, True)}
+    assert m.counts() == (1, 1, 2)
+
+
+def test_neighbour_add_replace_delete() -> None:
+    """Each change is reported once; an identical replace touches nothing."""
+    m = loaded()
+    assert m.apply(neigh(NEW_N, "10.5.3.0", 3)).neighs == (A("10.5.3.0"),)
+    assert m.apply(neigh(NEW_N, "10.5.3.0", 3)).empty
+    assert m.apply(neigh(NEW_N, "10.5.3.0", 4)).neighs == (A("10.5.3.0"),)
+    assert m.neighs()[A("10.5.3.0")] == "aa:bb:cc:00:00:04"
+    assert m.apply(neigh(DEL_N, "10.5.3.0", None)).neighs == (A("10.5.3.0"),)
+    assert m.apply(neigh(DEL_N, "10.5.3.0", None)).empty
+    assert A("10.5.3.0") not in m.neighs()
+
+
+def test_neighbour_turning_non_permanent_leaves_the_mirror() -> None:
+    """``ip neigh del`` first reports NUD_FAILED: no longer ours."""
+    m = loaded()
+    assert m.apply(neigh(NEW_N, "10.5.2.0", None, state=0x20)).neighs == (A("10.5.2.0"),)
+    assert m.neighs() == {}
+
+
+def test_fdb_add_replace_delete() -> None:
+    """A new dst for a single-remote MAC is a replace; a delete names its remote."""
+    m = loaded()
+    assert m.apply(fdb(NEW_N, 2, "192.0.2.20")).empty
+    t = m.apply(fdb(NEW_N, 2, "192.0.2.21"))
+    assert (t.fdb, t.resync) == (("aa:bb:cc:00:00:02",), False)
+    assert m.fdb() == {Fdb("aa:bb:cc:00:00:02", A("192.0.2.21"))}
+    assert m.apply(fdb(DEL_N, 2, "192.0.2.20")).empty  # not that remote
+    assert m.apply(fdb(DEL_N, 2, "192.0.2.21")).fdb == ("aa:bb:cc:00:00:02",)
+    assert m.fdb() == set()
+
+
+def test_fdb_odd_or_non_permanent_entries_are_not_ours() -> None:
+    """An entry with its own port/VNI, or not permanent, is left for the planner to rewrite."""
+    m = loaded()
+    assert m.apply(fdb(NEW_N, 5, "192.0.2.50", odd=True)).empty
+    assert m.apply(fdb(NEW_N, 2, "192.0.2.20", state=0x02)).fdb == ("aa:bb:cc:00:00:02",)
+    assert m.fdb() == set()
+
+
+def test_fdb_new_dst_with_several_remotes_asks_for_a_resync() -> None:
+    """Append or replace of one of several remotes cannot be told apart."""
+    m = Mirror(DEV)
+    m.load(None, [], [fdb(NEW_N, 2, "192.0.2.20"), fdb(NEW_N, 2, "192.0.2.21")], [])
+    assert len(m.fdb()) == 2
+    assert m.apply(fdb(NEW_N, 2, "192.0.2.22")).resync
+
+
+def test_routes_on_and_off_the_device() -> None:
+    """Routes on other devices are foreign; a same-dst route there does not replace ours."""
+    m = loaded()
+    net = N("10.5.2.0/24")
+    assert m.apply(route(NEW_R, "10.5.2.0/24", "192.0.2.1", ETH0, prio=100)).routes == (net,)
+    assert [r.oif for r in m.foreign(net)] == [ETH0]
+    assert [r.dst for r in m.dev_routes()] == [net]
+    assert m.state().routes[net].oif == DEV  # the device's route, lowest metric
+    # replace of ours (same dst, tos, metric) changes the gateway in place
+    m.apply(route(NEW_R, "10.5.2.0/24", "10.5.2.1"))
+    assert m.state().routes[net].gateway == A("10.5.2.1")
+    assert m.apply(route(DEL_R, "10.5.2.0/24", "10.5.2.1")).routes == (net,)
+    assert m.dev_routes() == []
+    assert len(m.foreign(net)) == 1
+    assert m.apply(route(DEL_R, "10.5.2.0/24", None, None)).empty  # none left at metric 0
+
+
+def test_gatewayless_and_other_prefix_routes_on_the_device() -> None:
+    """Every route on the device is kept, whatever its prefix, gateway or not."""
+    m = loaded()
+    m.apply(route(NEW_R, "10.5.0.0/16", None))
+    m.apply(route(NEW_R, "10.5.4.4/32", "10.5.4.4"))
+    assert {r.dst for r in m.dev_routes()} == {N("10.5.2.0/24"), N("10.5.0.0/16"), N("10.5.4.4/32")}
+    assert N("10.5.0.0/16") not in m.state().routes  # no gateway: not a peer route
+
+
+def test_state_selects_like_observe() -> None:
+    """With a network: /len subnets of it other than our own, on any device, not proto
+    kernel."""
+    m = loaded()
+    m.apply(route(NEW_R, "10.5.3.0/24", "192.0.2.30", ETH0))  # DirectRouting: via the underlay
+    m.apply(route(NEW_R, "10.5.1.0/24", "10.5.1.0"))  # our own subnet
+    m.apply(route(NEW_R, "10.5.9.0/24", "192.0.2.9", ETH0, proto=2))  # the kernel's
+    s = m.state(N("10.5.0.0/16"), 24, N("10.5.1.0/24"))
+    assert set(s.routes) == {N("10.5.2.0/24"), N("10.5.3.0/24")}
+
+
+def test_other_tables_and_families_are_ignored() -> None:
+    """Only the main table's IPv4 routes are mirrored."""
+    m = loaded()
+    r = route(NEW_R, "10.5.7.0/24", "10.5.7.0")
+    r.table = 255
+    assert m.apply(r).empty
+    r = route(NEW_R, "10.5.7.0/24", "10.5.7.0")
+    r.family = codec.AF_INET6
+    assert m.apply(r).empty
+
+
+def test_device_changes() -> None:
+    """Down, MTU, deleted, re-created under another index: each sets ``device``; a repeat of
+    the same state does not."""
+    m = loaded()
+    assert m.apply(link()).empty
+    assert m.apply(link(up=False)).device
+    assert m.device_up is False
+    assert m.apply(link(up=False)).empty
+    assert m.apply(link(up=False, mtu=1400)).device
+    assert m.apply(link(index=99)).device  # same name, new index
+    assert m.apply(link(codec.RTM_DELLINK)).device
+    assert m.device_up is None
+    other = codec.LinkMsg(codec.RTM_NEWLINK, ETH0, "eth0", 1, 1500, "", 0)
+    assert m.apply(other) == Touched()
+
+
+def test_captured_notifications_fold() -> None:
+    """The kernel's own messages for writes and deletes by hand, then ``link set down``."""
+    m = Mirror(FIXTURES["flannel_index"])
+    m.load(None, [], [], [])
+    touched = [
+        m.apply(x) for b in FIXTURES["notifications"] for x in codec.decode(bytes.fromhex(b))
+    ]
+    assert any(t.neighs == (A("10.5.9.0"),) for t in touched)
+    assert any(t.fdb == ("aa:bb:cc:00:00:09",) for t in touched)
+    assert any(t.routes == (N("10.5.9.0/24"),) for t in touched)
+    assert any(t.device for t in touched)
+    assert m.neighs() == {}  # 10.5.9.0 deleted by hand, 10.5.8.0 flushed by the link going down
+    assert m.fdb() == {Fdb("aa:bb:cc:00:00:08", A("192.0.2.28"))}
+    assert [r.dst for r in m.foreign(N("10.6.0.0/24"))] == [N("10.6.0.0/24")]
