@@ -16,6 +16,9 @@ Nothing is torn down on exit: device, entries and lease stay, so a restart is hi
 
 from __future__ import annotations
 
+import contextlib
+import os
+import select
 import signal
 import threading
 import time
@@ -29,7 +32,7 @@ from typing import TypeVar
 import structlog
 
 from pyflannel import systemd
-from pyflannel.backend.vxlan import PeerScope, desired_state
+from pyflannel.backend.vxlan import PeerScope, holder_reason
 from pyflannel.config import VXLAN_OVERHEAD, NetworkConfig, parse_network_config
 from pyflannel.errors import (
     Compacted,
@@ -45,10 +48,11 @@ from pyflannel.errors import (
 )
 from pyflannel.iface import ExternalInterface, choose_external, underlay_overlaps
 from pyflannel.kernel.netlink import Netlink
-from pyflannel.kernel.plan import apply, plan
-from pyflannel.kernel.records import Link, Route, VxlanSpec
+from pyflannel.kernel.plan import Keys, Ownership
+from pyflannel.kernel.records import Link, VxlanSpec
 from pyflannel.lease import Change, EventKind, Lease, LeaseAttrs, LeaseTracker, WatchBatch
 from pyflannel.options import DaemonOptions
+from pyflannel.peersync import PeerSync
 from pyflannel.registry import Registry, join_key, open_registry
 from pyflannel.retry import Backoff, OnceFilter
 from pyflannel.subnet import LeaseManager
@@ -100,14 +104,34 @@ class _Recent:
         return True
 
 
-def _describe_route(r: Route, nl: Netlink) -> str:
-    """``10.0.1.0/24 via 10.0.1.1 dev eth0``, as ``ip route`` would say it."""
-    parts = [str(r.dst)]
-    if r.gateway is not None:
-        parts.append(f"via {r.gateway}")
-    if r.oif is not None:
-        parts.append(f"dev {nl.link_name(r.oif) or f'#{r.oif}'}")
-    return " ".join(parts)
+class Waker:
+    """Wakes the main loop from another thread: a pipe ``select`` can wait on together with
+    the kernel's notification socket."""
+
+    def __init__(self) -> None:
+        self._r, self._w = os.pipe()
+        os.set_blocking(self._r, False)
+        os.set_blocking(self._w, False)
+
+    def fileno(self) -> int:
+        """The end to wait on."""
+        return self._r
+
+    def set(self) -> None:
+        """Wake the waiter (a full pipe already will)."""
+        with contextlib.suppress(BlockingIOError):
+            os.write(self._w, b"!")
+
+    def clear(self) -> None:
+        """Forget earlier wake-ups."""
+        with contextlib.suppress(BlockingIOError):
+            while os.read(self._r, 4096):
+                pass
+
+    def close(self) -> None:
+        """Close both ends."""
+        os.close(self._r)
+        os.close(self._w)
 
 
 class Daemon:
@@ -118,17 +142,15 @@ class Daemon:
         self.registry = registry
         self.nl = nl
         self.stop = threading.Event()
-        self._kick = threading.Event()
+        self._wake = Waker()
+        self._dirty: set[IPv4Network] = set()  # subnets whose lease changed, for the main loop
         self._lock = threading.Lock()
         self._tracker = LeaseTracker()
         self._synced = False
         self._own = _Own()
         self._fatal: str | None = None
         self._signalled = 0
-        # What was last warned about, per subnet: one line per distinct problem, not per
-        # reconcile.  Bounded by the keys under subnets/ (entries go when the key goes).
-        self._warned_skips: dict[IPv4Network, str] = {}
-        self._warned_conflicts: dict[IPv4Network, Route] = {}
+        # Records skipped, by key and reason: logged once each (bounded: see _Recent).
         self._warned_records = _Recent(4096)
         # Set during start-up:
         self.cfg: NetworkConfig
@@ -138,6 +160,7 @@ class Daemon:
         self.attrs: LeaseAttrs
         self.lease: Lease
         self.manager: LeaseManager
+        self.peers: PeerSync
 
     # --- signals ------------------------------------------------------------------------------
 
@@ -343,11 +366,20 @@ class Daemon:
 
     def _ingest(self, batch: WatchBatch) -> None:
         with self._lock:
+            first = not self._synced
             changes = self._tracker.apply(batch)
+            self._dirty.update(ch.subnet for ch in changes if ch.subnet is not None)
             self._synced = True
-        for ch in changes:
-            self._log_change(ch)
-        self._kick.set()
+        if first:
+            # The first listing is one state change, not one per peer (10,000 lines at start).
+            for ch in changes:
+                if ch.kind is EventKind.INVALID or ch.subnet == self.lease.subnet:
+                    self._log_change(ch)
+            log.info("peers_listed", leases=len(self._tracker.leases))
+        else:
+            for ch in changes:
+                self._log_change(ch)
+        self._wake.set()
 
     def _log_change(self, ch: Change) -> None:
         if ch.kind is EventKind.INVALID:
@@ -368,8 +400,6 @@ class Daemon:
         if ch.kind is EventKind.REMOVED:
             assert ch.old is not None
             log.info("peer_removed", subnet=str(ch.subnet), public_ip=str(ch.old.attrs.public_ip))
-            self._warned_skips.pop(ch.old.subnet, None)
-            self._warned_conflicts.pop(ch.old.subnet, None)
             return
         assert ch.new is not None
         a = ch.new.attrs
@@ -392,6 +422,8 @@ class Daemon:
     def _own_change(self, ch: Change) -> None:
         if ch.kind is EventKind.REMOVED:
             self._own.gone = True
+        elif ch.new is not None and holder_reason(ch.new.attrs) is not None:
+            self._own.stale = True  # garbage in lease form (PublicIP 0.0.0.0...): rewrite it
         elif ch.new is not None and ch.new.attrs.public_ip != self.attrs.public_ip:
             # Another host wrote our key.  (Our own older writes may still echo back with a
             # previous VTEP MAC after the device was re-created: those are not a takeover.)
@@ -409,17 +441,21 @@ class Daemon:
     def _fail(self, message: str) -> None:
         self._fatal = message
         self.stop.set()
-        self._kick.set()
+        self._wake.set()
 
     # --- the main loop ------------------------------------------------------------------------
 
     def _check_device(self) -> str | None:
         """Keep flannel.<VNI> as configured: re-create it if it is gone, bring it up, restore its
         MTU and VTEP address.  Returns what was repaired, or None."""
-        current = self.nl.device(self.dev.index)
+        current = self.peers.kernel.device()
         if current is None or current.name != self.dev.name:
             log.warning("device_missing", device=self.dev.name, action="re-creating")
             self._restore_device()
+            self.peers.kernel.retarget(self.dev.index, self.peers.ownership(self.dev.index))
+            with self._lock:
+                leases = list(self._tracker.leases.values())
+            self.peers.set_all(leases)
             return "device re-created"
         vtep = IPv4Interface(f"{self.lease.subnet.network_address}/32")
         damage = []
@@ -438,10 +474,9 @@ class Daemon:
         if not damage:
             return None
         # ensure_address also sets the link up; a link that was down lost its routes with no
-        # notification, so the reconcile that follows re-reads everything.
+        # notification, so the sync that follows re-reads everything.
         self._ensure_address()
-        what = ", ".join(damage)
-        log.warning("device_repaired", device=self.dev.name, damage=what)
+        log.warning("device_repaired", device=self.dev.name, damage=", ".join(damage))
         return "device repaired"
 
     def _scope(self) -> PeerScope:
@@ -452,60 +487,44 @@ class Daemon:
             own_public_ip=self.ext.public_ip,
         )
 
-    def reconcile(self, reason: str) -> None:
-        """Make the kernel match the leases: desired from leases, actual from the kernel."""
-        started = time.monotonic()
-        reason = self._check_device() or reason
-        with self._lock:
-            peers = [lease for s, lease in self._tracker.leases.items() if s != self.lease.subnet]
+    def _open_peers(self) -> None:
         backend = self.cfg.backend
-        desired = desired_state(
-            peers,
-            self.dev.index,
+        direct = (self.cfg.network, self.cfg.subnet_len) if backend.direct_routing else None
+        kernel = self.nl.peer_sync(self.dev.index, Ownership(self.dev.index, direct))
+        self.peers = PeerSync(
+            kernel,
             self._scope(),
             direct_routing=backend.direct_routing,
-            is_onlink=self.nl.route_is_onlink,
+            is_onlink=kernel.route_is_onlink,
         )
-        for subnet, why in desired.skipped.items():
-            if self._warned_skips.get(subnet) != why:
-                self._warned_skips[subnet] = why
-                log.warning("peer_skipped", subnet=str(subnet), reason=why)
-        actual = self.nl.observe(
-            self.dev.index,
-            self.cfg.network,
-            self.cfg.subnet_len if backend.direct_routing else None,
-        )
-        p = plan(desired.state, actual)
-        for want, have in p.conflicts:
-            if self._warned_conflicts.get(want.dst) != have:
-                self._warned_conflicts[want.dst] = have
-                log.warning(
-                    "route_conflict",
-                    subnet=str(want.dst),
-                    existing=_describe_route(have, self.nl),
-                    action="left alone; the peer is not routed through the overlay",
-                )
-        if p.empty:
-            log.debug("reconciled", reason=reason, changes=0, peers=len(peers))
-            return
-        report = apply(p, self.nl, self.dev.index)
-        log.info(
-            "reconciled",
-            reason=reason,
-            peers=len(peers),
-            neigh_set=len(p.set_neighs),
-            fdb_set=len(p.set_fdb),
-            route_set=len(p.set_routes),
-            route_del=len(p.del_routes),
-            neigh_del=len(p.del_neighs),
-            fdb_del=len(p.del_fdb),
-            failed=report.failed,
-            duration_ms=round((time.monotonic() - started) * 1000, 1),
-        )
-        for err in report.errors:
-            log.warning(
-                "kernel_op_failed", op=err.op, target=err.target, errno=err.errno, error=str(err)
-            )
+
+    def full_sync(self, reason: str) -> None:
+        """Check the device, re-read everything the kernel holds and fix every difference."""
+        reason = self._check_device() or reason
+        if self.cfg.backend.direct_routing or reason == "start":
+            # Which peers are on-link can change with the underlay's routes: ask again.
+            with self._lock:
+                leases = list(self._tracker.leases.values())
+            self.peers.set_all(leases)
+        self.peers.sync(None, reason)
+
+    def step(self) -> None:
+        """Apply what changed since the last step: lease events and kernel notifications."""
+        with self._lock:
+            dirty, self._dirty = self._dirty, set()
+            leases = {s: self._tracker.leases.get(s) for s in dirty}
+        keys = Keys()
+        for subnet, lease in leases.items():
+            keys.add(self.peers.update(subnet, lease))
+        note = self.peers.poll()
+        if note.device:
+            self.full_sync("device changed")
+        elif note.resync:
+            self.full_sync("kernel notifications lost")
+        else:
+            keys.add(note.keys)
+            if keys:
+                self.peers.sync(keys, "event")
 
     def _renew_due(self) -> float | None:
         if self.lease.expiration is None:
@@ -551,6 +570,7 @@ class Daemon:
 
     def serve(self) -> int:
         """Run the steady state until a signal (exit 0) or a fatal problem (exit 1)."""
+        self._open_peers()
         watcher = threading.Thread(target=self._watch, name="watch", daemon=True)
         watcher.start()
         ready = False
@@ -558,29 +578,41 @@ class Daemon:
         next_resync = time.monotonic()
         while not self.stopping():
             renew_at = self._keep_lease(backoff)
-            kicked = self._kick.is_set()
-            self._kick.clear()
-            now = time.monotonic()
-            if self._synced and (kicked or now >= next_resync):
+            self._wake.clear()
+            if self._synced:
                 try:
-                    self.reconcile("event" if kicked else "resync")
+                    if not ready or time.monotonic() >= next_resync:
+                        self.full_sync("start" if not ready else "resync")
+                        next_resync = time.monotonic() + self.opts.resync_interval
+                    else:
+                        self.step()
                 except (KernelError, RegistryUnavailable) as exc:
                     log.error("reconcile_failed", error=str(exc))
-                next_resync = time.monotonic() + self.opts.resync_interval
                 if not ready:
                     ready = True
                     systemd.notify(f"READY=1\nSTATUS=serving {self.lease.subnet}")
-                    log.info("ready", subnet=str(self.lease.subnet))
+                    log.info("ready", subnet=str(self.lease.subnet), peers=self.peers.peers)
             timeout = next_resync - time.monotonic()
             if renew_at is not None:
                 timeout = min(timeout, renew_at - time.time())
-            self._kick.wait(min(max(timeout, 0.0), POLL))
+            self._wait(min(max(timeout, 0.0), POLL))
         if self._fatal:
             log.error("fatal", error=self._fatal)
             return EXIT_FAILURE
         systemd.notify("STOPPING=1")
         log.info("exiting", reason="signal", kept="lease and kernel state (restart is hitless)")
         return EXIT_OK
+
+    def _wait(self, timeout: float) -> None:
+        """Sleep until a lease event, a kernel notification or *timeout*."""
+        with contextlib.suppress(InterruptedError):
+            select.select([self._wake.fileno(), self.peers.kernel.fileno()], [], [], timeout)
+
+    def close(self) -> None:
+        """Close what the daemon opened itself (the registry and netlink are the caller's)."""
+        if hasattr(self, "peers"):
+            self.peers.kernel.close()
+        self._wake.close()
 
 
 def run(opts: DaemonOptions) -> int:
@@ -607,5 +639,6 @@ def run(opts: DaemonOptions) -> int:
         log.error("fatal", error=str(exc), kind=type(exc).__name__)
         return EXIT_FAILURE
     finally:
+        daemon.close()
         registry.close()
         nl.close()

@@ -16,6 +16,7 @@ from ipaddress import IPv4Address, IPv4Network
 
 import structlog
 
+from pyflannel.backend.vxlan import holder_reason
 from pyflannel.config import NetworkConfig
 from pyflannel.errors import AlreadyExists, LeaseLost, OutOfSubnets, PyflannelError
 from pyflannel.ipnet import subnets_between
@@ -68,13 +69,14 @@ def plan_allocation(
                 return Allocation(Reuse(lease), tuple(stale))
             stale.append(lease)
     # Keys that exist but do not decode still hold their subnet: a create there would fail.
-    taken = [lease.subnet for lease in snap.leases if lease not in stale]
-    taken += [ev.subnet for ev in snap.invalid if ev.subnet is not None]
-    taken_set = set(taken)
-    odd = [t for t in taken if t.prefixlen != cfg.subnet_len]
+    # A record of another prefix length is not a lease of this network (every pyflannel skips
+    # it as a peer); flanneld lets it block every subnet it overlaps, so that one hostile
+    # "<Network>-16" key stops every new host from starting.  Here it blocks nothing.
+    taken = {lease.subnet for lease in snap.leases if lease not in stale}
+    taken |= {ev.subnet for ev in snap.invalid if ev.subnet is not None}
 
     def free(s: IPv4Network) -> bool:
-        return s not in taken_set and not any(s.overlaps(t) for t in odd)
+        return s not in taken
 
     if hint is not None and cfg.contains_subnet(hint) and free(hint):
         return Allocation(Create(hint, "previous subnet"), tuple(stale))
@@ -158,7 +160,12 @@ class LeaseManager:
             return self._registry.create_subnet(lease.subnet, attrs, self._ttl)
         except AlreadyExists:
             holder = self._registry.get_subnet(lease.subnet)
-            if holder is not None and holder.attrs.public_ip == self._public_ip:
-                return self.renew(holder, attrs)
-            who = holder.attrs.public_ip if holder is not None else "an unreadable record"
+            # Garbage on the key (unreadable, or no real host's lease) is no claim: overwrite.
+            if (
+                holder is None
+                or holder.attrs.public_ip == self._public_ip
+                or holder_reason(holder.attrs) is not None
+            ):
+                return self.renew(holder or lease, attrs)
+            who = holder.attrs.public_ip
             raise LeaseLost(f"subnet {lease.subnet} is now leased by {who}") from None

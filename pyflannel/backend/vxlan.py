@@ -28,8 +28,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 
-from pyflannel.kernel.records import Fdb, KernelState, Route
-from pyflannel.lease import Lease
+from pyflannel.kernel.records import Fdb, KernelState, Neigh, PeerEntries, Route
+from pyflannel.lease import Lease, LeaseAttrs
 
 
 @dataclass(frozen=True)
@@ -51,12 +51,19 @@ def _mac_reason(mac: str) -> str | None:
     return None
 
 
-def _ip_reason(ip: IPv4Address, own: IPv4Address | None) -> str | None:
+def _ip_reason(ip: IPv4Address) -> str | None:
     if ip.is_unspecified or ip.is_loopback or ip.is_multicast or ip.is_reserved:
         return f"PublicIP {ip} is not a unicast address"
-    if ip == own:
-        return f"PublicIP {ip} is our own"
     return None
+
+
+def holder_reason(attrs: LeaseAttrs) -> str | None:
+    """Why *attrs* cannot be a real host's lease (not a unicast PublicIP, a bad VTEP MAC), or
+    None.  Garbage written over our key is repaired; only a plausible lease is a takeover."""
+    reason = _ip_reason(attrs.public_ip)
+    if reason is None and attrs.vtep_mac is not None:
+        reason = _mac_reason(attrs.vtep_mac)
+    return reason
 
 
 def unsafe_reason(lease: Lease, scope: PeerScope) -> str | None:
@@ -69,10 +76,9 @@ def unsafe_reason(lease: Lease, scope: PeerScope) -> str | None:
     attrs = lease.attrs
     if attrs.backend_type.lower() != "vxlan":
         return f"backend type {attrs.backend_type or '(none)'!r} is not vxlan"
-    reason = _ip_reason(attrs.public_ip, scope.own_public_ip)
-    if reason is None and attrs.vtep_mac is not None:
-        reason = _mac_reason(attrs.vtep_mac)
-    return reason
+    if attrs.public_ip == scope.own_public_ip:
+        return f"PublicIP {attrs.public_ip} is our own"
+    return holder_reason(attrs)
 
 
 @dataclass
@@ -81,6 +87,31 @@ class DesiredState:
 
     state: KernelState = field(default_factory=KernelState)
     skipped: dict[IPv4Network, str] = field(default_factory=dict)
+
+
+def peer_entries(
+    lease: Lease,
+    dev: int,
+    scope: PeerScope,
+    *,
+    direct_routing: bool = False,
+    is_onlink: Callable[[IPv4Address], bool] = lambda _ip: False,
+) -> PeerEntries | str:
+    """The entries for one peer lease, or the reason it is skipped."""
+    why = unsafe_reason(lease, scope)
+    if why is not None:
+        return why
+    attrs = lease.attrs
+    if direct_routing and is_onlink(attrs.public_ip):
+        return PeerEntries(Route(lease.subnet, attrs.public_ip, None, False))
+    if attrs.vtep_mac is None:
+        return "lease has no VtepMAC"
+    vtep_ip = lease.subnet.network_address
+    return PeerEntries(
+        Route(lease.subnet, vtep_ip, dev, True),
+        Neigh(vtep_ip, attrs.vtep_mac),
+        Fdb(attrs.vtep_mac, attrs.public_ip),
+    )
 
 
 def desired_state(
@@ -96,19 +127,15 @@ def desired_state(
     for lease in peers:
         if lease.subnet == scope.own_subnet:
             continue
-        attrs = lease.attrs
-        why = unsafe_reason(lease, scope)
-        if why is not None:
-            out.skipped[lease.subnet] = why
+        entries = peer_entries(
+            lease, dev, scope, direct_routing=direct_routing, is_onlink=is_onlink
+        )
+        if isinstance(entries, str):
+            out.skipped[lease.subnet] = entries
             continue
-        if direct_routing and is_onlink(attrs.public_ip):
-            out.state.routes[lease.subnet] = Route(lease.subnet, attrs.public_ip, None, False)
-            continue
-        if attrs.vtep_mac is None:
-            out.skipped[lease.subnet] = "lease has no VtepMAC"
-            continue
-        vtep_ip = lease.subnet.network_address
-        out.state.neighs[vtep_ip] = attrs.vtep_mac
-        out.state.fdb.add(Fdb(attrs.vtep_mac, attrs.public_ip))
-        out.state.routes[lease.subnet] = Route(lease.subnet, vtep_ip, dev, True)
+        out.state.routes[lease.subnet] = entries.route
+        if entries.neigh is not None:
+            out.state.neighs[entries.neigh.ip] = entries.neigh.mac
+        if entries.fdb is not None:
+            out.state.fdb.add(entries.fdb)
     return out

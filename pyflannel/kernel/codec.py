@@ -148,7 +148,9 @@ def encode_fdb_delete(ifindex: int, mac: str, dst: IPv4Address, seq: int = 0) ->
 
 
 def _route_attrs(r: Route, table: int) -> bytes:
-    attrs = _attr(RTA_DST, r.dst.network_address.packed) + _attr(RTA_GATEWAY, r.gateway.packed)
+    attrs = _attr(RTA_DST, r.dst.network_address.packed)
+    if r.gateway is not None:  # a route seen on our device may have none (deleting it)
+        attrs += _attr(RTA_GATEWAY, r.gateway.packed)
     if r.oif is not None:
         attrs += _u32(RTA_OIF, r.oif)
     return attrs + _u32(RTA_TABLE, table)
@@ -212,6 +214,13 @@ def encode_link_get(index: int, seq: int = 0) -> bytes:
     """Get one link by index (ENODEV when there is none).  No NLM_F_ACK: the reply itself (or
     an error) is the answer."""
     return _msg(RTM_GETLINK, NLM_F_REQUEST, seq, _IFINFO.pack(0, 0, index, 0, 0))
+
+
+def encode_route_get(dst: IPv4Address, seq: int = 0) -> bytes:
+    """``ip route get DST``: the route the kernel would use (its reply, or an error, answers;
+    no NLM_F_ACK)."""
+    head = _RTMSG.pack(AF_INET, 32, 0, 0, 0, 0, 0, 0, 0)
+    return _msg(RTM_GETROUTE, NLM_F_REQUEST, seq, head + _attr(RTA_DST, dst.packed))
 
 
 def encode_addr_dump(seq: int = 0, index: int = 0) -> bytes:

@@ -39,7 +39,9 @@ from pyflannel.kernel.codec import (
     NeighMsg,
     Parsed,
     RouteMsg,
+    mac_bytes,
 )
+from pyflannel.kernel.plan import Keys, Ownership
 from pyflannel.kernel.records import Fdb, KernelState, Route, RouteEntry
 
 _RTPROT_KERNEL = 2
@@ -309,6 +311,37 @@ class Mirror:
                 state.routes[net] = Route(net, IPv4Address(gw), oif, onlink)
                 break
         return state
+
+    # --- the planner's view, by key (kernel.plan.View) -----------------------------------
+
+    def neigh(self, ip: IPv4Address) -> str | None:
+        """The MAC of the permanent neighbour *ip* on the device, or None."""
+        mac = self._neighs.get(int(ip))
+        return _mac(mac) if mac is not None else None
+
+    def fdb_dsts(self, mac: str) -> tuple[IPv4Address, ...]:
+        """The remotes of the permanent ``self`` FDB entry *mac* on the device."""
+        return tuple(IPv4Address(d) for d in self._fdb.get(mac_bytes(mac), ()))
+
+    def routes_to(self, dst: IPv4Network) -> list[RouteEntry]:
+        """Every main-table route to exactly *dst*, on any device."""
+        key = (int(dst.network_address), dst.prefixlen)
+        return [self._entry(dst, v) for v in self._routes.get(key, ())]
+
+    def keys(self, owner: Ownership) -> Keys:
+        """Every neighbour IP, FDB MAC and destination of an owned route present."""
+        routes = set()
+        for (addr, plen), vals in self._routes.items():
+            # Cheap filter first: most main-table routes at scale are ours, on the device.
+            if any(v[2] == self.dev for v in vals) or owner.direct is not None:
+                net = IPv4Network((addr, plen))
+                if any(owner.owns(self._entry(net, v)) for v in vals):
+                    routes.add(net)
+        return Keys(
+            {IPv4Address(ip) for ip in self._neighs},
+            {_mac(m) for m in self._fdb},
+            routes,
+        )
 
     def counts(self) -> tuple[int, int, int]:
         """(neighbours, FDB remotes, main-table routes) held."""

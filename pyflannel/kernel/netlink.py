@@ -1,41 +1,36 @@
-"""The one module that talks to the kernel: pyroute2 behind typed, idempotent verbs.
+"""The door to the kernel: links and addresses through pyroute2 behind typed, idempotent
+verbs, and :meth:`Netlink.peer_sync`, which hands out the engine that keeps the peer entries
+(:mod:`pyflannel.kernel.sync`, on our own netlink codec: the hot path).
 
-Every other module sees plain records (:class:`Neigh`, :class:`Fdb`, :class:`Route`,
-:class:`Link`) and :class:`~pyflannel.errors.KernelError`, never pyroute2 or NetlinkError.
-Verbs: ``ensure_*`` creates or verifies (re-creating what is incompatible), ``replace_*`` sets an
-exact state whether or not something was there, ``delete_*`` succeeds when the thing is already
-gone.  There is no ``add_*``: restarts are routine and find the previous run's state in place.
+Every other module sees plain records (:class:`Link`, :class:`VxlanSpec`) and
+:class:`~pyflannel.errors.KernelError`, never pyroute2 or NetlinkError.  Verbs: ``ensure_*``
+creates or verifies (re-creating what is incompatible); there is no ``add_*``: restarts are
+routine and find the previous run's state in place.  Nothing here runs per event or per resync:
+pyroute2 0.9.7 leaks about 2 kB per ``link("get")``/``link_lookup`` (dependencies.md), so those
+are called at start-up and when the device is re-created only.
 """
 
 from __future__ import annotations
 
-import errno
 import os
 import secrets
 import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from ipaddress import IPv4Interface, IPv4Network
 from typing import Any
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
-from pyroute2.netlink.rtnl import ndmsg
 from pyroute2.netns import setns
 
 from pyflannel.errors import KernelError
-from pyflannel.kernel.records import Fdb, KernelState, Link, Neigh, Route, VxlanSpec
+from pyflannel.kernel.plan import Ownership
+from pyflannel.kernel.records import Link, VxlanSpec
+from pyflannel.kernel.sync import KernelSync
 
-NUD_PERMANENT = ndmsg.states["permanent"]
-NUD_NOARP = ndmsg.states["noarp"]
-NTF_SELF = ndmsg.flags["self"]
-RTNH_F_ONLINK = 4
 RT_TABLE_MAIN = 254
-RTPROT_KERNEL = 2
-#: flanneld's routes carry proto "boot"; ours do too, so either daemon can take over the other's.
-RTPROT_BOOT = 3
-_MISSING = {errno.ENOENT, errno.ESRCH, errno.ENODEV, errno.EADDRNOTAVAIL}
 
 
 def random_vtep_mac() -> str:
@@ -65,6 +60,10 @@ class Netlink:
         """Close the netlink socket."""
         self._ipr.close()
 
+    def peer_sync(self, dev: int, owner: Ownership) -> KernelSync:
+        """The engine that keeps the peer entries on device *dev* (same namespace as this)."""
+        return KernelSync(dev, owner, self._netns)
+
     # --- links and addresses -------------------------------------------------------------
 
     def links(self) -> list[Link]:
@@ -88,31 +87,6 @@ class Netlink:
             up=bool(msg["flags"] & 1),
             addresses=addresses,
         )
-
-    def device(self, index: int) -> Link | None:
-        """The link with *index* and its IPv4 addresses, or None if it is gone.
-
-        Reads the link table with a dump: pyroute2 0.9.7 leaks about 2 kB on every
-        ``link("get")`` and ``link_lookup`` (dependencies.md, "Measured in use"), and this runs
-        on every reconcile, where a dump of a few links does not.
-        """
-        with _kernel("link.dump", index):
-            msgs = [m for m in self._ipr.link("dump") if m["index"] == index]
-        if not msgs:
-            return None
-        with _kernel("addr.dump", index):
-            addrs = tuple(
-                IPv4Interface(f"{m.get_attr('IFA_ADDRESS')}/{m['prefixlen']}")
-                for m in self._ipr.get_addr(family=socket.AF_INET, index=index)
-            )
-        return self._link(msgs[0], addrs)
-
-    def link_name(self, index: int) -> str | None:
-        """The name of the link with *index*, or None (for log lines)."""
-        for m in self._ipr.link("dump"):
-            if m["index"] == index:
-                return str(m.get_attr("IFLA_IFNAME"))
-        return None
 
     def set_mtu(self, link: Link, mtu: int) -> None:
         """``ip link set DEV mtu MTU``."""
@@ -142,12 +116,6 @@ class Netlink:
             if msg.get_attr("RTA_OIF") == index and not msg.get_attr("RTA_GATEWAY"):
                 out.append(IPv4Network(f"{msg.get_attr('RTA_DST') or '0.0.0.0'}/{msg['dst_len']}"))
         return out
-
-    def route_is_onlink(self, ip: IPv4Address) -> bool:
-        """True when the kernel reaches *ip* directly (no gateway): DirectRouting's test."""
-        with _kernel("route.get", ip):
-            routes = self._ipr.route("get", dst=str(ip))
-        return len(routes) == 1 and routes[0].get_attr("RTA_GATEWAY") is None
 
     def ensure_vxlan(self, spec: VxlanSpec) -> tuple[Link, bool]:
         """Create the VXLAN device or reuse a compatible one (keeping its MAC).
@@ -245,126 +213,3 @@ class Netlink:
                 )
         with _kernel("link.up", link.name):
             self._ipr.link("set", index=link.index, state="up")
-
-    # --- the managed entries --------------------------------------------------------------
-
-    def observe(self, dev: int, network: IPv4Network, direct_subnet_len: int | None) -> KernelState:
-        """Read what pyflannel manages and what it must not touch.
-
-        Ours: permanent neighbours and permanent ``self`` FDB entries on *dev*, every main-table
-        route on *dev* (any prefix, with or without a gateway) except the kernel's own, and with
-        DirectRouting (*direct_subnet_len* set) our "boot" routes via a gateway to /len subnets
-        of *network* on other devices.  Every other main-table route is foreign, by destination.
-        """
-        state = KernelState()
-        with _kernel("neigh.dump", dev):
-            for m in self._ipr.neigh("dump", family=socket.AF_INET, ifindex=dev):
-                if m["ifindex"] == dev and m["state"] & NUD_PERMANENT and m.get_attr("NDA_LLADDR"):
-                    state.neighs[IPv4Address(m.get_attr("NDA_DST"))] = m.get_attr("NDA_LLADDR")
-        with _kernel("fdb.dump", dev):
-            for m in self._ipr.fdb("dump", ifindex=dev):
-                dst = m.get_attr("NDA_DST")
-                if (
-                    m["ifindex"] == dev
-                    and m["state"] & NUD_PERMANENT
-                    and dst
-                    and m["flags"] & NTF_SELF
-                ):
-                    state.fdb.add(Fdb(m.get_attr("NDA_LLADDR"), IPv4Address(dst)))
-        with _kernel("route.dump", dev):
-            for m in self._ipr.route("dump", family=socket.AF_INET, table=RT_TABLE_MAIN):
-                if m.get_attr("RTA_TABLE", m["table"]) != RT_TABLE_MAIN:
-                    continue
-                dst = m.get_attr("RTA_DST") or "0.0.0.0"
-                gw = m.get_attr("RTA_GATEWAY")
-                oif = m.get_attr("RTA_OIF")
-                net = IPv4Network(f"{dst}/{m['dst_len']}")
-                route = Route(
-                    net,
-                    IPv4Address(gw) if gw else None,
-                    oif,
-                    bool(m["flags"] & RTNH_F_ONLINK),
-                )
-                direct = (
-                    direct_subnet_len is not None
-                    and m["proto"] == RTPROT_BOOT
-                    and gw is not None
-                    and net.prefixlen == direct_subnet_len
-                    and net.subnet_of(network)
-                )
-                if m["proto"] != RTPROT_KERNEL and (oif == dev or direct):
-                    state.routes[net] = route
-                else:
-                    state.foreign[net] = route
-        return state
-
-    def replace_neigh(self, dev: int, n: Neigh) -> None:
-        """``ip neigh replace IP lladdr MAC dev DEV nud permanent``."""
-        with _kernel("neigh.replace", n):
-            self._ipr.neigh(
-                "replace", ifindex=dev, dst=str(n.ip), lladdr=n.mac, state=NUD_PERMANENT
-            )
-
-    def delete_neigh(self, dev: int, n: Neigh) -> None:
-        """Delete the neighbour; already gone is fine."""
-        try:
-            with _kernel("neigh.del", n):
-                self._ipr.neigh("del", ifindex=dev, dst=str(n.ip), lladdr=n.mac)
-        except KernelError as exc:
-            if exc.errno not in _MISSING:
-                raise
-
-    def replace_fdb(self, dev: int, f: Fdb) -> None:
-        """``bridge fdb replace MAC dev DEV dst IP self permanent``."""
-        # pyroute2 fills in state/flags only for add/append/del; replace needs them explicitly.
-        with _kernel("fdb.replace", f):
-            self._ipr.fdb(
-                "replace",
-                ifindex=dev,
-                lladdr=f.mac,
-                dst=str(f.dst),
-                state=NUD_PERMANENT | NUD_NOARP,
-                flags=NTF_SELF,
-            )
-
-    def delete_fdb(self, dev: int, f: Fdb) -> None:
-        """Delete the FDB entry; already gone is fine."""
-        try:
-            with _kernel("fdb.del", f):
-                self._ipr.fdb("del", ifindex=dev, lladdr=f.mac, dst=str(f.dst))
-        except KernelError as exc:
-            if exc.errno not in _MISSING:
-                raise
-
-    def replace_route(self, r: Route) -> None:
-        """``ip route replace DST via GW [dev DEV onlink]``."""
-        kwargs: dict[str, Any] = {
-            "dst": str(r.dst),
-            "table": RT_TABLE_MAIN,
-            "proto": RTPROT_BOOT,
-        }
-        if r.gateway is not None:
-            kwargs["gateway"] = str(r.gateway)
-        if r.oif is not None:
-            kwargs["oif"] = r.oif
-        if r.onlink:
-            kwargs["flags"] = RTNH_F_ONLINK
-        with _kernel("route.replace", r.dst):
-            self._ipr.route("replace", **kwargs)
-
-    def delete_route(self, r: Route) -> None:
-        """Delete exactly the route *r* (its device and gateway too, so a route to the same
-        destination elsewhere is never hit); already gone is fine."""
-        # Scope "nowhere" matches any scope on delete (what ``ip route del`` sends): a route
-        # added without a gateway has scope link and would not match the default, universe.
-        kwargs: dict[str, Any] = {"dst": str(r.dst), "table": RT_TABLE_MAIN, "scope": 255}
-        if r.oif is not None:
-            kwargs["oif"] = r.oif
-        if r.gateway is not None:
-            kwargs["gateway"] = str(r.gateway)
-        try:
-            with _kernel("route.del", r.dst):
-                self._ipr.route("del", **kwargs)
-        except KernelError as exc:
-            if exc.errno not in _MISSING:
-                raise

@@ -1,28 +1,151 @@
-"""Level-triggered reconciliation: plan the difference between desired and actual kernel state
-(pure), then apply it (best effort, in a safe order).
+"""Level-triggered reconciliation, in proportion to the change: plan the difference between the
+desired entries and the kernel's for a set of keys (pure), then apply it in a safe order.
 
-Watch events and the periodic resync both end here, so an entry deleted by hand comes back and
-an entry no lease backs goes away, whatever the reason it drifted.
+Watch events, kernel notifications and the periodic resync all end here.  An event plans only
+the keys it touched (the changed peer's neighbour IP, VTEP MAC and subnet; an entry changed by
+hand); a resync plans every key, desired or present.  So an entry deleted by hand comes back,
+an entry no lease backs goes away, and one lease event costs the same at 10 peers or 10,000.
 
 Order: neighbours, then FDB entries, then routes when adding (a route must never point at a
 VTEP address that does not resolve); routes first when removing.  A peer whose neighbour or FDB
 entry could not be written does not get its route.
 
-Ownership: only entries on our device (and our DirectRouting routes) are ever replaced or
-deleted.  A wanted route whose destination the kernel already routes some other way (a
-connected route of the underlay, a route on another device) is reported as a conflict and left
-alone: replacing it could cut the host off its underlay, etcd included.
+Ownership: only entries on our device (and, with DirectRouting, our "boot" routes via a gateway
+to SubnetLen subnets of the Network) are ever replaced or deleted.  A wanted route whose
+destination the kernel already routes some other way (a connected route of the underlay, a
+route on another device) is a conflict and left alone: replacing it could cut the host off its
+underlay, etcd included.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Network
 from typing import Protocol
 
 from pyflannel.errors import KernelError
-from pyflannel.kernel.records import Fdb, KernelState, Neigh, Route
+from pyflannel.kernel.records import Fdb, KernelState, Neigh, PeerEntries, Route, RouteEntry
+
+RTPROT_KERNEL = 2
+#: flanneld's routes carry proto "boot"; ours do too, so either daemon can take over the other's.
+RTPROT_BOOT = 3
+
+
+@dataclass
+class Keys:
+    """Kernel keys to compare: neighbour IPs, FDB MACs and route destinations."""
+
+    neighs: set[IPv4Address] = field(default_factory=set)
+    macs: set[str] = field(default_factory=set)
+    routes: set[IPv4Network] = field(default_factory=set)
+
+    def add(self, other: Keys) -> None:
+        """Merge *other* into these keys."""
+        self.neighs |= other.neighs
+        self.macs |= other.macs
+        self.routes |= other.routes
+
+    def add_entries(self, e: PeerEntries) -> None:
+        """The keys of one peer's entries."""
+        self.routes.add(e.route.dst)
+        if e.neigh is not None:
+            self.neighs.add(e.neigh.ip)
+        if e.fdb is not None:
+            self.macs.add(e.fdb.mac)
+
+    def __bool__(self) -> bool:
+        return bool(self.neighs or self.macs or self.routes)
+
+    def __len__(self) -> int:
+        return len(self.neighs) + len(self.macs) + len(self.routes)
+
+
+class Desired:
+    """The entries the peer leases want, indexed by kernel key and updated peer by peer."""
+
+    def __init__(self) -> None:
+        self.peers: dict[IPv4Network, PeerEntries] = {}
+        self.neighs: dict[IPv4Address, str] = {}
+        self.fdb: dict[str, IPv4Address] = {}
+        self.routes: dict[IPv4Network, Route] = {}
+
+    def set(self, subnet: IPv4Network, entries: PeerEntries | None) -> Keys:
+        """Make *entries* (None: nothing) the wanted entries of *subnet*; return the keys of
+        its old and new entries, which are what to compare with the kernel now."""
+        keys = Keys()
+        old = self.peers.pop(subnet, None)
+        if old is not None:
+            keys.add_entries(old)
+            # Only what this peer put there: two peers sharing a VTEP MAC is a misconfiguration
+            # the last writer wins, but removing one must not take the other's entry away.
+            if old.neigh is not None and self.neighs.get(old.neigh.ip) == old.neigh.mac:
+                del self.neighs[old.neigh.ip]
+            if old.fdb is not None and self.fdb.get(old.fdb.mac) == old.fdb.dst:
+                del self.fdb[old.fdb.mac]
+            if self.routes.get(old.route.dst) == old.route:
+                del self.routes[old.route.dst]
+        if entries is not None:
+            keys.add_entries(entries)
+            self.peers[subnet] = entries
+            if entries.neigh is not None:
+                self.neighs[entries.neigh.ip] = entries.neigh.mac
+            if entries.fdb is not None:
+                self.fdb[entries.fdb.mac] = entries.fdb.dst
+            self.routes[entries.route.dst] = entries.route
+        return keys
+
+    def keys(self) -> Keys:
+        """Every key some peer wants."""
+        return Keys(set(self.neighs), set(self.fdb), set(self.routes))
+
+    def clear(self) -> None:
+        """Forget every peer (the device was re-created: routes name a new index)."""
+        self.peers.clear()
+        self.neighs.clear()
+        self.fdb.clear()
+        self.routes.clear()
+
+
+@dataclass(frozen=True)
+class Ownership:
+    """Which routes are ours: those on device *dev* (not the kernel's own), and with
+    DirectRouting (*direct* = (Network, SubnetLen)) our "boot" routes via a gateway to
+    SubnetLen subnets of the Network on any device."""
+
+    dev: int
+    direct: tuple[IPv4Network, int] | None = None
+
+    def owns(self, e: RouteEntry) -> bool:
+        """True for a route pyflannel may replace or delete."""
+        if e.protocol == RTPROT_KERNEL:
+            return False
+        if e.oif == self.dev:
+            return True
+        if self.direct is None or e.protocol != RTPROT_BOOT or e.gateway is None:
+            return False
+        network, subnet_len = self.direct
+        return e.dst.prefixlen == subnet_len and e.dst.subnet_of(network)
+
+
+class View(Protocol):
+    """What the kernel holds, by key (the mirror, or a :class:`KernelState` in tests)."""
+
+    def neigh(self, ip: IPv4Address) -> str | None:
+        """The MAC of the permanent neighbour *ip* on our device, or None."""
+        ...
+
+    def fdb_dsts(self, mac: str) -> tuple[IPv4Address, ...]:
+        """The remotes of the permanent ``self`` FDB entry *mac* on our device."""
+        ...
+
+    def routes_to(self, dst: IPv4Network) -> Sequence[RouteEntry]:
+        """Every main-table route to exactly *dst*, on any device."""
+        ...
+
+    def keys(self, owner: Ownership) -> Keys:
+        """Every neighbour, FDB MAC and owned route destination present."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -35,10 +158,10 @@ class Plan:
     del_routes: tuple[Route, ...] = ()
     del_neighs: tuple[Neigh, ...] = ()
     del_fdb: tuple[Fdb, ...] = ()
-    #: (wanted route, the route not ours that already has its destination): not written.
-    conflicts: tuple[tuple[Route, Route], ...] = ()
-    #: VTEP address -> MAC of every desired neighbour, so a route can be held back when its
-    #: peer's FDB entry failed even though the neighbour itself needed no change.
+    #: (wanted route, a route not ours that already has its destination): not written.
+    conflicts: tuple[tuple[Route, RouteEntry], ...] = ()
+    #: VTEP address -> MAC of the desired neighbours of the routes to set, so a route can be
+    #: held back when its peer's FDB entry failed even though the neighbour needed no change.
     vtep_macs: dict[IPv4Address, str] = field(default_factory=dict)
 
     @property
@@ -53,8 +176,20 @@ class Plan:
             or self.del_fdb
         )
 
+    @property
+    def changes(self) -> int:
+        """How many operations the plan holds."""
+        return (
+            len(self.set_neighs)
+            + len(self.set_fdb)
+            + len(self.set_routes)
+            + len(self.del_routes)
+            + len(self.del_neighs)
+            + len(self.del_fdb)
+        )
 
-def _route_matches(want: Route, have: Route) -> bool:
+
+def _matches(want: Route, have: RouteEntry) -> bool:
     # A direct route names no device: the kernel picks the underlay, whatever it is.
     return (
         want.gateway == have.gateway
@@ -63,50 +198,83 @@ def _route_matches(want: Route, have: Route) -> bool:
     )
 
 
-def plan(desired: KernelState, actual: KernelState) -> Plan:
-    """Return the operations that turn *actual* into *desired*."""
+def _as_route(e: RouteEntry) -> Route:
+    return Route(e.dst, e.gateway, e.oif, e.onlink)
+
+
+def plan(desired: Desired, actual: View, owner: Ownership, keys: Keys | None = None) -> Plan:
+    """The operations that make the kernel match *desired* for *keys* (None: every key)."""
+    if keys is None:
+        keys = desired.keys()
+        keys.add(actual.keys(owner))
+    set_neighs: list[Neigh] = []
+    del_neighs: list[Neigh] = []
+    for ip in sorted(keys.neighs):
+        want, have = desired.neighs.get(ip), actual.neigh(ip)
+        if want is not None and want != have:
+            set_neighs.append(Neigh(ip, want))
+        elif want is None and have is not None:
+            del_neighs.append(Neigh(ip, have))
+    set_fdb: list[Fdb] = []
+    del_fdb: list[Fdb] = []
+    for mac in sorted(keys.macs):
+        remote, remotes = desired.fdb.get(mac), actual.fdb_dsts(mac)
+        if remote is not None and remote not in remotes:
+            set_fdb.append(Fdb(mac, remote))
+        del_fdb.extend(Fdb(mac, d) for d in sorted(remotes) if d != remote)
+    set_routes: list[Route] = []
+    del_routes: list[Route] = []
+    conflicts: list[tuple[Route, RouteEntry]] = []
+    vtep_macs: dict[IPv4Address, str] = {}
+    for dst in sorted(keys.routes):
+        route = desired.routes.get(dst)
+        entries = actual.routes_to(dst)
+        ours = [e for e in entries if owner.owns(e)]
+        if route is not None:
+            foreign = [e for e in entries if not owner.owns(e)]
+            if foreign:
+                conflicts.append((route, foreign[0]))
+                continue
+            keep = next((e for e in ours if _matches(route, e)), None)
+            if keep is None:
+                set_routes.append(route)
+                if route.gateway is not None and route.gateway in desired.neighs:
+                    vtep_macs[route.gateway] = desired.neighs[route.gateway]
+            # Another metric of the same destination (added by hand) is not backed by a lease;
+            # a replace rewrites only the entry with our metric.
+            ours = [e for e in ours if e is not keep and e.priority != 0]
+        del_routes.extend(_as_route(e) for e in ours)
     return Plan(
-        set_neighs=tuple(
-            Neigh(ip, mac)
-            for ip, mac in sorted(desired.neighs.items())
-            if actual.neighs.get(ip) != mac
-        ),
-        set_fdb=tuple(
-            sorted((f for f in desired.fdb if f not in actual.fdb), key=lambda f: (f.mac, f.dst))
-        ),
-        set_routes=tuple(
-            r
-            for dst, r in sorted(desired.routes.items())
-            if dst not in actual.foreign
-            and (dst not in actual.routes or not _route_matches(r, actual.routes[dst]))
-        ),
-        del_routes=tuple(
-            r for dst, r in sorted(actual.routes.items()) if dst not in desired.routes
-        ),
-        del_neighs=tuple(
-            Neigh(ip, mac) for ip, mac in sorted(actual.neighs.items()) if ip not in desired.neighs
-        ),
-        del_fdb=tuple(
-            sorted((f for f in actual.fdb if f not in desired.fdb), key=lambda f: (f.mac, f.dst))
-        ),
-        conflicts=tuple(
-            (r, actual.foreign[dst])
-            for dst, r in sorted(desired.routes.items())
-            if dst in actual.foreign
-        ),
-        vtep_macs=dict(desired.neighs),
+        tuple(set_neighs),
+        tuple(set_fdb),
+        tuple(set_routes),
+        tuple(del_routes),
+        tuple(del_neighs),
+        tuple(del_fdb),
+        tuple(conflicts),
+        vtep_macs,
     )
 
 
-class KernelWriter(Protocol):
-    """The part of :class:`~pyflannel.kernel.netlink.Netlink` that :func:`apply` uses."""
+# --- applying ----------------------------------------------------------------------------------
 
-    def replace_neigh(self, dev: int, n: Neigh) -> None: ...
-    def delete_neigh(self, dev: int, n: Neigh) -> None: ...
-    def replace_fdb(self, dev: int, f: Fdb) -> None: ...
-    def delete_fdb(self, dev: int, f: Fdb) -> None: ...
-    def replace_route(self, r: Route) -> None: ...
-    def delete_route(self, r: Route) -> None: ...
+
+@dataclass(frozen=True)
+class Op:
+    """One kernel operation: ``replace_neigh``, ``delete_neigh``, ``replace_fdb``,
+    ``delete_fdb``, ``replace_route`` or ``delete_route`` of a record."""
+
+    kind: str
+    target: Neigh | Fdb | Route
+
+
+class BatchWriter(Protocol):
+    """Writes many operations at once (see :class:`~pyflannel.kernel.sync.KernelSync`)."""
+
+    def write(self, ops: Sequence[Op]) -> dict[int, KernelError]:
+        """Apply *ops* in order, each independently; return the failures by index.  Deleting
+        what is already gone is not a failure."""
+        ...
 
 
 @dataclass
@@ -122,30 +290,74 @@ class ApplyReport:
         return len(self.errors)
 
 
-def apply(p: Plan, nl: KernelWriter, dev: int) -> ApplyReport:
-    """Execute *p*; every operation is attempted, failures are collected, never raised."""
+def apply(p: Plan, writer: BatchWriter) -> ApplyReport:
+    """Execute *p* in two batches; every operation is attempted, failures are collected."""
     report = ApplyReport()
 
-    def run(fn: Callable[..., None], *args: object) -> bool:
-        try:
-            fn(*args)
-        except KernelError as exc:
-            report.errors.append(exc)
-            return False
-        report.applied += 1
-        return True
+    def run(ops: list[Op]) -> set[int]:
+        if not ops:
+            return set()
+        failed = writer.write(ops)
+        report.applied += len(ops) - len(failed)
+        report.errors.extend(failed[i] for i in sorted(failed))
+        return set(failed)
 
-    failed_ips = {n.ip for n in p.set_neighs if not run(nl.replace_neigh, dev, n)}
-    failed_macs = {f.mac for f in p.set_fdb if not run(nl.replace_fdb, dev, f)}
-    for r in p.set_routes:
+    first = [Op("replace_neigh", n) for n in p.set_neighs]
+    first += [Op("replace_fdb", f) for f in p.set_fdb]
+    failed = run(first)
+    failed_ips = {p.set_neighs[i].ip for i in failed if i < len(p.set_neighs)}
+    failed_macs = {p.set_fdb[i - len(p.set_neighs)].mac for i in failed if i >= len(p.set_neighs)}
+
+    def held_back(r: Route) -> bool:
+        # Without its neighbour or FDB entry the route would blackhole the peer.
         gw = r.gateway
-        if gw is not None and (gw in failed_ips or p.vtep_macs.get(gw) in failed_macs):
-            continue  # without its neighbour or FDB entry the route would blackhole the peer
-        run(nl.replace_route, r)
-    for r in p.del_routes:
-        run(nl.delete_route, r)
-    for n in p.del_neighs:
-        run(nl.delete_neigh, dev, n)
-    for f in p.del_fdb:
-        run(nl.delete_fdb, dev, f)
+        return gw is not None and (gw in failed_ips or p.vtep_macs.get(gw) in failed_macs)
+
+    second = [Op("replace_route", r) for r in p.set_routes if not held_back(r)]
+    second += [Op("delete_route", r) for r in p.del_routes]
+    second += [Op("delete_neigh", n) for n in p.del_neighs]
+    second += [Op("delete_fdb", f) for f in p.del_fdb]
+    run(second)
     return report
+
+
+# --- KernelState as a View (tests, and the pure planner's table tests) -------------------------
+
+
+class StateView:
+    """A :class:`View` of a :class:`KernelState`: its ``routes`` are "boot" routes as we write
+    them, its ``foreign`` ones the kernel's own."""
+
+    def __init__(self, state: KernelState) -> None:
+        self._state = state
+        self._fdb: dict[str, tuple[IPv4Address, ...]] = {}
+        for f in state.fdb:
+            self._fdb[f.mac] = (*self._fdb.get(f.mac, ()), f.dst)
+        self._routes: dict[IPv4Network, list[RouteEntry]] = {}
+        for r in state.routes.values():
+            self._routes.setdefault(r.dst, []).append(
+                RouteEntry(r.dst, r.gateway, r.oif, RTPROT_BOOT, 0, 1, onlink=r.onlink)
+            )
+        for r in state.foreign.values():
+            self._routes.setdefault(r.dst, []).append(
+                RouteEntry(r.dst, r.gateway, r.oif, RTPROT_KERNEL, 0, 1, onlink=r.onlink)
+            )
+
+    def neigh(self, ip: IPv4Address) -> str | None:
+        """See :class:`View`."""
+        return self._state.neighs.get(ip)
+
+    def fdb_dsts(self, mac: str) -> tuple[IPv4Address, ...]:
+        """See :class:`View`."""
+        return self._fdb.get(mac, ())
+
+    def routes_to(self, dst: IPv4Network) -> Sequence[RouteEntry]:
+        """See :class:`View`."""
+        return self._routes.get(dst, ())
+
+    def keys(self, owner: Ownership) -> Keys:
+        """See :class:`View`."""
+        owned: Iterable[IPv4Network] = (
+            dst for dst, es in self._routes.items() if any(owner.owns(e) for e in es)
+        )
+        return Keys(set(self._state.neighs), set(self._fdb), set(owned))

@@ -63,6 +63,16 @@ class RouteEntry:
 
 
 @dataclass(frozen=True)
+class PeerEntries:
+    """The kernel entries one peer needs: its route, and its neighbour and FDB entry (None for a
+    direct route, which needs neither)."""
+
+    route: Route
+    neigh: Neigh | None = None
+    fdb: Fdb | None = None
+
+
+@dataclass(frozen=True)
 class VxlanSpec:
     """What the VXLAN device must look like (flannel-behaviour.md §4.2)."""
 
@@ -92,4 +102,4 @@ class KernelState:
     foreign: dict[IPv4Network, Route] = field(default_factory=dict)
 
 
-__all__ = ["Fdb", "KernelState", "Link", "Neigh", "Route", "RouteEntry", "VxlanSpec"]
+__all__ = ["Fdb", "KernelState", "Link", "Neigh", "PeerEntries", "Route", "RouteEntry", "VxlanSpec"]

@@ -15,6 +15,7 @@ import socket
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from ipaddress import IPv4Address
 from typing import Self, TypeVar
 
 from pyroute2.netns import setns
@@ -113,6 +114,7 @@ class BatchResult:
 
 
 P = TypeVar("P", bound=codec.Parsed)
+_ABSENT = {errno.ENODEV, errno.ENOENT, errno.ENETUNREACH, errno.EHOSTUNREACH}
 
 
 class NetlinkSocket:
@@ -265,19 +267,26 @@ class Rtnl(NetlinkSocket):
 
     def link(self, index: int) -> codec.LinkMsg | None:
         """The link with *index*, or None when there is none."""
+        return self._get(codec.encode_link_get(index), codec.LinkMsg, "link.get", str(index))
+
+    def route_get(self, dst: IPv4Address) -> codec.RouteMsg | None:
+        """The route the kernel uses to reach *dst* (``ip route get``), or None (unreachable)."""
+        return self._get(codec.encode_route_get(dst), codec.RouteMsg, "route.get", str(dst))
+
+    def _get(self, request: bytes, kind: type[P], op: str, target: str) -> P | None:
+        """Send a get *request* and return its one reply; None when the kernel says there is
+        none (ENODEV, ENOENT, ENETUNREACH, EHOSTUNREACH)."""
         seq = self._next_seq()
-        self._sock.send(codec.encode_link_get(index, seq))
+        self._sock.send(codec.with_seq(request, seq))
         while True:
             for m in self._recv():
                 if m.seq != seq:
                     continue
                 parsed = codec.parse(m)
-                if isinstance(parsed, codec.LinkMsg):
+                if isinstance(parsed, kind):
                     return parsed
                 if isinstance(parsed, codec.Ack):
-                    if parsed.errno in (errno.ENODEV, errno.ENOENT):
+                    if parsed.errno in _ABSENT:
                         return None
                     if parsed.errno:
-                        raise KernelError(
-                            "link.get", str(index), parsed.errno, os.strerror(parsed.errno)
-                        )
+                        raise KernelError(op, target, parsed.errno, os.strerror(parsed.errno))

@@ -136,11 +136,11 @@ def test_every_container_pair_answers(lab: Lab) -> None:
 
 
 def test_route_deleted_by_hand_comes_back(lab: Lab) -> None:
-    """A peer route removed with `ip route del` is restored by the next resync."""
+    """A peer route removed with `ip route del` is put back (on the kernel's notification, in
+    milliseconds: the deletion itself is not observable from here)."""
     c1, c2 = lab.cells[:2]
     s2 = subnet_of(lab, c2)
     run("ip", "-n", c1.ns, "route", "del", s2)
-    assert s2 not in routes(c1)
     wait(lambda: s2 in routes(c1), 10, "route repaired")
     assert curl(lab, c1.containers[0].ns, str(c2.containers[0].ip)) == "200"
 

@@ -11,9 +11,11 @@ from __future__ import annotations
 import itertools
 import os
 import re
+import select
 import shutil
 import subprocess
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
 import pytest
@@ -21,8 +23,9 @@ import pytest
 from pyflannel.backend.vxlan import PeerScope, desired_state
 from pyflannel.errors import KernelError
 from pyflannel.kernel.netlink import Netlink
-from pyflannel.kernel.plan import apply, plan
+from pyflannel.kernel.plan import Desired, Op, Ownership, Plan, plan
 from pyflannel.kernel.records import Fdb, KernelState, Link, Neigh, Route, VxlanSpec
+from pyflannel.kernel.sync import KernelSync, SyncResult
 from pyflannel.lease import Lease, LeaseAttrs
 
 pytestmark = [
@@ -149,12 +152,32 @@ def mac_of(ns: str, name: str) -> str:
     return m.group(1)
 
 
-def observe(nl: Netlink, dev: Link, *, direct: bool = False) -> KernelState:
-    """What pyflannel manages on *dev* for the test network (the routes that are not ours are
-    left out, for comparing with a desired state)."""
-    st = nl.observe(dev.index, NETWORK, 24 if direct else None)
-    st.foreign.clear()
-    return st
+@pytest.fixture(name="ks")
+def _ks(nl: Netlink, dev: Link) -> Iterator[KernelSync]:
+    """The peer-entry engine on flannel.1 (no DirectRouting)."""
+    ks = nl.peer_sync(dev.index, Ownership(dev.index))
+    try:
+        yield ks
+    finally:
+        ks.close()
+
+
+def observe(ks: KernelSync) -> KernelState:
+    """What pyflannel manages on the device, re-read from the kernel (only routes it owns)."""
+    ks.reload()
+    m = ks.mirror
+    routes = {
+        e.dst: Route(e.dst, e.gateway, e.oif, e.onlink)
+        for dst in m.keys(ks.owner).routes
+        for e in m.routes_to(dst)
+        if ks.owner.owns(e)
+    }
+    return KernelState(m.neighs(), m.fdb(), routes)
+
+
+def write(ks: KernelSync, *ops: tuple[str, Neigh | Fdb | Route]) -> dict[int, KernelError]:
+    """Write *ops* through the batched writer; return its failures."""
+    return ks.write([Op(kind, target) for kind, target in ops])
 
 
 def peer(subnet: str, ip_: IPv4Address | str, mac: str) -> Lease:
@@ -284,113 +307,139 @@ MAC = "5a:1e:02:33:44:55"
 MAC2 = "5a:1e:02:33:44:66"
 
 
-def test_neigh_fdb_route_round_trip(ns: str, nl: Netlink, dev: Link) -> None:
-    """replace_* programs what flanneld programs, observe reads it back, delete_* removes it."""
-    nl.replace_neigh(dev.index, Neigh(VTEP, MAC))
-    nl.replace_fdb(dev.index, Fdb(MAC, PEER_IP))
-    nl.replace_route(Route(SUBNET, VTEP, dev.index, True))
-
-    assert observe(nl, dev) == KernelState(
-        neighs={VTEP: MAC},
-        fdb={Fdb(MAC, PEER_IP)},
-        routes={SUBNET: Route(SUBNET, VTEP, dev.index, True)},
+def test_neigh_fdb_route_round_trip(ns: str, ks: KernelSync, dev: Link) -> None:
+    """The batched writer programs what flanneld programs, the mirror reads it back, deletes
+    remove it."""
+    route = Route(SUBNET, VTEP, dev.index, True)
+    assert (
+        write(
+            ks,
+            ("replace_neigh", Neigh(VTEP, MAC)),
+            ("replace_fdb", Fdb(MAC, PEER_IP)),
+            ("replace_route", route),
+        )
+        == {}
+    )
+    assert observe(ks) == KernelState(
+        neighs={VTEP: MAC}, fdb={Fdb(MAC, PEER_IP)}, routes={SUBNET: route}
     )
     assert re.search(
         rf"^10\.5\.51\.0 lladdr {MAC} PERMANENT", ip(ns, "neigh", "show", "dev", "flannel.1"), re.M
     )
     assert f"{MAC} dst {PEER_IP} self permanent" in bridge(ns, "fdb", "show", "dev", "flannel.1")
-    route = ip(ns, "route", "show", str(SUBNET))
-    assert re.search(r"^10\.5\.51\.0/24 via 10\.5\.51\.0 dev flannel\.1 .*onlink", route, re.M)
+    shown = ip(ns, "route", "show", str(SUBNET))
+    assert re.search(r"^10\.5\.51\.0/24 via 10\.5\.51\.0 dev flannel\.1 .*onlink", shown, re.M)
     assert "proto boot" in ip(ns, "-d", "route", "show", str(SUBNET))
 
-    nl.delete_route(Route(SUBNET, VTEP, dev.index, True))
-    nl.delete_neigh(dev.index, Neigh(VTEP, MAC))
-    nl.delete_fdb(dev.index, Fdb(MAC, PEER_IP))
-    assert observe(nl, dev) == KernelState()
+    assert (
+        write(
+            ks,
+            ("delete_route", route),
+            ("delete_neigh", Neigh(VTEP, MAC)),
+            ("delete_fdb", Fdb(MAC, PEER_IP)),
+        )
+        == {}
+    )
+    assert observe(ks) == KernelState()
     assert ip(ns, "route", "show", str(SUBNET)).strip() == ""
     assert "10.5.51.0" not in ip(ns, "neigh", "show", "dev", "flannel.1")
     assert MAC not in bridge(ns, "fdb", "show", "dev", "flannel.1")
 
 
-def test_replace_overwrites(ns: str, nl: Netlink, dev: Link) -> None:
-    """replace_* on existing entries changes them in place (a new MAC, a new destination)."""
-    nl.replace_neigh(dev.index, Neigh(VTEP, MAC))
-    nl.replace_neigh(dev.index, Neigh(VTEP, MAC2))
-    nl.replace_fdb(dev.index, Fdb(MAC, PEER_IP))
-    nl.replace_fdb(dev.index, Fdb(MAC, IPv4Address("192.0.2.21")))
-    nl.replace_route(Route(SUBNET, IPv4Address("10.5.51.9"), dev.index, True))
-    nl.replace_route(Route(SUBNET, VTEP, dev.index, True))
-    st = observe(nl, dev)
+def test_replace_overwrites(ks: KernelSync, dev: Link) -> None:
+    """Replacing existing entries changes them in place (a new MAC, a new destination)."""
+    write(
+        ks,
+        ("replace_neigh", Neigh(VTEP, MAC)),
+        ("replace_neigh", Neigh(VTEP, MAC2)),
+        ("replace_fdb", Fdb(MAC, PEER_IP)),
+        ("replace_fdb", Fdb(MAC, IPv4Address("192.0.2.21"))),
+        ("replace_route", Route(SUBNET, IPv4Address("10.5.51.9"), dev.index, True)),
+        ("replace_route", Route(SUBNET, VTEP, dev.index, True)),
+    )
+    st = observe(ks)
     assert st.neighs == {VTEP: MAC2}
     assert st.fdb == {Fdb(MAC, IPv4Address("192.0.2.21"))}
     assert st.routes == {SUBNET: Route(SUBNET, VTEP, dev.index, True)}
 
 
-def test_delete_absent_is_not_an_error(nl: Netlink, dev: Link) -> None:
-    """Deleting a neighbour, FDB entry or route that is not there succeeds."""
-    nl.delete_neigh(dev.index, Neigh(VTEP, MAC))
-    nl.delete_fdb(dev.index, Fdb(MAC, PEER_IP))
-    nl.delete_route(Route(SUBNET, VTEP, dev.index, True))
-    nl.replace_fdb(dev.index, Fdb(MAC, PEER_IP))
-    nl.delete_fdb(dev.index, Fdb(MAC, IPv4Address("192.0.2.99")))  # same MAC, other dst
-    nl.delete_fdb(dev.index, Fdb(MAC, PEER_IP))
-    nl.delete_fdb(dev.index, Fdb(MAC, PEER_IP))
-    assert observe(nl, dev) == KernelState()
+def test_delete_absent_is_not_an_error(ks: KernelSync, dev: Link) -> None:
+    """Deleting a neighbour, FDB entry or route that is not there is no failure."""
+    failed = write(
+        ks,
+        ("delete_neigh", Neigh(VTEP, MAC)),
+        ("delete_fdb", Fdb(MAC, PEER_IP)),
+        ("delete_route", Route(SUBNET, VTEP, dev.index, True)),
+        ("replace_fdb", Fdb(MAC, PEER_IP)),
+        ("delete_fdb", Fdb(MAC, IPv4Address("192.0.2.99"))),  # same MAC, other dst
+        ("delete_fdb", Fdb(MAC, PEER_IP)),
+        ("delete_fdb", Fdb(MAC, PEER_IP)),
+    )
+    assert failed == {}
+    assert observe(ks) == KernelState()
 
 
-def test_kernel_errors_are_translated(nl: Netlink, dev: Link) -> None:
-    """A failing request raises KernelError with the errno, never pyroute2's exception."""
-    with pytest.raises(KernelError) as info:
-        nl.replace_neigh(dev.index + 1000, Neigh(VTEP, MAC))
-    assert info.value.errno > 0
-    assert info.value.op == "neigh.replace"
+def test_kernel_errors_are_reported_by_operation(nl: Netlink, dev: Link) -> None:
+    """A refused request is a KernelError with the errno and the operation, for that request
+    alone; the ones around it are applied."""
+    ks = nl.peer_sync(dev.index + 1000, Ownership(dev.index + 1000))  # no such device
+    try:
+        failed = ks.write(
+            [
+                Op("replace_route", Route(SUBNET, VTEP, dev.index, True)),
+                Op("replace_neigh", Neigh(VTEP, MAC)),
+            ]
+        )
+    finally:
+        ks.close()
+    assert list(failed) == [1]
+    assert failed[1].errno > 0
+    assert failed[1].op == "replace_neigh"
 
 
-def test_observe_routes_on_other_devices_are_foreign(ns: str, nl: Netlink, dev: Link) -> None:
-    """Routes on other devices (and the kernel's connected routes) are never ours: they are
-    reported as foreign, by destination, whatever their prefix."""
+def test_routes_on_other_devices_are_not_ours(ns: str, ks: KernelSync, dev: Link) -> None:
+    """Routes on other devices (and the kernel's connected routes) are never ours, whatever
+    their prefix; every one is seen, by destination."""
     ip(ns, "route", "add", "198.51.100.0/24", "via", "192.0.2.1")
     ip(ns, "route", "add", "10.5.60.0/25", "via", "192.0.2.1")
     ip(ns, "route", "add", str(OWN), "via", "192.0.2.1")
-    nl.replace_route(Route(SUBNET, VTEP, dev.index, True))
-    st = nl.observe(dev.index, NETWORK, None)
-    assert set(st.routes) == {SUBNET}
-    assert {
-        IPv4Network("198.51.100.0/24"),
-        IPv4Network("10.5.60.0/25"),
-        OWN,
-        IPv4Network("192.0.2.0/24"),  # eth0's connected route
-    } <= set(st.foreign)
-    assert st.foreign[IPv4Network("192.0.2.0/24")].gateway is None
+    write(ks, ("replace_route", Route(SUBNET, VTEP, dev.index, True)))
+    assert set(observe(ks).routes) == {SUBNET}
+    for dst in ("198.51.100.0/24", "10.5.60.0/25", str(OWN), "192.0.2.0/24"):
+        seen = ks.mirror.routes_to(IPv4Network(dst))
+        assert seen
+        assert not any(ks.owner.owns(e) for e in seen)
+    connected = ks.mirror.routes_to(IPv4Network("192.0.2.0/24"))[0]
+    assert connected.gateway is None
 
 
-def test_observe_any_route_on_the_device_is_ours(ns: str, nl: Netlink, dev: Link) -> None:
+def test_any_route_on_the_device_is_ours(ns: str, ks: KernelSync, dev: Link) -> None:
     """Every route on the VXLAN device is compared with the leases: any prefix length, with or
-    without a gateway, inside the Network or not."""
+    without a gateway, inside the Network or not; none backed by a lease survives a sync."""
     ip(ns, "route", "add", "10.5.77.128/25", "via", "10.5.77.0", "dev", "flannel.1", "onlink")
     ip(ns, "route", "add", "10.99.0.0/16", "dev", "flannel.1")
-    st = observe(nl, dev)
-    assert st.routes == {
+    assert observe(ks).routes == {
         IPv4Network("10.5.77.128/25"): Route(
             IPv4Network("10.5.77.128/25"), IPv4Address("10.5.77.0"), dev.index, True
         ),
         IPv4Network("10.99.0.0/16"): Route(IPv4Network("10.99.0.0/16"), None, dev.index, False),
     }
-    converge(nl, dev, KernelState())
-    assert observe(nl, dev) == KernelState()
+    converge(ks, KernelState())
+    assert observe(ks) == KernelState()
 
 
-def test_delete_route_spares_same_destination_elsewhere(ns: str, nl: Netlink, dev: Link) -> None:
+def test_delete_route_spares_same_destination_elsewhere(ns: str, ks: KernelSync, dev: Link) -> None:
     """Deleting our route never deletes a route to the same destination on another device."""
     ip(ns, "route", "add", "10.5.88.0/24", "via", "192.0.2.1")
-    nl.delete_route(Route(IPv4Network("10.5.88.0/24"), IPv4Address("10.5.88.0"), dev.index, True))
+    gone = Route(IPv4Network("10.5.88.0/24"), IPv4Address("10.5.88.0"), dev.index, True)
+    assert write(ks, ("delete_route", gone)) == {}
     assert "10.5.88.0/24 via 192.0.2.1" in ip(ns, "route", "show")
 
 
-def test_route_is_onlink(nl: Netlink) -> None:
+def test_route_is_onlink(ks: KernelSync) -> None:
     """An address on a connected subnet is on-link; one behind the default gateway is not."""
-    assert nl.route_is_onlink(PEER_IP) is True
-    assert nl.route_is_onlink(IPv4Address("198.51.100.7")) is False
+    assert ks.route_is_onlink(PEER_IP) is True
+    assert ks.route_is_onlink(IPv4Address("198.51.100.7")) is False
 
 
 def test_unknown_netns_is_not_created() -> None:
@@ -413,40 +462,57 @@ PEERS = [
 ]
 
 
-def converge(nl: Netlink, dev: Link, desired: KernelState) -> None:
-    """apply(plan(desired, observe())) and check that it reported no error."""
-    report = apply(plan(desired, observe(nl, dev)), nl, dev.index)
-    assert report.errors == []
+def desired_of(state: KernelState) -> Desired:
+    """The desired entries of *state*."""
+    d = Desired()
+    d.neighs.update(state.neighs)
+    d.fdb.update({f.mac: f.dst for f in state.fdb})
+    d.routes.update(state.routes)
+    return d
 
 
-def test_apply_converges_and_is_idempotent(ns: str, nl: Netlink, dev: Link) -> None:
+def replan(ks: KernelSync, desired: KernelState) -> Plan:
+    """The full plan from *desired* to what the kernel holds now."""
+    ks.reload()
+    return plan(desired_of(desired), ks.mirror, ks.owner)
+
+
+def converge(ks: KernelSync, desired: KernelState) -> None:
+    """Make *desired* the wanted state, sync every key, and check that nothing failed."""
+    ks.desired = desired_of(desired)
+    ks.reload()
+    result = ks.sync()
+    assert result.report.errors == []
+
+
+def test_apply_converges_and_is_idempotent(ns: str, ks: KernelSync, dev: Link) -> None:
     """After apply(plan(desired, observe())) the kernel equals desired; the next plan is empty."""
     desired = desired_state(PEERS, dev.index, SCOPE).state
-    converge(nl, dev, desired)
-    assert observe(nl, dev) == desired
-    assert plan(desired, observe(nl, dev)).empty
+    converge(ks, desired)
+    assert observe(ks) == desired
+    assert replan(ks, desired).empty
     fdb = bridge(ns, "fdb", "show", "dev", "flannel.1")
     for le in PEERS:
         assert f"{le.attrs.vtep_mac} dst {le.attrs.public_ip} self permanent" in fdb
 
 
-def test_apply_peer_changes(ns: str, nl: Netlink, dev: Link) -> None:
+def test_apply_peer_changes(ns: str, ks: KernelSync, dev: Link) -> None:
     """A changed MAC, a changed public IP and a removed peer leave exactly the new entries."""
-    converge(nl, dev, desired_state(PEERS, dev.index, SCOPE).state)
+    converge(ks, desired_state(PEERS, dev.index, SCOPE).state)
     changed = [
         peer("10.5.51.0/24", "192.0.2.20", "5a:1e:02:33:44:99"),  # new MAC
         peer("10.5.52.0/24", "192.0.2.29", "5a:1e:02:33:44:52"),  # new public IP
     ]  # 10.5.53.0/24 gone
     desired = desired_state(changed, dev.index, SCOPE).state
-    converge(nl, dev, desired)
-    assert observe(nl, dev) == desired
+    converge(ks, desired)
+    assert observe(ks) == desired
     fdb = bridge(ns, "fdb", "show", "dev", "flannel.1")
     assert "5a:1e:02:33:44:51" not in fdb  # the old MAC's entry is gone (flanneld leaks it)
     assert "dst 192.0.2.21" not in fdb
     assert "5a:1e:02:33:44:53" not in fdb
     assert "10.5.53.0" not in ip(ns, "route", "show")
     assert "10.5.53.0" not in ip(ns, "neigh", "show", "dev", "flannel.1")
-    assert plan(desired, observe(nl, dev)).empty
+    assert replan(ks, desired).empty
 
 
 @pytest.mark.parametrize(
@@ -457,35 +523,35 @@ def test_apply_peer_changes(ns: str, nl: Netlink, dev: Link) -> None:
     ],
 )
 def test_hand_deleted_entry_in_next_plan(
-    ns: str, nl: Netlink, dev: Link, remove: tuple[str, ...], field: str
+    ns: str, ks: KernelSync, dev: Link, remove: tuple[str, ...], field: str
 ) -> None:
     """An entry deleted by hand shows up in the next plan, and applying it restores it."""
     desired = desired_state(PEERS, dev.index, SCOPE).state
-    converge(nl, dev, desired)
+    converge(ks, desired)
     ip(ns, *remove)
-    p = plan(desired, observe(nl, dev))
+    p = replan(ks, desired)
     assert len(getattr(p, field)) == 1
     others = {"set_neighs", "set_fdb", "set_routes", "del_routes", "del_neighs", "del_fdb"}
     assert all(getattr(p, f) == () for f in others - {field})
-    converge(nl, dev, desired)
-    assert observe(nl, dev) == desired
+    converge(ks, desired)
+    assert observe(ks) == desired
 
 
-def test_hand_deleted_fdb_in_next_plan(ns: str, nl: Netlink, dev: Link) -> None:
+def test_hand_deleted_fdb_in_next_plan(ns: str, ks: KernelSync, dev: Link) -> None:
     """An FDB entry deleted with ``bridge fdb del`` is planned again and restored."""
     desired = desired_state(PEERS, dev.index, SCOPE).state
-    converge(nl, dev, desired)
+    converge(ks, desired)
     bridge(ns, "fdb", "del", "5a:1e:02:33:44:52", "dev", "flannel.1", "dst", "192.0.2.21", "self")
-    p = plan(desired, observe(nl, dev))
+    p = replan(ks, desired)
     assert p.set_fdb == (Fdb("5a:1e:02:33:44:52", IPv4Address("192.0.2.21")),)
     assert (p.set_neighs, p.set_routes, p.del_fdb) == ((), (), ())
-    converge(nl, dev, desired)
-    assert observe(nl, dev) == desired
+    converge(ks, desired)
+    assert observe(ks) == desired
 
 
-def test_stray_entries_removed(ns: str, nl: Netlink, dev: Link) -> None:
+def test_stray_entries_removed(ns: str, ks: KernelSync, dev: Link) -> None:
     """A neighbour, FDB entry and route that no lease backs are removed by the next apply."""
-    converge(nl, dev, desired_state(PEERS[:1], dev.index, SCOPE).state)
+    converge(ks, desired_state(PEERS[:1], dev.index, SCOPE).state)
     ip(
         ns,
         "neigh",
@@ -512,23 +578,117 @@ def test_stray_entries_removed(ns: str, nl: Netlink, dev: Link) -> None:
     )
     ip(ns, "route", "replace", "10.5.77.0/24", "via", "10.5.77.0", "dev", "flannel.1", "onlink")
     desired = desired_state(PEERS[:1], dev.index, SCOPE).state
-    converge(nl, dev, desired)
-    assert observe(nl, dev) == desired
+    converge(ks, desired)
+    assert observe(ks) == desired
     assert "10.5.77.0" not in ip(ns, "route", "show")
     assert "5a:1e:02:33:44:77" not in bridge(ns, "fdb", "show", "dev", "flannel.1")
 
 
 def test_direct_routing_round_trip(ns: str, nl: Netlink, dev: Link) -> None:
-    """A DirectRouting peer gets ``S via P`` on the underlay, and the next plan is empty."""
-    desired = desired_state(
-        PEERS[:1], dev.index, SCOPE, direct_routing=True, is_onlink=nl.route_is_onlink
-    ).state
-    assert desired.routes[IPv4Network("10.5.51.0/24")].oif is None
-    converge(nl, dev, desired)
-    assert re.search(
-        r"^10\.5\.51\.0/24 via 192\.0\.2\.20 dev eth0",
-        ip(ns, "route", "show", "10.5.51.0/24"),
-        re.M,
-    )
-    assert "10.5.51.0" not in ip(ns, "neigh", "show", "dev", "flannel.1")
-    assert plan(desired, observe(nl, dev, direct=True)).empty
+    """A DirectRouting peer gets ``S via P`` on the underlay, and the next plan is empty; when
+    its lease goes, that route (ours, on another device) goes too."""
+    ks = nl.peer_sync(dev.index, Ownership(dev.index, (NETWORK, 24)))
+    try:
+        desired = desired_state(
+            PEERS[:1], dev.index, SCOPE, direct_routing=True, is_onlink=ks.route_is_onlink
+        ).state
+        assert desired.routes[IPv4Network("10.5.51.0/24")].oif is None
+        converge(ks, desired)
+        assert re.search(
+            r"^10\.5\.51\.0/24 via 192\.0\.2\.20 dev eth0",
+            ip(ns, "route", "show", "10.5.51.0/24"),
+            re.M,
+        )
+        assert "10.5.51.0" not in ip(ns, "neigh", "show", "dev", "flannel.1")
+        assert replan(ks, desired).empty
+        converge(ks, KernelState())
+        assert "10.5.51.0" not in ip(ns, "route", "show")
+    finally:
+        ks.close()
+
+
+# --- repaired on the kernel's notifications, without a resync -----------------------------------
+
+
+def follow(ks: KernelSync, done: Callable[[], bool], timeout: float = 1.0) -> SyncResult | None:
+    """Do what the daemon's main loop does on notifications (fold them, sync the keys they
+    touched) until *done* holds; fail after *timeout* seconds.  Returns the last sync."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while not done():
+        left = deadline - time.monotonic()
+        assert left > 0, "not repaired from notifications in time"
+        select.select([ks.fileno()], [], [], left)
+        note = ks.poll()
+        if note.device or note.resync:
+            ks.reload()
+            last = ks.sync()
+        elif note.keys:
+            last = ks.sync(note.keys)
+    return last
+
+
+def settle(ks: KernelSync) -> None:
+    """Fold the echoes of our own writes; they must plan nothing."""
+    time.sleep(0.05)
+    note = ks.poll()
+    assert not (note.device or note.resync)
+    assert ks.sync(note.keys).plan.empty
+
+
+@pytest.mark.parametrize(
+    ("damage", "check"),
+    [
+        pytest.param(
+            ("ip", "route", "del", "10.5.52.0/24"),
+            lambda ns: "10.5.52.0/24" in ip(ns, "route", "show"),
+            id="route",
+        ),
+        pytest.param(
+            ("ip", "neigh", "del", "10.5.52.0", "dev", "flannel.1"),
+            lambda ns: "10.5.52.0 " in ip(ns, "neigh", "show", "dev", "flannel.1"),
+            id="neigh",
+        ),
+        pytest.param(
+            ("bridge", "fdb", "del", "5a:1e:02:33:44:52", "dev", "flannel.1", "self"),
+            lambda ns: "5a:1e:02:33:44:52" in bridge(ns, "fdb", "show", "dev", "flannel.1"),
+            id="fdb",
+        ),
+    ],
+)
+def test_entry_deleted_by_hand_comes_back_on_notification(
+    ns: str, ks: KernelSync, dev: Link, damage: tuple[str, ...], check: Callable[[str], bool]
+) -> None:
+    """A route, neighbour or FDB entry deleted by hand is put back from the kernel's
+    notification alone (no dump, no resync), within a second; our own writes echoing back
+    plan nothing."""
+    converge(ks, desired_state(PEERS, dev.index, SCOPE).state)
+    settle(ks)
+    run(damage[0], "-n", ns, *damage[1:])
+    assert not check(ns)
+    follow(ks, lambda: check(ns))
+    settle(ks)
+    assert observe(ks) == desired_state(PEERS, dev.index, SCOPE).state
+
+
+def test_entry_added_by_hand_is_removed_on_notification(ns: str, ks: KernelSync, dev: Link) -> None:
+    """A route on our device that no lease backs, added by hand, is removed on its
+    notification."""
+    converge(ks, desired_state(PEERS, dev.index, SCOPE).state)
+    settle(ks)
+    ip(ns, "route", "add", "10.5.77.0/24", "via", "10.5.77.0", "dev", "flannel.1", "onlink")
+    follow(ks, lambda: "10.5.77.0" not in ip(ns, "route", "show"))
+
+
+def test_device_down_is_noticed(ns: str, ks: KernelSync, dev: Link) -> None:
+    """Setting the device down (which drops its routes without a route notification) is seen
+    as a device change."""
+    converge(ks, desired_state(PEERS, dev.index, SCOPE).state)
+    settle(ks)
+    ip(ns, "link", "set", "flannel.1", "down")
+    deadline = time.monotonic() + 1.0
+    seen = False
+    while not seen and time.monotonic() < deadline:
+        select.select([ks.fileno()], [], [], 0.1)
+        seen = ks.poll().device
+    assert seen

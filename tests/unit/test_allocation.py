@@ -167,11 +167,12 @@ def test_garbage_records_count_as_taken() -> None:
         assert action == Create(IPv4Network("10.0.0.12/30"), "free subnet")
 
 
-def test_other_length_lease_overlap_counts_as_taken() -> None:
-    """A lease with another prefix length blocks every subnet it overlaps."""
-    s = snap(held("10.0.0.0/29"))  # covers 10.0.0.4/30
+def test_other_length_record_blocks_nothing() -> None:
+    """A record with another prefix length (not a lease of this network; a hostile key of the
+    whole Network) blocks no subnet, unlike flanneld, where it would stop every new host."""
+    s = snap(held("10.0.0.0/28"), held("10.0.0.8/29"))  # covers every /30 of TINY
     picks = {plan_allocation(TINY, s, ME, None, rng(seed)).action.subnet for seed in range(50)}
-    assert picks == {IPv4Network("10.0.0.8/30"), IPv4Network("10.0.0.12/30")}
+    assert picks == {IPv4Network(f"10.0.0.{n}/30") for n in (4, 8, 12)}
 
 
 def test_stale_own_subnet_can_be_retaken() -> None:

@@ -226,14 +226,23 @@ def test_reacquire_lease_lost_to_other(registry: MemoryRegistry) -> None:
     assert registry.get_raw(key(str(lease.subnet))) == OTHER_ATTRS.encode()
 
 
-def test_reacquire_lease_lost_to_garbage(registry: MemoryRegistry) -> None:
-    """A key now holding garbage is not overwritten: LeaseLost."""
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        "not json",
+        '{"PublicIP":"0.0.0.0","BackendType":"vxlan"}',
+        '{"PublicIP":"10.0.9.9","BackendType":"vxlan","BackendData":{"VtepMAC":"ff:ff:ff:ff:ff:ff"}}',
+    ],
+)
+def test_reacquire_overwrites_garbage(registry: MemoryRegistry, garbage: str) -> None:
+    """A key that now holds garbage (or no real host's lease) is no claim: it is rewritten
+    with our lease."""
     mgr = manager(registry)
     lease = mgr.acquire(CFG, MY_ATTRS)
-    registry.put_raw(key(str(lease.subnet)), "not json")
-    with pytest.raises(LeaseLost):
-        mgr.reacquire(lease, MY_ATTRS)
-    assert registry.get_raw(key(str(lease.subnet))) == "not json"
+    registry.put_raw(key(str(lease.subnet)), garbage)
+    again = mgr.reacquire(lease, MY_ATTRS)
+    assert again.subnet == lease.subnet
+    assert registry.get_raw(key(str(lease.subnet))) == MY_ATTRS.encode()
 
 
 def test_create_conflict_is_already_exists(registry: MemoryRegistry) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 
@@ -10,8 +11,17 @@ import pytest
 
 from pyflannel.backend.vxlan import PeerScope, desired_state, unsafe_reason
 from pyflannel.errors import KernelError
-from pyflannel.kernel.plan import Plan, apply, plan
-from pyflannel.kernel.records import Fdb, KernelState, Neigh, Route
+from pyflannel.kernel.plan import (
+    Desired,
+    Keys,
+    Op,
+    Ownership,
+    Plan,
+    StateView,
+    apply,
+    plan,
+)
+from pyflannel.kernel.records import Fdb, KernelState, Neigh, PeerEntries, Route, RouteEntry
 from pyflannel.lease import Lease, LeaseAttrs
 
 DEV = 7
@@ -203,17 +213,34 @@ def test_bad_vtep_mac_is_skipped(mac: str, why: str) -> None:
 
 # --- plan ---------------------------------------------------------------------------------------
 
+NETWORK = IPv4Network("10.5.0.0/16")
+
+
+def desired_of(state: KernelState) -> Desired:
+    """A Desired holding exactly the entries of *state*."""
+    d = Desired()
+    d.neighs.update(state.neighs)
+    d.fdb.update({f.mac: f.dst for f in state.fdb})
+    d.routes.update(state.routes)
+    return d
+
+
+def plan_states(desired: KernelState, actual: KernelState, *, direct: bool = False) -> Plan:
+    """plan() over every key, with the kernel as *actual* (its ``routes`` ours, ``foreign`` the
+    kernel's own)."""
+    owner = Ownership(DEV, (NETWORK, 24) if direct else None)
+    return plan(desired_of(desired), StateView(actual), owner)
+
 
 def test_plan_never_replaces_a_foreign_route() -> None:
     """A wanted route whose destination another device already routes is a conflict: it is not
     written, and the foreign route is never deleted; neighbour and FDB are still set."""
     actual = KernelState()
-    connected = Route(S1, None, 2, False)
-    actual.foreign[S1] = connected
-    p = plan(programmed((S1, P1, M1)), actual)
+    actual.foreign[S1] = Route(S1, None, 2, False)
+    p = plan_states(programmed((S1, P1, M1)), actual)
     assert p.set_routes == ()
     assert p.del_routes == ()
-    assert p.conflicts == ((onlink(S1), connected),)
+    assert p.conflicts == ((onlink(S1), RouteEntry(S1, None, 2, 2, 0, 1)),)
     assert p.set_neighs == (Neigh(vtep(S1), M1),)
 
 
@@ -224,13 +251,13 @@ def test_plan_removes_any_route_on_the_device() -> None:
     no_gw = Route(IPv4Network("10.7.0.0/16"), None, DEV, False)
     actual.routes[stray25.dst] = stray25
     actual.routes[no_gw.dst] = no_gw
-    p = plan(programmed((S1, P1, M1)), actual)
+    p = plan_states(programmed((S1, P1, M1)), actual)
     assert set(p.del_routes) == {stray25, no_gw}
 
 
 def test_plan_add() -> None:
     """A new peer: set neighbour, FDB and route; delete nothing."""
-    p = plan(programmed((S1, P1, M1)), KernelState())
+    p = plan_states(programmed((S1, P1, M1)), KernelState())
     assert p.set_neighs == (Neigh(vtep(S1), M1),)
     assert p.set_fdb == (Fdb(M1, P1),)
     assert p.set_routes == (onlink(S1),)
@@ -239,7 +266,7 @@ def test_plan_add() -> None:
 
 def test_plan_remove() -> None:
     """A vanished peer: delete its route, neighbour and FDB entry; set nothing."""
-    p = plan(programmed((S2, P2, M2)), programmed((S1, P1, M1), (S2, P2, M2)))
+    p = plan_states(programmed((S2, P2, M2)), programmed((S1, P1, M1), (S2, P2, M2)))
     assert (p.set_neighs, p.set_fdb, p.set_routes) == ((), (), ())
     assert p.del_routes == (onlink(S1),)
     assert p.del_neighs == (Neigh(vtep(S1), M1),)
@@ -249,19 +276,19 @@ def test_plan_remove() -> None:
 def test_plan_unchanged_is_empty() -> None:
     """When the kernel already matches, the plan is empty."""
     st = programmed((S1, P1, M1), (S2, P2, M2))
-    p = plan(st, programmed((S1, P1, M1), (S2, P2, M2)))
+    p = plan_states(st, programmed((S1, P1, M1), (S2, P2, M2)))
     assert p.empty
-    assert p == Plan(vtep_macs={vtep(S1): M1, vtep(S2): M2})
+    assert p == Plan()
 
 
 def test_plan_empty_both() -> None:
     """No peers and nothing in the kernel: an empty plan."""
-    assert plan(KernelState(), KernelState()).empty
+    assert plan_states(KernelState(), KernelState()).empty
 
 
 def test_plan_mac_change() -> None:
     """A peer's new MAC: neighbour and FDB set for the new MAC, the old FDB entry deleted."""
-    p = plan(programmed((S1, P1, M2)), programmed((S1, P1, M1)))
+    p = plan_states(programmed((S1, P1, M2)), programmed((S1, P1, M1)))
     assert p.set_neighs == (Neigh(vtep(S1), M2),)
     assert p.set_fdb == (Fdb(M2, P1),)
     assert p.del_fdb == (Fdb(M1, P1),)
@@ -272,7 +299,7 @@ def test_plan_mac_change() -> None:
 
 def test_plan_public_ip_change() -> None:
     """A peer's new public IP: the FDB entry to the new address set, the old one deleted."""
-    p = plan(programmed((S1, P2, M1)), programmed((S1, P1, M1)))
+    p = plan_states(programmed((S1, P2, M1)), programmed((S1, P1, M1)))
     assert p.set_fdb == (Fdb(M1, P2),)
     assert p.del_fdb == (Fdb(M1, P1),)
     assert (p.set_neighs, p.set_routes, p.del_routes, p.del_neighs) == ((), (), (), ())
@@ -282,7 +309,6 @@ def test_plan_public_ip_change() -> None:
     "have",
     [
         Route(S1, IPv4Address("10.5.51.99"), DEV, True),  # wrong gateway
-        Route(S1, vtep(S1), DEV + 1, True),  # wrong device
         Route(S1, vtep(S1), DEV, False),  # not onlink
     ],
 )
@@ -290,23 +316,40 @@ def test_plan_wrong_route_replaced(have: Route) -> None:
     """A route with the wrong gateway, device or flags is replaced, not deleted."""
     actual = programmed((S1, P1, M1))
     actual.routes[S1] = have
-    p = plan(programmed((S1, P1, M1)), actual)
+    p = plan_states(programmed((S1, P1, M1)), actual)
     assert p.set_routes == (onlink(S1),)
     assert p.del_routes == ()
     assert (p.set_neighs, p.set_fdb) == ((), ())
+
+
+def test_plan_route_on_another_device_is_a_conflict() -> None:
+    """A route to the peer's subnet on another device is not ours: left alone, reported."""
+    actual = programmed((S1, P1, M1))
+    actual.routes[S1] = Route(S1, vtep(S1), DEV + 1, True)
+    p = plan_states(programmed((S1, P1, M1)), actual)
+    assert (p.set_routes, p.del_routes) == ((), ())
+    assert [want for want, _ in p.conflicts] == [onlink(S1)]
 
 
 def test_plan_direct_route_any_device() -> None:
     """A direct route (no device wanted) matches whatever underlay device the kernel chose."""
     want = KernelState(routes={S1: Route(S1, P1, None, False)})
     have = KernelState(routes={S1: Route(S1, P1, 3, False)})
-    assert plan(want, have).empty
+    assert plan_states(want, have, direct=True).empty
+
+
+def test_plan_direct_route_no_longer_wanted_is_deleted() -> None:
+    """With DirectRouting our "boot" route via a peer's public IP goes with its lease; without
+    DirectRouting the same route on the underlay is not ours and stays."""
+    have = KernelState(routes={S1: Route(S1, P1, 3, False)})
+    assert plan_states(KernelState(), have, direct=True).del_routes == (Route(S1, P1, 3, False),)
+    assert plan_states(KernelState(), have).empty
 
 
 def test_plan_switch_to_direct_routing() -> None:
     """Turning a peer direct replaces its route and removes its neighbour and FDB entry."""
     want = KernelState(routes={S1: Route(S1, P1, None, False)})
-    p = plan(want, programmed((S1, P1, M1)))
+    p = plan_states(want, programmed((S1, P1, M1)), direct=True)
     assert p.set_routes == (Route(S1, P1, None, False),)
     assert p.del_neighs == (Neigh(vtep(S1), M1),)
     assert p.del_fdb == (Fdb(M1, P1),)
@@ -315,8 +358,8 @@ def test_plan_switch_to_direct_routing() -> None:
 
 def test_plan_deterministic_order() -> None:
     """Operations come in a stable sorted order whatever the dict order."""
-    a = plan(programmed((S2, P2, M2), (S1, P1, M1)), KernelState())
-    b = plan(programmed((S1, P1, M1), (S2, P2, M2)), KernelState())
+    a = plan_states(programmed((S2, P2, M2), (S1, P1, M1)), KernelState())
+    b = plan_states(programmed((S1, P1, M1), (S2, P2, M2)), KernelState())
     assert a == b
     assert [r.dst for r in a.set_routes] == [S1, S2]
 
@@ -326,43 +369,28 @@ def test_plan_deterministic_order() -> None:
 
 @dataclass
 class RecordingWriter:
-    """A KernelWriter that records every call and fails the ones named in *fail*."""
+    """A BatchWriter that records every operation and fails the ones named in *fail*."""
 
     fail: set[tuple[str, object]] = field(default_factory=set)
     calls: list[tuple[str, object]] = field(default_factory=list)
+    batches: int = 0
 
-    def _do(self, op: str, key: object) -> None:
-        self.calls.append((op, key))
-        if (op, key) in self.fail:
-            raise KernelError(op, str(key), errno.EINVAL, "Invalid argument")
-
-    def replace_neigh(self, dev: int, n: Neigh) -> None:
-        assert dev == DEV
-        self._do("replace_neigh", n.ip)
-
-    def delete_neigh(self, dev: int, n: Neigh) -> None:
-        assert dev == DEV
-        self._do("delete_neigh", n.ip)
-
-    def replace_fdb(self, dev: int, f: Fdb) -> None:
-        assert dev == DEV
-        self._do("replace_fdb", f.mac)
-
-    def delete_fdb(self, dev: int, f: Fdb) -> None:
-        assert dev == DEV
-        self._do("delete_fdb", f.mac)
-
-    def replace_route(self, r: Route) -> None:
-        self._do("replace_route", r.dst)
-
-    def delete_route(self, r: Route) -> None:
-        self._do("delete_route", r.dst)
+    def write(self, ops: Sequence[Op]) -> dict[int, KernelError]:
+        self.batches += 1
+        failed = {}
+        for i, op in enumerate(ops):
+            t = op.target
+            key = t.ip if isinstance(t, Neigh) else t.mac if isinstance(t, Fdb) else t.dst
+            self.calls.append((op.kind, key))
+            if (op.kind, key) in self.fail:
+                failed[i] = KernelError(op.kind, str(key), errno.EINVAL, "Invalid argument")
+        return failed
 
 
 def test_apply_order_add() -> None:
     """Neighbours go in first, then FDB entries, then routes."""
     w = RecordingWriter()
-    report = apply(plan(programmed((S1, P1, M1), (S2, P2, M2)), KernelState()), w, DEV)
+    report = apply(plan_states(programmed((S1, P1, M1), (S2, P2, M2)), KernelState()), w)
     assert w.calls == [
         ("replace_neigh", vtep(S1)),
         ("replace_neigh", vtep(S2)),
@@ -377,14 +405,14 @@ def test_apply_order_add() -> None:
 def test_apply_order_remove() -> None:
     """Routes are removed before neighbours and FDB entries."""
     w = RecordingWriter()
-    apply(plan(KernelState(), programmed((S1, P1, M1))), w, DEV)
+    apply(plan_states(KernelState(), programmed((S1, P1, M1))), w)
     assert w.calls == [("delete_route", S1), ("delete_neigh", vtep(S1)), ("delete_fdb", M1)]
 
 
 def test_apply_failed_neigh_holds_back_only_that_route() -> None:
     """A peer whose neighbour failed gets no route; the other peers are programmed fully."""
     w = RecordingWriter(fail={("replace_neigh", vtep(S1))})
-    report = apply(plan(programmed((S1, P1, M1), (S2, P2, M2)), KernelState()), w, DEV)
+    report = apply(plan_states(programmed((S1, P1, M1), (S2, P2, M2)), KernelState()), w)
     routes = [k for op, k in w.calls if op == "replace_route"]
     assert routes == [S2]
     assert ("replace_fdb", M1) in w.calls  # its FDB entry is still attempted
@@ -396,7 +424,7 @@ def test_apply_failed_fdb_holds_back_only_that_route() -> None:
     """A peer whose FDB entry failed gets no route; the other peers are programmed fully."""
     w = RecordingWriter(fail={("replace_fdb", M2)})
     report = apply(
-        plan(programmed((S1, P1, M1), (S2, P2, M2), (S3, P3, M3)), KernelState()), w, DEV
+        plan_states(programmed((S1, P1, M1), (S2, P2, M2), (S3, P3, M3)), KernelState()), w
     )
     routes = [k for op, k in w.calls if op == "replace_route"]
     assert routes == [S1, S3]
@@ -409,7 +437,7 @@ def test_apply_failed_fdb_holds_back_route_when_neigh_already_right() -> None:
     del actual.routes[S1]
     actual.fdb.clear()
     w = RecordingWriter(fail={("replace_fdb", M1)})
-    report = apply(plan(programmed((S1, P1, M1)), actual), w, DEV)
+    report = apply(plan_states(programmed((S1, P1, M1)), actual), w)
     assert w.calls == [("replace_fdb", M1)]
     assert (report.applied, report.failed) == (0, 1)
 
@@ -417,7 +445,7 @@ def test_apply_failed_fdb_holds_back_route_when_neigh_already_right() -> None:
 def test_apply_all_deletions_attempted() -> None:
     """Every deletion is attempted even when earlier ones fail; failures are collected."""
     w = RecordingWriter(fail={("delete_route", S1), ("delete_neigh", vtep(S1)), ("delete_fdb", M2)})
-    report = apply(plan(KernelState(), programmed((S1, P1, M1), (S2, P2, M2))), w, DEV)
+    report = apply(plan_states(KernelState(), programmed((S1, P1, M1), (S2, P2, M2))), w)
     assert sorted(w.calls, key=str) == sorted(
         [
             ("delete_route", S1),
@@ -437,7 +465,7 @@ def test_apply_failure_does_not_raise_and_deletions_follow() -> None:
     """A failed set does not stop the deletions of the same plan."""
     w = RecordingWriter(fail={("replace_neigh", vtep(S2)), ("replace_route", S3)})
     desired = programmed((S2, P2, M2), (S3, P3, M3))
-    report = apply(plan(desired, programmed((S1, P1, M1))), w, DEV)
+    report = apply(plan_states(desired, programmed((S1, P1, M1))), w)
     assert ("delete_route", S1) in w.calls
     assert ("delete_neigh", vtep(S1)) in w.calls
     assert ("delete_fdb", M1) in w.calls
@@ -452,13 +480,84 @@ def test_apply_direct_route_not_held_back() -> None:
     desired = programmed((S1, P1, M1))
     desired.routes[S2] = Route(S2, P2, None, False)
     w = RecordingWriter(fail={("replace_neigh", vtep(S1)), ("replace_fdb", M1)})
-    apply(plan(desired, KernelState()), w, DEV)
+    apply(plan_states(desired, KernelState()), w)
     assert [k for op, k in w.calls if op == "replace_route"] == [S2]
 
 
 def test_apply_empty_plan_does_nothing() -> None:
     """An empty plan makes no call."""
     w = RecordingWriter()
-    report = apply(Plan(), w, DEV)
+    report = apply(Plan(), w)
     assert w.calls == []
     assert (report.applied, report.failed) == (0, 0)
+
+
+# --- work in proportion to the change ------------------------------------------------------------
+
+
+def entries(subnet: IPv4Network, ip: IPv4Address, mac: str) -> PeerEntries:
+    """The entries of one encapsulated peer."""
+    return PeerEntries(onlink(subnet), Neigh(vtep(subnet), mac), Fdb(mac, ip))
+
+
+def test_desired_set_returns_old_and_new_keys() -> None:
+    """Changing a peer's MAC touches its neighbour, both MACs and its route: nothing else."""
+    d = Desired()
+    d.set(S1, entries(S1, P1, M1))
+    d.set(S2, entries(S2, P2, M2))
+    keys = d.set(S1, entries(S1, P1, M3))
+    assert keys == Keys({vtep(S1)}, {M1, M3}, {S1})
+    assert d.fdb == {M3: P1, M2: P2}
+
+
+def test_desired_removal_keeps_entries_another_peer_wrote() -> None:
+    """Two peers claiming one VTEP MAC: removing one leaves the other's FDB entry wanted."""
+    d = Desired()
+    d.set(S1, entries(S1, P1, M1))
+    d.set(S2, entries(S2, P2, M1))  # last writer wins
+    d.set(S1, None)
+    assert d.fdb == {M1: P2}
+    assert set(d.routes) == {S2}
+
+
+def test_plan_for_keys_looks_at_nothing_else() -> None:
+    """A keyed plan compares only those keys: a drifted entry elsewhere waits for its own
+    event or the resync."""
+    d = Desired()
+    for s, ip, mac in ((S1, P1, M1), (S2, P2, M2)):
+        d.set(s, entries(s, ip, mac))
+    view = StateView(KernelState())  # nothing programmed at all
+    p = plan(d, view, Ownership(DEV), d.set(S2, entries(S2, P2, M2)))
+    assert p.set_routes == (onlink(S2),)
+    assert p.set_neighs == (Neigh(vtep(S2), M2),)
+    assert p.set_fdb == (Fdb(M2, P2),)
+
+
+def test_plan_extra_metric_on_device_is_removed() -> None:
+    """A second route to a peer's subnet on our device (another metric, added by hand) goes;
+    the one the lease backs stays."""
+
+    class View(StateView):
+        def routes_to(self, dst: IPv4Network) -> list[RouteEntry]:
+            if dst != S1:
+                return []
+            return [
+                RouteEntry(S1, vtep(S1), DEV, 3, 0, 1, 0, True),
+                RouteEntry(S1, vtep(S1), DEV, 3, 0, 1, 100, True),
+            ]
+
+    d = desired_of(programmed((S1, P1, M1)))
+    p = plan(d, View(programmed((S1, P1, M1))), Ownership(DEV), Keys(routes={S1}))
+    assert p.set_routes == ()
+    assert p.del_routes == (onlink(S1),)
+
+
+def test_apply_is_two_batches() -> None:
+    """However many peers, apply makes two writes: neighbours and FDB entries, then routes and
+    every deletion."""
+    w = RecordingWriter()
+    many = programmed(
+        *((IPv4Network(f"10.5.{i}.0/24"), P1, f"5a:00:00:00:00:{i:02x}") for i in range(2, 50))
+    )
+    apply(plan_states(many, programmed((S1, P1, M1))), w)
+    assert w.batches == 2

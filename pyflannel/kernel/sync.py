@@ -1,0 +1,209 @@
+"""Keeps the kernel's entries for the VXLAN device equal to what the peer leases want, with
+work in proportion to the change.
+
+It owns the desired entries (:class:`~pyflannel.kernel.plan.Desired`, updated peer by peer),
+a mirror of what the kernel holds (:class:`~pyflannel.kernel.mirror.Mirror`, loaded from dumps
+and kept current by netlink notifications), and the batched writer
+(:class:`~pyflannel.kernel.rtnl.Rtnl`).  Nothing is dumped per event:
+
+* a lease event changes the desired entries of one peer and plans just its keys;
+* a notification (an entry changed by anybody) folds into the mirror and plans just the keys it
+  touched; our own writes echo back too and then find nothing to do;
+* a change of the device itself, or lost notifications (ENOBUFS), re-dumps everything; so does
+  the periodic resync, the safety net.
+
+The notification socket is opened before the first dump: a notification queued while a dump
+runs is folded after it, and since notifications come in order the mirror ends at the latest
+state of every key.
+"""
+
+from __future__ import annotations
+
+import errno as errnos
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+
+from pyflannel.errors import KernelError
+from pyflannel.kernel import codec
+from pyflannel.kernel.mirror import Mirror
+from pyflannel.kernel.monitor import (
+    RTNLGRP_IPV4_ROUTE,
+    RTNLGRP_LINK,
+    RTNLGRP_NEIGH,
+    Monitor,
+    Overflow,
+)
+from pyflannel.kernel.plan import ApplyReport, Desired, Keys, Op, Ownership, Plan, apply, plan
+from pyflannel.kernel.records import Fdb, Link, Neigh, PeerEntries, Route
+from pyflannel.kernel.rtnl import Request, Rtnl
+
+#: Address changes (the VTEP address flushed by hand) come in this group.
+RTNLGRP_IPV4_IFADDR = 5
+GROUPS = (RTNLGRP_LINK, RTNLGRP_NEIGH, RTNLGRP_IPV4_ROUTE, RTNLGRP_IPV4_IFADDR)
+#: A delete of what is already gone is not a failure.
+_GONE = {errnos.ENOENT, errnos.ESRCH, errnos.ENODEV, errnos.EADDRNOTAVAIL}
+
+
+@dataclass
+class Notified:
+    """What the notifications read by :meth:`KernelSync.poll` changed."""
+
+    keys: Keys = field(default_factory=Keys)
+    device: bool = False  # our device changed (down, MTU, address, deleted): check and re-dump
+    resync: bool = False  # the mirror cannot tell what the kernel holds: re-dump
+
+
+@dataclass(frozen=True)
+class SyncResult:
+    """One :meth:`KernelSync.sync`: the plan and what applying it did."""
+
+    plan: Plan
+    report: ApplyReport
+
+
+class KernelSync:
+    """The peer entries of VXLAN device *dev*, in the current namespace or *netns*."""
+
+    def __init__(self, dev: int, owner: Ownership, netns: str | None = None) -> None:
+        self._monitor = Monitor(netns, groups=GROUPS)  # before any dump: see the docstring
+        self._rtnl = Rtnl(netns)
+        self.dev = dev
+        self.owner = owner
+        self.mirror = Mirror(dev)
+        self.desired = Desired()
+
+    def close(self) -> None:
+        """Close both netlink sockets."""
+        self._monitor.close()
+        self._rtnl.close()
+
+    def fileno(self) -> int:
+        """The notification socket, for ``select``."""
+        return self._monitor.fileno()
+
+    def retarget(self, dev: int, owner: Ownership) -> None:
+        """The device was re-created with index *dev*: forget the mirror and every desired
+        entry (routes name the device); the caller sets the peers again and reloads."""
+        self.dev, self.owner = dev, owner
+        self.mirror = Mirror(dev)
+        self.desired.clear()
+
+    def set_peer(self, subnet: IPv4Network, entries: PeerEntries | None) -> Keys:
+        """Want *entries* for the peer on *subnet* (None: nothing); returns the keys to sync."""
+        return self.desired.set(subnet, entries)
+
+    # --- reading the kernel ----------------------------------------------------------------
+
+    def reload(self) -> None:
+        """Rebuild the mirror from full dumps of the device's entries and the main table."""
+        self.mirror.load(
+            self._rtnl.link(self.dev),
+            self._rtnl.neighs(self.dev),
+            self._rtnl.fdb(self.dev),
+            self._rtnl.routes(),
+        )
+
+    def poll(self) -> Notified:
+        """Fold the notifications queued now into the mirror; say what they touched."""
+        out = Notified()
+        msgs = self._monitor.read()
+        if isinstance(msgs, Overflow):
+            out.resync = True
+            return out
+        for m in msgs:
+            if isinstance(m, codec.AddrMsg):
+                out.device |= m.index == self.dev
+                continue
+            touched = self.mirror.apply(m)
+            if touched.empty:
+                continue
+            out.device |= touched.device
+            out.resync |= touched.resync
+            out.keys.neighs.update(touched.neighs)
+            out.keys.macs.update(touched.fdb)
+            out.keys.routes.update(touched.routes)
+        return out
+
+    def device(self) -> Link | None:
+        """Our device as the kernel has it now, with its IPv4 addresses; None if it is gone."""
+        link = self._rtnl.link(self.dev)
+        if link is None:
+            return None
+        addrs = tuple(
+            IPv4Interface((IPv4Address(a.local or a.address or b"\0\0\0\0"), a.prefixlen))
+            for a in self._rtnl.addresses(self.dev)
+            if a.family == codec.AF_INET and a.index == self.dev
+        )
+        return Link(link.index, link.name, link.mac, link.mtu, link.up, addrs)
+
+    def route_is_onlink(self, ip: IPv4Address) -> bool:
+        """True when the kernel reaches *ip* without a gateway (DirectRouting's test); a raw
+        ``route get``: pyroute2's leaks some 300 bytes a call, and this runs per peer."""
+        route = self._rtnl.route_get(ip)
+        return route is not None and route.gateway is None and route.oif != self.dev
+
+    def link_name(self, index: int) -> str | None:
+        """The name of link *index* (for log lines), or None."""
+        link = self._rtnl.link(index)
+        return link.name if link is not None else None
+
+    # --- writing ----------------------------------------------------------------------------
+
+    def sync(self, keys: Keys | None = None) -> SyncResult:
+        """Make the kernel match the desired entries for *keys* (None: every key)."""
+        p = plan(self.desired, self.mirror, self.owner, keys)
+        return SyncResult(p, apply(p, self) if not p.empty else ApplyReport())
+
+    def write(self, ops: Sequence[Op]) -> dict[int, KernelError]:
+        """Encode *ops* and write them in batches; failures by index (see BatchWriter)."""
+        requests = [Request(str(i), self._encode(op)) for i, op in enumerate(ops)]
+        result = self._rtnl.write(requests)
+        failed: dict[int, KernelError] = {}
+        for f in result.failures:
+            i = int(f.label)
+            op = ops[i]
+            if op.kind.startswith("delete_") and f.errno in _GONE:
+                continue
+            message = f.message or f.strerror or os.strerror(f.errno)
+            failed[i] = KernelError(op.kind, _target(op), f.errno, message)
+        return failed
+
+    def _encode(self, op: Op) -> bytes:
+        t = op.target
+        if isinstance(t, Neigh):
+            if op.kind == "replace_neigh":
+                return codec.encode_neigh_replace(self.dev, t.ip, t.mac)
+            return codec.encode_neigh_delete(self.dev, t.ip)
+        if isinstance(t, Fdb):
+            if op.kind == "replace_fdb":
+                return codec.encode_fdb_replace(self.dev, t.mac, t.dst)
+            return codec.encode_fdb_delete(self.dev, t.mac, t.dst)
+        if op.kind == "replace_route":
+            return codec.encode_route_replace(t)
+        return codec.encode_route_delete(t)
+
+
+def _target(op: Op) -> str:
+    t = op.target
+    if isinstance(t, Neigh):
+        return f"{t.ip} lladdr {t.mac}"
+    if isinstance(t, Fdb):
+        return f"{t.mac} dst {t.dst}"
+    return describe_route(t)
+
+
+def describe_route(r: Route, names: dict[int, str] | None = None) -> str:
+    """``10.5.7.0/24 via 10.5.7.0 dev #4 onlink``, as ``ip route`` would say it."""
+    parts = [str(r.dst)]
+    if r.gateway is not None:
+        parts.append(f"via {r.gateway}")
+    if r.oif is not None:
+        parts.append(f"dev {(names or {}).get(r.oif, f'#{r.oif}')}")
+    if r.onlink:
+        parts.append("onlink")
+    return " ".join(parts)
+
+
+__all__ = ["GROUPS", "KernelSync", "Notified", "SyncResult", "describe_route"]

@@ -1,0 +1,140 @@
+"""From peer leases to kernel entries, one peer at a time: the VXLAN backend's per-peer entries
+fed to :class:`~pyflannel.kernel.sync.KernelSync`, with the warnings an operator needs.
+
+The daemon tells it which peers changed (a lease event), and it plans only their keys; kernel
+notifications touch only the keys they name; a full sync (start, resync, a device change)
+compares everything.  Each problem (a lease skipped as unsafe, a route that conflicts with one
+not ours, a kernel operation refused) is logged once per distinct cause, never per sync.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from ipaddress import IPv4Address, IPv4Network
+
+import structlog
+
+from pyflannel.backend.vxlan import PeerScope, peer_entries
+from pyflannel.kernel.plan import Keys, Ownership
+from pyflannel.kernel.records import Route, RouteEntry
+from pyflannel.kernel.sync import KernelSync, Notified, SyncResult, describe_route
+from pyflannel.lease import Lease
+
+log = structlog.get_logger("pyflannel")
+
+
+class PeerSync:
+    """The peers' entries on our VXLAN device (see the module docstring)."""
+
+    def __init__(
+        self,
+        kernel: KernelSync,
+        scope: PeerScope,
+        *,
+        direct_routing: bool = False,
+        is_onlink: Callable[[IPv4Address], bool] = lambda _ip: False,
+    ) -> None:
+        self.kernel = kernel
+        self.scope = scope
+        self._direct = direct_routing
+        self._is_onlink = is_onlink
+        # The last warning per subnet (skipped lease, route conflict): one line per distinct
+        # problem; bounded by the keys under subnets/ (an entry goes when its lease goes).
+        self._skipped: dict[IPv4Network, str] = {}
+        self._conflicts: dict[IPv4Network, RouteEntry] = {}
+
+    @property
+    def peers(self) -> int:
+        """How many peers are wanted in the kernel."""
+        return len(self.kernel.desired.peers)
+
+    def ownership(self, dev: int) -> Ownership:
+        """Which routes are ours with the device at index *dev*."""
+        direct = (self.scope.network, self.scope.subnet_len) if self._direct else None
+        return Ownership(dev, direct)
+
+    def update(self, subnet: IPv4Network, lease: Lease | None) -> Keys:
+        """The lease on *subnet* is now *lease* (None: gone); returns the keys to sync."""
+        if lease is None or subnet == self.scope.own_subnet:
+            self._skipped.pop(subnet, None)
+            self._conflicts.pop(subnet, None)
+            return self.kernel.set_peer(subnet, None)
+        entries = peer_entries(
+            lease,
+            self.kernel.dev,
+            self.scope,
+            direct_routing=self._direct,
+            is_onlink=self._is_onlink,
+        )
+        if isinstance(entries, str):
+            if self._skipped.get(subnet) != entries:
+                self._skipped[subnet] = entries
+                log.warning("peer_skipped", subnet=str(subnet), reason=entries)
+            return self.kernel.set_peer(subnet, None)
+        self._skipped.pop(subnet, None)
+        return self.kernel.set_peer(subnet, entries)
+
+    def set_all(self, leases: Iterable[Lease]) -> None:
+        """Recompute every peer's entries (start, a re-created device, DirectRouting resync)."""
+        self.kernel.desired.clear()
+        for lease in leases:
+            self.update(lease.subnet, lease)
+
+    def poll(self) -> Notified:
+        """Fold queued kernel notifications; see :meth:`KernelSync.poll`."""
+        return self.kernel.poll()
+
+    def sync(self, keys: Keys | None, reason: str) -> SyncResult:
+        """Compare and fix *keys* (None: reload the mirror from dumps and compare everything)."""
+        started = time.monotonic()
+        if keys is None:
+            self.kernel.reload()
+        result = self.kernel.sync(keys)
+        self._report(result, reason, started)
+        return result
+
+    def _report(self, result: SyncResult, reason: str, started: float) -> None:
+        p, report = result.plan, result.report
+        for want, have in p.conflicts:
+            if self._conflicts.get(want.dst) != have:
+                self._conflicts[want.dst] = have
+                names = {}
+                if have.oif is not None:
+                    names[have.oif] = self.kernel.link_name(have.oif) or f"#{have.oif}"
+                existing = describe_route(
+                    Route(have.dst, have.gateway, have.oif, have.onlink), names
+                )
+                log.warning(
+                    "route_conflict",
+                    subnet=str(want.dst),
+                    wanted=describe_route(want),
+                    existing=existing,
+                    action="left alone; the peer is not routed through the overlay",
+                )
+        if p.empty:
+            log.debug("reconciled", reason=reason, changes=0, peers=self.peers)
+            return
+        log.info(
+            "reconciled",
+            reason=reason,
+            peers=self.peers,
+            neigh_set=len(p.set_neighs),
+            fdb_set=len(p.set_fdb),
+            route_set=len(p.set_routes),
+            route_del=len(p.del_routes),
+            neigh_del=len(p.del_neighs),
+            fdb_del=len(p.del_fdb),
+            failed=report.failed,
+            duration_ms=round((time.monotonic() - started) * 1000, 1),
+        )
+        # At most a few lines: a batch of 10,000 failures is one summary, not 10,000 lines.
+        for err in report.errors[:5]:
+            log.warning(
+                "kernel_op_failed", op=err.op, target=err.target, errno=err.errno, error=str(err)
+            )
+        if report.failed > 5:
+            log.warning("kernel_ops_failed", more=report.failed - 5, reason=reason)
+
+
+__all__ = ["PeerSync"]
