@@ -14,12 +14,18 @@ from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
 from pyflannel.errors import ConfigError, UnsupportedBackend
+from pyflannel.lease import MAX_VNI
+from pyflannel.untrusted import UntrustedInput, clip, excerpt, load_json
 
 #: The VXLAN UDP port the Linux kernel uses when none is given (flanneld sends none for Port 0).
 KERNEL_VXLAN_PORT = 8472
 #: Bytes VXLAN over IPv4 adds to every packet: outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14.
 VXLAN_OVERHEAD = 50
-_MAX_VNI = (1 << 24) - 1
+#: The longest network config text parsed.  A real one is a few hundred bytes; refusing a
+#: larger one before parsing bounds what a hostile write to ``<prefix>/config`` can cost.
+MAX_CONFIG_CHARS = 64 * 1024
+#: The longest error text parse_network_config raises: operators read it in one log line.
+MAX_ERROR_CHARS = 300
 
 
 @dataclass(frozen=True)
@@ -72,17 +78,25 @@ def _get(obj: dict[str, Any], key: str, kind: type, default: Any) -> Any:
         return default
     # JSON true is a Python int subclass; Go refuses a bool where a number is wanted and vice versa.
     if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
-        raise ConfigError(f"{key}: expected an integer, got {json.dumps(value)}")
+        raise ConfigError(f"{key}: expected an integer, got {_shown(value)}")
     if kind is not int and not isinstance(value, kind):
-        raise ConfigError(f"{key}: expected a {kind.__name__}, got {json.dumps(value)}")
+        raise ConfigError(f"{key}: expected a {kind.__name__}, got {_shown(value)}")
     return value
+
+
+def _shown(value: Any) -> str:
+    """*value* as JSON for an error text, cut short (it may be anything a host wrote)."""
+    try:
+        return clip(json.dumps(value), 48)
+    except Exception:  # e.g. an int too long to print
+        return excerpt(value)
 
 
 def _ipv4(value: str, field: str) -> IPv4Address:
     try:
         return IPv4Address(value)
     except ValueError:
-        raise ConfigError(f"{field}: invalid IPv4 address {value!r}") from None
+        raise ConfigError(f"{field}: invalid IPv4 address {excerpt(value)}") from None
 
 
 def parse_backend(raw: Any) -> VxlanConfig:
@@ -98,7 +112,7 @@ def parse_backend(raw: Any) -> VxlanConfig:
         btype = str(_get(obj, "Type", str, "udp")).lower()
     if btype != "vxlan":
         raise UnsupportedBackend(
-            f'backend type "{btype}" is not supported: pyflannel implements only "vxlan" '
+            f'backend type "{clip(btype, 48)}" is not supported: pyflannel implements only "vxlan" '
             '(set "Backend": {"Type": "vxlan"} in the network config)'
         )
     cfg = VxlanConfig(
@@ -109,8 +123,8 @@ def parse_backend(raw: Any) -> VxlanConfig:
         direct_routing=_get(obj, "DirectRouting", bool, False),
         mtu=_get(obj, "MTU", int, 0),
     )
-    if not 0 <= cfg.vni <= _MAX_VNI:
-        raise ConfigError(f"VNI must be between 0 and {_MAX_VNI}, got {cfg.vni}")
+    if not 0 <= cfg.vni <= MAX_VNI:
+        raise ConfigError(f"VNI must be between 0 and {MAX_VNI}, got {cfg.vni}")
     if not 0 <= cfg.port <= 65535:
         raise ConfigError(f"Port must be between 0 and 65535, got {cfg.port}")
     if cfg.mtu and not VXLAN_OVERHEAD + 68 <= cfg.mtu <= 65535:
@@ -121,13 +135,28 @@ def parse_backend(raw: Any) -> VxlanConfig:
 def parse_network_config(text: str | bytes) -> NetworkConfig:
     """Parse and validate the JSON stored at ``<prefix>/config``.
 
+    Any input ends as a NetworkConfig or a ConfigError whose text is at most
+    :data:`MAX_ERROR_CHARS` long, in time bounded by :data:`MAX_CONFIG_CHARS`.
+
     Raises:
         ConfigError: the text is not JSON, a field has the wrong type, or a rule is broken.
     """
     try:
-        raw = json.loads(text)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"network config is not valid JSON: {exc}") from None
+        return _parse_network_config(text)
+    except ConfigError as exc:
+        if len(str(exc)) <= MAX_ERROR_CHARS:
+            raise
+        # Same class (UnsupportedBackend stays one), shorter text.
+        raise type(exc)(clip(str(exc), MAX_ERROR_CHARS)) from None
+    except Exception as exc:  # a case the checks missed must still be a config error
+        raise ConfigError(f"network config did not parse ({type(exc).__name__})") from None
+
+
+def _parse_network_config(text: str | bytes) -> NetworkConfig:
+    try:
+        raw = load_json(text, max_chars=MAX_CONFIG_CHARS, what="network config")
+    except UntrustedInput as exc:
+        raise ConfigError(str(exc)) from None
     if not isinstance(raw, dict):
         raise ConfigError("network config must be a JSON object")
     obj = _fold(raw)
@@ -147,7 +176,7 @@ def parse_network_config(text: str | bytes) -> NetworkConfig:
             raise ValueError(net_text)
         network = IPv4Network(net_text, strict=False)  # host bits are masked off, as Go does
     except ValueError:
-        raise ConfigError(f"Network: invalid IPv4 CIDR {net_text!r}") from None
+        raise ConfigError(f"Network: invalid IPv4 CIDR {excerpt(net_text)}") from None
 
     subnet_len = _get(obj, "SubnetLen", int, 0)
     if subnet_len == 0:

@@ -19,7 +19,8 @@ from __future__ import annotations
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from ipaddress import IPv4Interface, IPv4Network
 from types import FrameType
@@ -28,7 +29,7 @@ from typing import TypeVar
 import structlog
 
 from pyflannel import systemd
-from pyflannel.backend.vxlan import desired_state
+from pyflannel.backend.vxlan import PeerScope, desired_state
 from pyflannel.config import VXLAN_OVERHEAD, NetworkConfig, parse_network_config
 from pyflannel.errors import (
     Compacted,
@@ -42,16 +43,21 @@ from pyflannel.errors import (
     RegistryUnavailable,
     UnsupportedBackend,
 )
-from pyflannel.iface import ExternalInterface, choose_external
+from pyflannel.iface import ExternalInterface, choose_external, underlay_overlaps
 from pyflannel.kernel.netlink import Netlink
 from pyflannel.kernel.plan import apply, plan
-from pyflannel.kernel.records import Link, VxlanSpec
+from pyflannel.kernel.records import Link, Route, VxlanSpec
 from pyflannel.lease import Change, EventKind, Lease, LeaseAttrs, LeaseTracker, WatchBatch
 from pyflannel.options import DaemonOptions
 from pyflannel.registry import Registry, join_key, open_registry
 from pyflannel.retry import Backoff, OnceFilter
 from pyflannel.subnet import LeaseManager
-from pyflannel.subnetenv import read_subnet_hint, subnet_env_text, write_subnet_env
+from pyflannel.subnetenv import (
+    check_writable,
+    read_subnet_hint,
+    subnet_env_text,
+    write_subnet_env,
+)
 
 log = structlog.get_logger("pyflannel")
 T = TypeVar("T")
@@ -75,6 +81,35 @@ class _Own:
     stale: bool = False  # our key holds other attributes than ours (same public IP)
 
 
+class _Recent:
+    """A bounded set of recently seen items (oldest forgotten first): logs a problem once per
+    key and value without growing for ever when somebody writes millions of distinct ones."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._items: OrderedDict[Hashable, None] = OrderedDict()
+
+    def first_time(self, item: Hashable) -> bool:
+        """True unless *item* was seen recently."""
+        if item in self._items:
+            self._items.move_to_end(item)
+            return False
+        self._items[item] = None
+        if len(self._items) > self._size:
+            self._items.popitem(last=False)
+        return True
+
+
+def _describe_route(r: Route, nl: Netlink) -> str:
+    """``10.0.1.0/24 via 10.0.1.1 dev eth0``, as ``ip route`` would say it."""
+    parts = [str(r.dst)]
+    if r.gateway is not None:
+        parts.append(f"via {r.gateway}")
+    if r.oif is not None:
+        parts.append(f"dev {nl.link_name(r.oif) or f'#{r.oif}'}")
+    return " ".join(parts)
+
+
 class Daemon:
     """One pyflannel instance: owns the registry, the netlink socket and the two threads."""
 
@@ -90,11 +125,16 @@ class Daemon:
         self._own = _Own()
         self._fatal: str | None = None
         self._signalled = 0
-        self._warned_skips: set[IPv4Network] = set()
+        # What was last warned about, per subnet: one line per distinct problem, not per
+        # reconcile.  Bounded by the keys under subnets/ (entries go when the key goes).
+        self._warned_skips: dict[IPv4Network, str] = {}
+        self._warned_conflicts: dict[IPv4Network, Route] = {}
+        self._warned_records = _Recent(4096)
         # Set during start-up:
         self.cfg: NetworkConfig
         self.ext: ExternalInterface
         self.dev: Link
+        self.spec: VxlanSpec
         self.attrs: LeaseAttrs
         self.lease: Lease
         self.manager: LeaseManager
@@ -134,7 +174,7 @@ class Daemon:
 
         Each distinct problem is logged once, not once per attempt.
         """
-        backoff, once = Backoff(), OnceFilter()
+        backoff, once = Backoff(maximum=1.0), OnceFilter()  # flanneld retries every second
         while True:
             if self.stopping():
                 raise _Stopped
@@ -168,6 +208,7 @@ class Daemon:
 
     def start(self) -> None:
         """Config, interface, device, lease, address, subnet.env; raises on fatal problems."""
+        check_writable(self.opts.subnet_file)  # before anything is leased or created
         self.cfg = self._retry("network_config", self._fetch_config)
         log.info(
             "network_config",
@@ -192,6 +233,14 @@ class Daemon:
             public_ip=str(self.ext.public_ip),
             mtu=self.ext.link.mtu,
         )
+        overlaps = underlay_overlaps(
+            self.cfg.network, self.ext, self.nl.connected_routes(self.ext.link.index)
+        )
+        if overlaps:
+            raise ConfigError(
+                f"Network {self.cfg.network} overlaps the underlay ({'; '.join(overlaps)}): "
+                "routing it into the overlay would cut this host off; choose another Network"
+            )
         self._ensure_device()
         hint = read_subnet_hint(self.opts.subnet_file)
         self.manager = LeaseManager(
@@ -211,7 +260,7 @@ class Daemon:
     def _ensure_device(self) -> None:
         """Create or reuse flannel.<VNI>; our lease attributes follow its MAC."""
         backend = self.cfg.backend
-        spec = VxlanSpec(
+        self.spec = spec = VxlanSpec(
             name=backend.device_name,
             vni=backend.vni,
             port=backend.udp_port,
@@ -254,7 +303,8 @@ class Daemon:
     # --- the watch thread ---------------------------------------------------------------------
 
     def _watch(self) -> None:
-        backoff, once = Backoff(), OnceFilter()
+        # At most 1 s between attempts (flanneld's pace): etcd back means caught up within ~1 s.
+        backoff, once = Backoff(initial=0.25, maximum=1.0), OnceFilter()
         revision: int | None = None
         while not self.stop.is_set():
             try:
@@ -301,12 +351,16 @@ class Daemon:
 
     def _log_change(self, ch: Change) -> None:
         if ch.kind is EventKind.INVALID:
-            log.warning(
-                "record_skipped",
-                key=ch.key,
-                reason=ch.reason,
-                effect="ignored; no peer is removed for it",
-            )
+            if ch.subnet is not None and ch.subnet == self.lease.subnet:
+                # Garbage over our own key hides us from every host that starts now: rewrite.
+                self._own.stale = True
+            if self._warned_records.first_time((ch.key, ch.reason)):
+                log.warning(
+                    "record_skipped",
+                    key=ch.key,
+                    reason=ch.reason,
+                    effect="ignored; no peer is removed for it",
+                )
             return
         if ch.subnet == self.lease.subnet:
             self._own_change(ch)
@@ -314,7 +368,8 @@ class Daemon:
         if ch.kind is EventKind.REMOVED:
             assert ch.old is not None
             log.info("peer_removed", subnet=str(ch.subnet), public_ip=str(ch.old.attrs.public_ip))
-            self._warned_skips.discard(ch.old.subnet)
+            self._warned_skips.pop(ch.old.subnet, None)
+            self._warned_conflicts.pop(ch.old.subnet, None)
             return
         assert ch.new is not None
         a = ch.new.attrs
@@ -342,10 +397,14 @@ class Daemon:
             # previous VTEP MAC after the device was re-created: those are not a takeover.)
             self._own.taken_by = ch.new
         elif ch.new is not None:
-            self.lease = ch.new  # our own write echoed back: its expiration is current
             # Same host but another VTEP MAC (hand-edited, or an older write of ours echoing
-            # late): rewrite it, since peers program whatever the key says.
-            self._own.stale = ch.new.attrs != self.attrs
+            # late): rewrite it, since peers program whatever the key says.  Our key rewritten
+            # without its TTL would never expire if this host died: give the TTL back.  (A
+            # reservation is made while the daemon is stopped; it is kept from the next start.)
+            # Our own writes echo back too; self.lease keeps the expiration we wrote (a v3 watch
+            # event says a key has a lease, not when it ends).
+            lost_ttl = ch.new.expiration is None and self.lease.expiration is not None
+            self._own.stale = ch.new.attrs != self.attrs or lost_ttl
 
     def _fail(self, message: str) -> None:
         self._fatal = message
@@ -354,30 +413,78 @@ class Daemon:
 
     # --- the main loop ------------------------------------------------------------------------
 
+    def _check_device(self) -> str | None:
+        """Keep flannel.<VNI> as configured: re-create it if it is gone, bring it up, restore its
+        MTU and VTEP address.  Returns what was repaired, or None."""
+        current = self.nl.device(self.dev.index)
+        if current is None or current.name != self.dev.name:
+            log.warning("device_missing", device=self.dev.name, action="re-creating")
+            self._restore_device()
+            return "device re-created"
+        vtep = IPv4Interface(f"{self.lease.subnet.network_address}/32")
+        damage = []
+        if current.mtu != self.spec.mtu:
+            damage.append(f"mtu {current.mtu} (want {self.spec.mtu})")
+            self.nl.set_mtu(current, self.spec.mtu)
+        if vtep not in current.addresses:
+            damage.append(f"VTEP address {vtep} missing")
+        damage.extend(
+            f"stray address {a}"
+            for a in current.addresses
+            if a != vtep and a.ip in self.cfg.network
+        )
+        if not current.up:
+            damage.append("link down")
+        if not damage:
+            return None
+        # ensure_address also sets the link up; a link that was down lost its routes with no
+        # notification, so the reconcile that follows re-reads everything.
+        self._ensure_address()
+        what = ", ".join(damage)
+        log.warning("device_repaired", device=self.dev.name, damage=what)
+        return "device repaired"
+
+    def _scope(self) -> PeerScope:
+        return PeerScope(
+            network=self.cfg.network,
+            subnet_len=self.cfg.subnet_len,
+            own_subnet=self.lease.subnet,
+            own_public_ip=self.ext.public_ip,
+        )
+
     def reconcile(self, reason: str) -> None:
         """Make the kernel match the leases: desired from leases, actual from the kernel."""
         started = time.monotonic()
-        current = self.nl.link(self.dev.name)
-        if current is None or current.index != self.dev.index:
-            log.warning("device_missing", device=self.dev.name, action="re-creating")
-            self._restore_device()
-            reason = "device re-created"
+        reason = self._check_device() or reason
         with self._lock:
             peers = [lease for s, lease in self._tracker.leases.items() if s != self.lease.subnet]
+        backend = self.cfg.backend
         desired = desired_state(
             peers,
             self.dev.index,
-            direct_routing=self.cfg.backend.direct_routing,
+            self._scope(),
+            direct_routing=backend.direct_routing,
             is_onlink=self.nl.route_is_onlink,
         )
         for subnet, why in desired.skipped.items():
-            if subnet not in self._warned_skips:
-                self._warned_skips.add(subnet)
+            if self._warned_skips.get(subnet) != why:
+                self._warned_skips[subnet] = why
                 log.warning("peer_skipped", subnet=str(subnet), reason=why)
         actual = self.nl.observe(
-            self.dev.index, self.cfg.network, self.cfg.subnet_len, self.lease.subnet
+            self.dev.index,
+            self.cfg.network,
+            self.cfg.subnet_len if backend.direct_routing else None,
         )
         p = plan(desired.state, actual)
+        for want, have in p.conflicts:
+            if self._warned_conflicts.get(want.dst) != have:
+                self._warned_conflicts[want.dst] = have
+                log.warning(
+                    "route_conflict",
+                    subnet=str(want.dst),
+                    existing=_describe_route(have, self.nl),
+                    action="left alone; the peer is not routed through the overlay",
+                )
         if p.empty:
             log.debug("reconciled", reason=reason, changes=0, peers=len(peers))
             return

@@ -9,6 +9,7 @@ PyflannelError
 │   ├── NotFound             key absent
 │   └── Compacted            v2 event index cleared, v3 compaction  -> re-list and diff
 ├── KernelError            a netlink operation failed (errno kept)
+├── SubnetEnvError         subnet.env cannot be written (path and reason)
 ├── OutOfSubnets           no free subnet between SubnetMin and SubnetMax
 └── LeaseLost              our lease vanished and its subnet is now someone else's
 """
@@ -64,6 +65,10 @@ class KernelError(PyflannelError):
         self.op = op
         self.target = target
         self.errno = errno
+
+
+class SubnetEnvError(PyflannelError):
+    """subnet.env cannot be written; the text names the path and the reason in one line."""
 
 
 class OutOfSubnets(PyflannelError):

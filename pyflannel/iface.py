@@ -8,8 +8,9 @@ route.  The public IP is ``--public-ip`` if given, else the interface's address.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Network
 
 from pyflannel.errors import ConfigError
 from pyflannel.kernel.records import Link
@@ -107,3 +108,29 @@ def choose_external(
     if chosen.mtu == 0:
         raise ConfigError(f"interface {chosen.name} reports MTU 0")
     return ExternalInterface(chosen, ip, public_ip or ip)
+
+
+def underlay_overlaps(
+    network: IPv4Network, ext: ExternalInterface, connected: Iterable[IPv4Network]
+) -> list[str]:
+    """What of the underlay *network* overlaps: the external interface's addresses (and their
+    subnets), the public IP, and the routes the kernel reaches without a gateway through it.
+
+    Routing such a Network into the overlay cuts the host off its underlay, etcd included
+    (flanneld does it silently); pyflannel refuses to start instead.
+    """
+    found: list[str] = []
+    for addr in ext.link.addresses:
+        if addr.network.overlaps(network):
+            found.append(f"address {addr} of {ext.link.name}")
+    if ext.public_ip in network and not any(a.ip == ext.public_ip for a in ext.link.addresses):
+        found.append(f"public IP {ext.public_ip}")
+    for net in connected:
+        # A device-only default route (point-to-point links) is not a subnet of the underlay.
+        if (
+            net.prefixlen
+            and net.overlaps(network)
+            and not any(net == a.network for a in ext.link.addresses)
+        ):
+            found.append(f"route {net} dev {ext.link.name}")
+    return found

@@ -7,7 +7,14 @@ from collections.abc import Iterator
 from ipaddress import IPv4Address, IPv4Network
 
 # flanneld's key form: "<dotted quad>-<prefix length>", optionally "&<ipv6>-<len>" (dual stack).
-_KEY_RE = re.compile(r"^(\d{1,3}(?:\.\d{1,3}){3})-(\d{1,2})(?:&([0-9a-fA-F:]+)-(\d{1,3}))?$")
+# ASCII digits only, matched whole: "$" would also take a trailing newline, so a key such as
+# "10.5.1.0-24\n" would alias (and its deletion remove) the real lease on 10.5.1.0/24.
+_KEY_RE = re.compile(
+    r"(\d{1,3}(?:\.\d{1,3}){3})-(\d{1,2})(?:&([0-9a-fA-F:]{2,39})-(\d{1,3}))?", re.ASCII
+)
+#: The longest key parse_subnet_key looks at; a dual-stack name is under 70 characters, and
+#: etcd keys under a prefix stay far below this unless someone writes garbage.
+MAX_KEY_CHARS = 1024
 
 
 def subnet_key(subnet: IPv4Network) -> str:
@@ -19,15 +26,18 @@ def parse_subnet_key(key: str) -> IPv4Network | None:
     """Parse the last path component of *key* as a subnet key; None if it is not one.
 
     A dual-stack key (``a.b.c.d-n&v6-m``) yields its IPv4 part: etcd mode always carries IPv4.
+    Anything else (not a str, longer than :data:`MAX_KEY_CHARS`, malformed) is None, never an
+    exception: keys come from a store every host can write.
     """
-    m = _KEY_RE.match(key.rsplit("/", 1)[-1])
+    if not isinstance(key, str) or len(key) > MAX_KEY_CHARS:
+        return None
+    m = _KEY_RE.fullmatch(key.rpartition("/")[2])
     if m is None:
         return None
     try:
-        net = IPv4Network(f"{m.group(1)}/{m.group(2)}", strict=True)
+        return IPv4Network(f"{m.group(1)}/{m.group(2)}", strict=True)
     except ValueError:
         return None
-    return net
 
 
 def subnets_between(first: IPv4Address, last: IPv4Address, prefixlen: int) -> Iterator[IPv4Network]:

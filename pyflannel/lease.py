@@ -7,7 +7,8 @@ node, compact JSON in Go's field order::
 
 Reading: field names case-insensitive, unknown fields ignored, the older forms accepted (v0.14
 without ``PublicIPv6``; v0.10-v0.13 without ``VNI``).  A value that does not decode raises
-:class:`LeaseDecodeError`; callers skip it with a warning and never drop a good peer for it.
+:class:`LeaseDecodeError` (whatever the bytes: size, depth and types are checked, see
+:mod:`pyflannel.untrusted`); callers skip it with a warning and never drop a good peer for it.
 """
 
 from __future__ import annotations
@@ -19,7 +20,16 @@ from enum import Enum
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
-_MAC_RE = re.compile(r"^[0-9a-fA-F]{2}([:-])[0-9a-fA-F]{2}(\1[0-9a-fA-F]{2}){4}$")
+from pyflannel.untrusted import UntrustedInput, excerpt, load_json
+
+#: The longest lease value decoded.  flanneld writes about 150 bytes; anything past this is not
+#: a lease, and refusing it before parsing bounds the work one hostile record can cause.
+MAX_LEASE_CHARS = 8 * 1024
+#: The largest VXLAN Network Identifier (24 bits).
+MAX_VNI = (1 << 24) - 1
+
+# Matched whole (fullmatch): "$" would also accept a trailing newline.
+_MAC_RE = re.compile(r"[0-9a-fA-F]{2}([:-])[0-9a-fA-F]{2}(\1[0-9a-fA-F]{2}){4}")
 
 
 class LeaseDecodeError(ValueError):
@@ -28,8 +38,8 @@ class LeaseDecodeError(ValueError):
 
 def normalize_mac(text: str) -> str:
     """Return *text* as a lowercase colon-separated MAC (Go's HardwareAddr.String())."""
-    if not _MAC_RE.match(text):
-        raise ValueError(f"invalid MAC address {text!r}")
+    if not _MAC_RE.fullmatch(text):
+        raise ValueError(f"invalid MAC address {excerpt(text)}")
     return text.replace("-", ":").lower()
 
 
@@ -62,11 +72,23 @@ def _fold(obj: dict[str, Any]) -> dict[str, Any]:
 
 
 def decode_attrs(text: str | bytes) -> LeaseAttrs:
-    """Decode a lease value written by flanneld (any version since v0.10) or by pyflannel."""
+    """Decode a lease value written by flanneld (any version since v0.10) or by pyflannel.
+
+    Any input ends as a LeaseAttrs or a :class:`LeaseDecodeError` with a short reason, in time
+    bounded by :data:`MAX_LEASE_CHARS`: the value comes from a store every host can write.
+    """
     try:
-        raw = json.loads(text)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise LeaseDecodeError(f"not JSON: {exc}") from None
+        return _decode_attrs(text)
+    except LeaseDecodeError:
+        raise
+    except UntrustedInput as exc:
+        raise LeaseDecodeError(str(exc)) from None
+    except Exception as exc:  # a case the checks below missed must still be one bad record
+        raise LeaseDecodeError(f"undecodable lease ({type(exc).__name__})") from None
+
+
+def _decode_attrs(text: str | bytes) -> LeaseAttrs:
+    raw = load_json(text, max_chars=MAX_LEASE_CHARS, what="lease value")
     if not isinstance(raw, dict):
         raise LeaseDecodeError("not a JSON object")
     obj = _fold(raw)
@@ -76,7 +98,7 @@ def decode_attrs(text: str | bytes) -> LeaseAttrs:
     try:
         public_ip = IPv4Address(ip)
     except ValueError:
-        raise LeaseDecodeError(f"PublicIP {ip!r} is not an IPv4 address") from None
+        raise LeaseDecodeError(f"PublicIP {excerpt(ip)} is not an IPv4 address") from None
     btype = obj.get("backendtype") or ""
     if not isinstance(btype, str):
         raise LeaseDecodeError("BackendType is not a string")
@@ -97,8 +119,10 @@ def decode_attrs(text: str | bytes) -> LeaseAttrs:
                 raise LeaseDecodeError(str(exc)) from None
         raw_vni = data.get("vni")
         if raw_vni is not None:
-            if isinstance(raw_vni, bool) or not isinstance(raw_vni, int) or raw_vni < 0:
-                raise LeaseDecodeError("VNI is not a non-negative integer")
+            if isinstance(raw_vni, bool) or not isinstance(raw_vni, int):
+                raise LeaseDecodeError("VNI is not an integer")
+            if not 0 <= raw_vni <= MAX_VNI:
+                raise LeaseDecodeError(f"VNI {excerpt(raw_vni)} is not between 0 and {MAX_VNI}")
             vni = raw_vni
     return LeaseAttrs(public_ip=public_ip, backend_type=btype, vtep_mac=mac, vni=vni)
 

@@ -12,6 +12,7 @@ import tempfile
 from ipaddress import IPv4Network
 from pathlib import Path
 
+from pyflannel.errors import SubnetEnvError
 from pyflannel.ipnet import gateway_address
 
 
@@ -42,9 +43,39 @@ def atomic_write(path: Path, data: bytes, *, mode: int = 0o644, dir_mode: int = 
         raise
 
 
+def _why(path: Path, exc: OSError) -> str:
+    # mkdir(parents=True) reports a regular file in the way as "File exists": name the file.
+    for parent in (path.parent, *path.parent.parents):
+        if parent.exists() and not parent.is_dir():
+            return f"{parent} is not a directory"
+    return exc.strerror or str(exc)
+
+
 def write_subnet_env(path: Path, text: str) -> None:
-    """Write subnet.env atomically, readable by all (the CNI plugin may run as another user)."""
-    atomic_write(path, text.encode())
+    """Write subnet.env atomically, readable by all (the CNI plugin may run as another user).
+
+    Raises:
+        SubnetEnvError: the file cannot be written (one line: the path and why).
+    """
+    try:
+        atomic_write(path, text.encode())
+    except OSError as exc:
+        raise SubnetEnvError(f"cannot write {path}: {_why(path, exc)}") from None
+
+
+def check_writable(path: Path) -> None:
+    """Fail early (before leasing anything) when *path* cannot be written: create its directory
+    and a temporary file beside it, then remove the file.
+
+    Raises:
+        SubnetEnvError: as :func:`write_subnet_env`.
+    """
+    try:
+        path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(prefix=f".{path.name}.", dir=path.parent):
+            pass
+    except OSError as exc:
+        raise SubnetEnvError(f"cannot write {path}: {_why(path, exc)}") from None
 
 
 def env_pairs(text: str) -> list[tuple[str, str]]:

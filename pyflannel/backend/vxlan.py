@@ -13,6 +13,11 @@ Design notes (why it looks like this):
 * DirectRouting: a peer whose public IP the kernel reaches without a gateway gets a plain
   ``S via P`` route instead (host-gw style, no encapsulation, no neighbour or FDB entry).
 * Leases of other backends, or without a VTEP MAC, are not programmed.
+* Every record in etcd is hostile until checked (:func:`unsafe_reason`): a peer is programmed
+  only when its subnet is a SubnetLen-sized subnet of the Network that does not overlap our own,
+  its public IP is a unicast address that is not ours, and its VTEP MAC is unicast and non-zero.
+  Anything else could make the kernel route the underlay, our own subnet or the whole Network
+  into the overlay, or ask it for FDB entries it refuses on every reconcile.
 
 :func:`desired_state` is pure; the kernel query DirectRouting needs is passed in.
 """
@@ -27,6 +32,49 @@ from pyflannel.kernel.records import Fdb, KernelState, Route
 from pyflannel.lease import Lease
 
 
+@dataclass(frozen=True)
+class PeerScope:
+    """What a peer lease must fit to be programmed: our Network and our own lease."""
+
+    network: IPv4Network
+    subnet_len: int
+    own_subnet: IPv4Network | None = None
+    own_public_ip: IPv4Address | None = None
+
+
+def _mac_reason(mac: str) -> str | None:
+    first = int(mac[:2], 16)
+    if first & 1:
+        return f"VtepMAC {mac} is multicast or broadcast"
+    if mac == "00:00:00:00:00:00":
+        return "VtepMAC is all zeros"
+    return None
+
+
+def _ip_reason(ip: IPv4Address, own: IPv4Address | None) -> str | None:
+    if ip.is_unspecified or ip.is_loopback or ip.is_multicast or ip.is_reserved:
+        return f"PublicIP {ip} is not a unicast address"
+    if ip == own:
+        return f"PublicIP {ip} is our own"
+    return None
+
+
+def unsafe_reason(lease: Lease, scope: PeerScope) -> str | None:
+    """Why *lease* must not be programmed, or None when it is safe (see the module docstring)."""
+    subnet = lease.subnet
+    if subnet.prefixlen != scope.subnet_len or not subnet.subnet_of(scope.network):
+        return f"subnet is not a /{scope.subnet_len} inside the Network {scope.network}"
+    if scope.own_subnet is not None and subnet.overlaps(scope.own_subnet):
+        return f"subnet overlaps our own subnet {scope.own_subnet}"
+    attrs = lease.attrs
+    if attrs.backend_type.lower() != "vxlan":
+        return f"backend type {attrs.backend_type or '(none)'!r} is not vxlan"
+    reason = _ip_reason(attrs.public_ip, scope.own_public_ip)
+    if reason is None and attrs.vtep_mac is not None:
+        reason = _mac_reason(attrs.vtep_mac)
+    return reason
+
+
 @dataclass
 class DesiredState:
     """The entries the kernel should hold, and the leases skipped with the reason why."""
@@ -38,18 +86,20 @@ class DesiredState:
 def desired_state(
     peers: Iterable[Lease],
     dev: int,
+    scope: PeerScope,
     *,
     direct_routing: bool = False,
     is_onlink: Callable[[IPv4Address], bool] = lambda _ip: False,
 ) -> DesiredState:
-    """Compute the kernel entries for *peers* (our own lease must not be among them)."""
+    """Compute the kernel entries for *peers*; unsafe leases (and our own) are skipped."""
     out = DesiredState()
     for lease in peers:
+        if lease.subnet == scope.own_subnet:
+            continue
         attrs = lease.attrs
-        if attrs.backend_type.lower() != "vxlan":
-            out.skipped[lease.subnet] = (
-                f"backend type {attrs.backend_type or '(none)'!r} is not vxlan"
-            )
+        why = unsafe_reason(lease, scope)
+        if why is not None:
+            out.skipped[lease.subnet] = why
             continue
         if direct_routing and is_onlink(attrs.public_ip):
             out.state.routes[lease.subnet] = Route(lease.subnet, attrs.public_ip, None, False)

@@ -89,6 +89,36 @@ class Netlink:
             addresses=addresses,
         )
 
+    def device(self, index: int) -> Link | None:
+        """The link with *index* and its IPv4 addresses, or None if it is gone.
+
+        Reads the link table with a dump: pyroute2 0.9.7 leaks about 2 kB on every
+        ``link("get")`` and ``link_lookup`` (dependencies.md, "Measured in use"), and this runs
+        on every reconcile, where a dump of a few links does not.
+        """
+        with _kernel("link.dump", index):
+            msgs = [m for m in self._ipr.link("dump") if m["index"] == index]
+        if not msgs:
+            return None
+        with _kernel("addr.dump", index):
+            addrs = tuple(
+                IPv4Interface(f"{m.get_attr('IFA_ADDRESS')}/{m['prefixlen']}")
+                for m in self._ipr.get_addr(family=socket.AF_INET, index=index)
+            )
+        return self._link(msgs[0], addrs)
+
+    def link_name(self, index: int) -> str | None:
+        """The name of the link with *index*, or None (for log lines)."""
+        for m in self._ipr.link("dump"):
+            if m["index"] == index:
+                return str(m.get_attr("IFLA_IFNAME"))
+        return None
+
+    def set_mtu(self, link: Link, mtu: int) -> None:
+        """``ip link set DEV mtu MTU``."""
+        with _kernel("link.set", link.name):
+            self._ipr.link("set", index=link.index, mtu=mtu)
+
     def link(self, name: str) -> Link | None:
         """The link called *name*, or None."""
         found = self._ipr.link_lookup(ifname=name)
@@ -104,6 +134,14 @@ class Netlink:
             if msg["dst_len"] == 0 and msg.get_attr("RTA_OIF"):
                 return int(msg.get_attr("RTA_OIF"))
         return None
+
+    def connected_routes(self, index: int) -> list[IPv4Network]:
+        """Main-table routes through link *index* without a gateway (what it reaches directly)."""
+        out = []
+        for msg in self._ipr.route("dump", family=socket.AF_INET, table=RT_TABLE_MAIN):
+            if msg.get_attr("RTA_OIF") == index and not msg.get_attr("RTA_GATEWAY"):
+                out.append(IPv4Network(f"{msg.get_attr('RTA_DST') or '0.0.0.0'}/{msg['dst_len']}"))
+        return out
 
     def route_is_onlink(self, ip: IPv4Address) -> bool:
         """True when the kernel reaches *ip* directly (no gateway): DirectRouting's test."""
@@ -210,12 +248,14 @@ class Netlink:
 
     # --- the managed entries --------------------------------------------------------------
 
-    def observe(
-        self, dev: int, network: IPv4Network, subnet_len: int, own: IPv4Network | None
-    ) -> KernelState:
-        """Read the entries pyflannel manages: permanent neighbours and ``self`` FDB entries on
-        *dev*, and main-table routes to /subnet_len subnets of *network* other than our own
-        (not the kernel's connected routes)."""
+    def observe(self, dev: int, network: IPv4Network, direct_subnet_len: int | None) -> KernelState:
+        """Read what pyflannel manages and what it must not touch.
+
+        Ours: permanent neighbours and permanent ``self`` FDB entries on *dev*, every main-table
+        route on *dev* (any prefix, with or without a gateway) except the kernel's own, and with
+        DirectRouting (*direct_subnet_len* set) our "boot" routes via a gateway to /len subnets
+        of *network* on other devices.  Every other main-table route is foreign, by destination.
+        """
         state = KernelState()
         with _kernel("neigh.dump", dev):
             for m in self._ipr.neigh("dump", family=socket.AF_INET, ifindex=dev):
@@ -233,19 +273,29 @@ class Netlink:
                     state.fdb.add(Fdb(m.get_attr("NDA_LLADDR"), IPv4Address(dst)))
         with _kernel("route.dump", dev):
             for m in self._ipr.route("dump", family=socket.AF_INET, table=RT_TABLE_MAIN):
-                dst = m.get_attr("RTA_DST")
+                if m.get_attr("RTA_TABLE", m["table"]) != RT_TABLE_MAIN:
+                    continue
+                dst = m.get_attr("RTA_DST") or "0.0.0.0"
                 gw = m.get_attr("RTA_GATEWAY")
-                if dst is None or gw is None or m["dst_len"] != subnet_len:
-                    continue
-                if m["proto"] == RTPROT_KERNEL:
-                    continue
-                net = IPv4Network(f"{dst}/{m['dst_len']}")
-                if net == own or not net.subnet_of(network):
-                    continue
                 oif = m.get_attr("RTA_OIF")
-                state.routes[net] = Route(
-                    net, IPv4Address(gw), oif, bool(m["flags"] & RTNH_F_ONLINK)
+                net = IPv4Network(f"{dst}/{m['dst_len']}")
+                route = Route(
+                    net,
+                    IPv4Address(gw) if gw else None,
+                    oif,
+                    bool(m["flags"] & RTNH_F_ONLINK),
                 )
+                direct = (
+                    direct_subnet_len is not None
+                    and m["proto"] == RTPROT_BOOT
+                    and gw is not None
+                    and net.prefixlen == direct_subnet_len
+                    and net.subnet_of(network)
+                )
+                if m["proto"] != RTPROT_KERNEL and (oif == dev or direct):
+                    state.routes[net] = route
+                else:
+                    state.foreign[net] = route
         return state
 
     def replace_neigh(self, dev: int, n: Neigh) -> None:
@@ -290,10 +340,11 @@ class Netlink:
         """``ip route replace DST via GW [dev DEV onlink]``."""
         kwargs: dict[str, Any] = {
             "dst": str(r.dst),
-            "gateway": str(r.gateway),
             "table": RT_TABLE_MAIN,
             "proto": RTPROT_BOOT,
         }
+        if r.gateway is not None:
+            kwargs["gateway"] = str(r.gateway)
         if r.oif is not None:
             kwargs["oif"] = r.oif
         if r.onlink:
@@ -302,10 +353,18 @@ class Netlink:
             self._ipr.route("replace", **kwargs)
 
     def delete_route(self, r: Route) -> None:
-        """Delete the route to ``r.dst``; already gone is fine."""
+        """Delete exactly the route *r* (its device and gateway too, so a route to the same
+        destination elsewhere is never hit); already gone is fine."""
+        # Scope "nowhere" matches any scope on delete (what ``ip route del`` sends): a route
+        # added without a gateway has scope link and would not match the default, universe.
+        kwargs: dict[str, Any] = {"dst": str(r.dst), "table": RT_TABLE_MAIN, "scope": 255}
+        if r.oif is not None:
+            kwargs["oif"] = r.oif
+        if r.gateway is not None:
+            kwargs["gateway"] = str(r.gateway)
         try:
             with _kernel("route.del", r.dst):
-                self._ipr.route("del", dst=str(r.dst), table=RT_TABLE_MAIN)
+                self._ipr.route("del", **kwargs)
         except KernelError as exc:
             if exc.errno not in _MISSING:
                 raise

@@ -7,6 +7,11 @@ an entry no lease backs goes away, whatever the reason it drifted.
 Order: neighbours, then FDB entries, then routes when adding (a route must never point at a
 VTEP address that does not resolve); routes first when removing.  A peer whose neighbour or FDB
 entry could not be written does not get its route.
+
+Ownership: only entries on our device (and our DirectRouting routes) are ever replaced or
+deleted.  A wanted route whose destination the kernel already routes some other way (a
+connected route of the underlay, a route on another device) is reported as a conflict and left
+alone: replacing it could cut the host off its underlay, etcd included.
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ class Plan:
     del_routes: tuple[Route, ...] = ()
     del_neighs: tuple[Neigh, ...] = ()
     del_fdb: tuple[Fdb, ...] = ()
+    #: (wanted route, the route not ours that already has its destination): not written.
+    conflicts: tuple[tuple[Route, Route], ...] = ()
     #: VTEP address -> MAC of every desired neighbour, so a route can be held back when its
     #: peer's FDB entry failed even though the neighbour itself needed no change.
     vtep_macs: dict[IPv4Address, str] = field(default_factory=dict)
@@ -70,7 +77,8 @@ def plan(desired: KernelState, actual: KernelState) -> Plan:
         set_routes=tuple(
             r
             for dst, r in sorted(desired.routes.items())
-            if dst not in actual.routes or not _route_matches(r, actual.routes[dst])
+            if dst not in actual.foreign
+            and (dst not in actual.routes or not _route_matches(r, actual.routes[dst]))
         ),
         del_routes=tuple(
             r for dst, r in sorted(actual.routes.items()) if dst not in desired.routes
@@ -80,6 +88,11 @@ def plan(desired: KernelState, actual: KernelState) -> Plan:
         ),
         del_fdb=tuple(
             sorted((f for f in actual.fdb if f not in desired.fdb), key=lambda f: (f.mac, f.dst))
+        ),
+        conflicts=tuple(
+            (r, actual.foreign[dst])
+            for dst, r in sorted(desired.routes.items())
+            if dst in actual.foreign
         ),
         vtep_macs=dict(desired.neighs),
     )
@@ -125,7 +138,8 @@ def apply(p: Plan, nl: KernelWriter, dev: int) -> ApplyReport:
     failed_ips = {n.ip for n in p.set_neighs if not run(nl.replace_neigh, dev, n)}
     failed_macs = {f.mac for f in p.set_fdb if not run(nl.replace_fdb, dev, f)}
     for r in p.set_routes:
-        if r.gateway in failed_ips or p.vtep_macs.get(r.gateway) in failed_macs:
+        gw = r.gateway
+        if gw is not None and (gw in failed_ips or p.vtep_macs.get(gw) in failed_macs):
             continue  # without its neighbour or FDB entry the route would blackhole the peer
         run(nl.replace_route, r)
     for r in p.del_routes:

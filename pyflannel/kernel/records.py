@@ -37,10 +37,11 @@ class Fdb:
 
 @dataclass(frozen=True)
 class Route:
-    """A route to a peer subnet: onlink via its VTEP address, or (direct) via its public IP."""
+    """A main-table route: ours to a peer subnet (onlink via its VTEP address, or direct via its
+    public IP), or one seen in the kernel (which may have no gateway)."""
 
     dst: IPv4Network
-    gateway: IPv4Address
+    gateway: IPv4Address | None
     oif: int | None  # None: let the kernel choose (direct routing)
     onlink: bool
 
@@ -61,11 +62,18 @@ class VxlanSpec:
 
 @dataclass
 class KernelState:
-    """What the kernel holds that pyflannel manages: the entries on the VXLAN device."""
+    """What the kernel holds that pyflannel manages: the entries on the VXLAN device (and, with
+    DirectRouting, our routes via peers' public IPs).
+
+    ``foreign`` holds main-table routes that are not ours (the kernel's connected routes, routes
+    on other devices), by destination: pyflannel never replaces or deletes them, and a peer whose
+    subnet one of them already routes is a conflict, not a route to write.
+    """
 
     neighs: dict[IPv4Address, str] = field(default_factory=dict)
     fdb: set[Fdb] = field(default_factory=set)
     routes: dict[IPv4Network, Route] = field(default_factory=dict)
+    foreign: dict[IPv4Network, Route] = field(default_factory=dict)
 
 
 __all__ = ["Fdb", "KernelState", "Link", "Neigh", "Route", "VxlanSpec"]

@@ -28,6 +28,7 @@ from pyflannel.lease import (
     Snapshot,
     decode_attrs,
 )
+from pyflannel.untrusted import clip, excerpt
 
 #: flanneld's lease lifetime (subnetTTL): 24 hours.
 LEASE_TTL = 86400
@@ -39,6 +40,7 @@ __all__ = [
     "Registry",
     "Snapshot",
     "decode_record",
+    "invalid",
     "join_key",
 ]
 
@@ -114,19 +116,54 @@ def join_key(prefix: str, *parts: str) -> str:
     return out
 
 
+#: The longest reason an INVALID event carries (it ends up in a log line).
+MAX_REASON_CHARS = 200
+#: The longest key an INVALID event keeps; a longer one is cut (it is only ever logged).
+MAX_SHOWN_KEY_CHARS = 200
+
+
+def shown_key(key: object) -> str:
+    """*key* as text fit for an INVALID event: decoded if bytes, cut if long."""
+    if isinstance(key, bytes):
+        key = key[: MAX_SHOWN_KEY_CHARS + 1].decode("utf-8", "replace")
+    if not isinstance(key, str):
+        return excerpt(key)
+    return clip(key, MAX_SHOWN_KEY_CHARS)
+
+
+def invalid(key: object, reason: str, subnet: IPv4Network | None = None) -> LeaseEvent:
+    """An INVALID event for *key*, with key and reason bounded in length."""
+    return LeaseEvent(
+        EventKind.INVALID, shown_key(key), subnet=subnet, reason=clip(reason, MAX_REASON_CHARS)
+    )
+
+
 def decode_record(
     key: str, value: str | bytes | None, expiration: float | None, revision: int
 ) -> LeaseEvent:
-    """Turn one stored record into an ADDED event, or an INVALID one saying why it was skipped."""
+    """Turn one stored record into an ADDED event, or an INVALID one saying why it was skipped.
+
+    Whatever the record holds, the answer is an event: one bad record never stops a listing
+    or a watch.
+    """
+    try:
+        return _decode_record(key, value, expiration, revision)
+    except Exception as exc:  # a case the decoders missed: still only this record is bad
+        return invalid(key, f"undecodable record ({type(exc).__name__})")
+
+
+def _decode_record(
+    key: str, value: str | bytes | None, expiration: float | None, revision: int
+) -> LeaseEvent:
     subnet = parse_subnet_key(key)
     if subnet is None:
-        return LeaseEvent(EventKind.INVALID, key, reason="key is not a subnet (a.b.c.d-len)")
+        return invalid(key, "key is not a subnet (a.b.c.d-len)")
     if value is None:
-        return LeaseEvent(EventKind.INVALID, key, subnet=subnet, reason="no value")
+        return invalid(key, "no value", subnet)
     try:
         attrs = decode_attrs(value)
     except LeaseDecodeError as exc:
-        return LeaseEvent(EventKind.INVALID, key, subnet=subnet, reason=str(exc))
+        return invalid(key, str(exc), subnet)
     lease = Lease(subnet, attrs, expiration, revision)
     return LeaseEvent(EventKind.ADDED, key, subnet=subnet, lease=lease)
 

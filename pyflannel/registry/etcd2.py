@@ -33,12 +33,14 @@ from pyflannel.lease import Events, Lease, LeaseAttrs, LeaseEvent, Snapshot
 from pyflannel.registry import (
     EtcdOptions,
     decode_record,
+    invalid,
     join_key,
     removed,
     short_reason,
     subnets_key,
     tls_failure,
 )
+from pyflannel.untrusted import clip, excerpt
 
 T = TypeVar("T")
 
@@ -74,9 +76,117 @@ def _long_poll(key: str, index: int) -> Callable[[Any], Any]:
     return lambda c: c.read(key, wait=True, recursive=True, waitIndex=index, timeout=WATCH_POLL)
 
 
-def _expiration(node: Any) -> float | None:
-    ttl = getattr(node, "ttl", None)
-    return time.time() + ttl if ttl else None
+# --- result nodes, pure: what etcd (or anyone who wrote a key) sent ------------------------------
+
+#: The longest TTL taken at its word (ten years); a larger one is a lease that never ends anyway,
+#: and an unbounded int would overflow the float expiration.
+MAX_TTL = 10 * 365 * 86400
+
+
+def _field(node: Any, name: str) -> Any:
+    """A node field: a raw dict child of a listing, or an attribute of a python-etcd result."""
+    if isinstance(node, dict):
+        return node.get(name)
+    return getattr(node, name, None)
+
+
+def _index(value: Any) -> int:
+    """An etcd index (modifiedIndex, X-Etcd-Index); ValueError when it is not a whole number."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 1 << 63:
+        raise ValueError(f"index is not a whole number: {excerpt(value)}")
+    return value
+
+
+def _expiration(ttl: Any) -> float | None:
+    """Wall-clock expiry of a node with *ttl* seconds left; None without a TTL (a reservation)."""
+    if ttl is None or ttl == 0:
+        return None
+    if isinstance(ttl, bool) or not isinstance(ttl, int):
+        raise ValueError(f"ttl is not a whole number: {excerpt(ttl)}")
+    return time.time() + min(max(ttl, 0), MAX_TTL)
+
+
+def node_event(node: Any, dir_key: str) -> LeaseEvent | None:
+    """A listed or watched node as a record: None for a directory (skipped), INVALID for a key
+    that is not directly under *dir_key* or for odd fields; never an exception."""
+    key = _field(node, "key")
+    if not isinstance(key, str):
+        return invalid(key, "node without a key")
+    if _field(node, "dir"):
+        return None
+    if key.rpartition("/")[0] != dir_key:
+        # flanneld reads only the direct children; a deeper key would alias a real subnet.
+        return invalid(key, f"not directly under {dir_key}")
+    value = _field(node, "value")
+    try:
+        revision = _index(_field(node, "modifiedIndex"))
+        expiration = _expiration(_field(node, "ttl"))
+    except ValueError as exc:
+        return invalid(key, str(exc))
+    if value is not None and not isinstance(value, str):
+        return invalid(key, f"value is not text: {excerpt(value)}")
+    return decode_record(key, value, expiration, revision)
+
+
+def parse_listing(res: Any, dir_key: str) -> Snapshot:
+    """A one-level read of *dir_key* as a snapshot; RegistryUnavailable without an index."""
+    try:
+        index = _index(getattr(res, "etcd_index", None))
+    except ValueError as exc:
+        raise RegistryUnavailable(f"etcd sent a listing without an index: {exc}") from None
+    # The raw child dicts: python-etcd's ``leaves`` recurses, and builds a result from each child
+    # without checking its type.  A non-recursive read has one level of children only.
+    children = getattr(res, "_children", None) or []
+    if not isinstance(children, list):
+        raise RegistryUnavailable(f"etcd sent a listing without a list: {excerpt(children)}")
+    leases: list[Lease] = []
+    bad: list[LeaseEvent] = []
+    for child in children:
+        ev = node_event(child, dir_key) if isinstance(child, dict) else invalid("", "odd node")
+        if ev is None:
+            continue
+        if ev.lease is not None:
+            leases.append(ev.lease)
+        else:
+            bad.append(ev)
+    return Snapshot(tuple(leases), index, tuple(bad))
+
+
+def watch_batch(res: Any, dir_key: str, cursor: int) -> Events:
+    """One watch result (waited for from ``cursor + 1``) as a batch.
+
+    Raises Compacted when the directory itself changed (``rm -r subnets``): only a re-list can
+    say how.  The cursor always moves forward, also past an event it cannot read.
+    """
+    try:
+        index = _index(_field(res, "modifiedIndex"))
+    except ValueError:
+        index = cursor + 1  # the event is at cursor + 1 or later: at least that far is safe
+    index = max(index, cursor + 1)
+    key = _field(res, "key")
+    if isinstance(key, str) and key.rstrip("/") == dir_key:
+        raise Compacted(index)
+    if _field(res, "action") in ("delete", "expire", "compareAndDelete"):
+        ev = removed(key) if isinstance(key, str) and key.rpartition("/")[0] == dir_key else None
+        return Events(() if ev is None else (ev,), index)
+    rec = node_event(res, dir_key)
+    return Events(() if rec is None else (rec,), index)
+
+
+def _error_index(exc: Any) -> int:
+    """The current index an etcd error reports (0 if it reports none we can read)."""
+    payload = getattr(exc, "payload", None)
+    try:
+        return _index(payload.get("index", 0) if isinstance(payload, dict) else 0)
+    except ValueError:
+        return 0
+
+
+def _unavailable(what: str, exc: Exception) -> RegistryError:
+    """A python-etcd failure as ours: kept if it already is one, else RegistryUnavailable."""
+    if isinstance(exc, RegistryError):
+        return exc
+    return RegistryUnavailable(f"etcd {what} failed: {clip(str(exc), 200)}")
 
 
 class EtcdV2Registry:
@@ -167,21 +277,15 @@ class EtcdV2Registry:
         """Recursive quorum read of ``<prefix>/subnets``; X-Etcd-Index is the watch cursor."""
         key = subnets_key(self._opts.prefix)
         try:
-            res = self._call(lambda c: c.read(key, recursive=True, quorum=True))
+            # One level, as flanneld reads it (it uses only the direct children): a recursive
+            # read of a deep tree someone wrote would make python-etcd's json.loads recurse.
+            res = self._call(lambda c: c.read(key, quorum=True))
         except etcd.EtcdKeyNotFound as exc:
             # No lease yet: the cursor is the index the error reports.
-            return Snapshot((), int((exc.payload or {}).get("index", 0)))
-        leases: list[Lease] = []
-        invalid: list[LeaseEvent] = []
-        for node in res.leaves:
-            if node.dir:  # an empty directory lists itself as its only leaf
-                continue
-            ev = decode_record(node.key, node.value, _expiration(node), node.modifiedIndex)
-            if ev.lease is not None:
-                leases.append(ev.lease)
-            else:
-                invalid.append(ev)
-        return Snapshot(tuple(leases), int(res.etcd_index), tuple(invalid))
+            return Snapshot((), _error_index(exc))
+        except etcd.EtcdException as exc:
+            raise _unavailable("listing", exc) from None
+        return parse_listing(res, key)
 
     def get_subnet(self, subnet: IPv4Network) -> Lease | None:
         """Read one lease."""
@@ -190,7 +294,10 @@ class EtcdV2Registry:
             node = self._call(lambda c: c.read(key, quorum=True))
         except etcd.EtcdKeyNotFound:
             return None
-        return decode_record(node.key, node.value, _expiration(node), node.modifiedIndex).lease
+        except etcd.EtcdException as exc:
+            raise _unavailable("read", exc) from None
+        ev = node_event(node, subnets_key(self._opts.prefix))
+        return None if ev is None else ev.lease
 
     def _write(self, subnet: IPv4Network, attrs: LeaseAttrs, ttl: int, **cond: Any) -> Lease:
         key = subnets_key(self._opts.prefix, subnet)
@@ -226,24 +333,12 @@ class EtcdV2Registry:
                 yield Events((), cursor)
                 continue
             except etcd.EtcdEventIndexCleared as exc:
-                raise Compacted(int((exc.payload or {}).get("index", 0))) from None
+                raise Compacted(_error_index(exc)) from None
             except etcd.EtcdException as exc:
-                if isinstance(exc, RegistryError):
-                    raise
-                raise RegistryUnavailable(f"etcd watch failed: {exc}") from None
-            cursor = int(res.modifiedIndex)
-            if res.key.rstrip("/") == key:
-                # The whole directory changed (``rm -r subnets``): only a re-list can say how.
-                raise Compacted(cursor)
-            yield Events(self._event(res), cursor)
-
-    @staticmethod
-    def _event(res: Any) -> tuple[LeaseEvent, ...]:
-        if res.action in ("delete", "expire", "compareAndDelete"):
-            ev = removed(res.key)
-            return () if ev is None else (ev,)
-        rec = decode_record(res.key, res.value, _expiration(res), int(res.modifiedIndex))
-        return (rec,)
+                raise _unavailable("watch", exc) from None
+            batch = watch_batch(res, key, cursor)
+            cursor = batch.revision
+            yield batch
 
     def close(self) -> None:
         """python-etcd keeps a urllib3 pool; clearing it closes the sockets."""
@@ -251,4 +346,4 @@ class EtcdV2Registry:
             c.http.clear()
 
 
-__all__ = ["EtcdV2Registry"]
+__all__ = ["MAX_TTL", "EtcdV2Registry", "node_event", "parse_listing", "watch_batch"]

@@ -38,6 +38,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from ipaddress import IPv4Network
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
@@ -58,12 +59,14 @@ from pyflannel.lease import Events, Lease, LeaseAttrs, LeaseEvent, Snapshot
 from pyflannel.registry import (
     EtcdOptions,
     decode_record,
+    invalid,
     join_key,
     removed,
     short_reason,
     subnets_key,
     tls_failure,
 )
+from pyflannel.untrusted import UntrustedInput, clip, excerpt, load_json
 
 if TYPE_CHECKING:
     from requests.sessions import _Settings  # exists in types-requests only
@@ -82,6 +85,9 @@ _FAILED_PRECONDITION = 9
 _UNAVAILABLE = 14
 _UNAUTHENTICATED = 16
 
+# The longest server error text we quote (it is logged, and a proxy may send a whole page).
+_MAX_STATUS_CHARS = 300
+
 _CRED_HINT = "check --etcd-username/--etcd-password"
 _TLS_HINT = "check --etcd-cafile/--etcd-certfile/--etcd-keyfile"
 
@@ -98,10 +104,6 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-def _unb64(text: str) -> bytes:
-    return base64.b64decode(text)
-
-
 def _prefix_end(key: bytes) -> bytes:
     """The ``range_end`` that makes a range cover every key starting with *key*."""
     end = bytearray(key)
@@ -116,12 +118,16 @@ def _prefix_end(key: bytes) -> bytes:
 def _status(body: Any) -> tuple[int | None, str]:
     """(gRPC code, message) of a gateway error body, unary or streamed."""
     if not isinstance(body, dict):
-        return None, str(body)
+        return None, clip(str(body), _MAX_STATUS_CHARS)
     err = body.get("error")
     if isinstance(err, dict):  # in a watch stream: {"error": {"grpc_code": 14, "message": ...}}
-        return err.get("grpc_code"), str(err.get("message", err))
-    code = body.get("code")  # unary: {"error": "...", "message": "...", "code": 14}
-    return (code if isinstance(code, int) else None), str(body.get("message") or err or body)
+        code = err.get("grpc_code")
+        text = str(err.get("message", err))
+    else:
+        code = body.get("code")  # unary: {"error": "...", "message": "...", "code": 14}
+        text = str(body.get("message") or err or body)
+    code = code if isinstance(code, int) and not isinstance(code, bool) else None
+    return code, clip(text, _MAX_STATUS_CHARS)
 
 
 def _parse_status(text: str | None) -> tuple[int | None, str]:
@@ -352,15 +358,19 @@ class EtcdV3Registry:
                 lambda c: c.post(c.get_url("/kv/lease/timetolive"), json={"ID": lease_id})
             )
             # proto3 leaves a zero TTL out of the JSON; -1 means the lease is already gone.
-            ttl = int(res.get("TTL", 0))
+            try:
+                ttl = _int64(res.get("TTL", 0) if isinstance(res, dict) else None)
+            except ValueError as exc:
+                raise RegistryUnavailable(
+                    f"etcd sent a bad LeaseTimeToLive answer: {exc}"
+                ) from None
             cache[lease_id] = time.time() + max(ttl, 0)
         return cache[lease_id]
 
-    def _record(self, kv: dict[str, Any], cache: dict[int, float]) -> LeaseEvent:
-        key = _unb64(kv["key"]).decode("utf-8", "replace")
-        value = _unb64(kv.get("value", ""))
-        expiration = self._expiration(int(kv.get("lease", 0)), cache)
-        return decode_record(key, value, expiration, int(kv["mod_revision"]))
+    def _lookup(self) -> ExpirationLookup:
+        """An expiration lookup with its own cache (one per listing or watch message)."""
+        cache: dict[int, float] = {}
+        return lambda lease_id: self._expiration(lease_id, cache)
 
     @staticmethod
     def _revoke(client: etcd3gw.Etcd3Client, lease: etcd3gw.Lease | None) -> None:
@@ -382,21 +392,12 @@ class EtcdV3Registry:
     def list_subnets(self) -> Snapshot:
         """Every record under ``<prefix>/subnets``, with expirations from LeaseTimeToLive."""
         res = self._range(subnets_key(self._prefix), prefix=True)
-        cache: dict[int, float] = {}
-        leases: list[Lease] = []
-        invalid: list[LeaseEvent] = []
-        for kv in res.get("kvs", []):
-            ev = self._record(kv, cache)
-            if ev.lease is not None:
-                leases.append(ev.lease)
-            else:
-                invalid.append(ev)
-        return Snapshot(tuple(leases), int(res["header"]["revision"]), tuple(invalid))
+        return parse_range(res, self._lookup())
 
     def get_subnet(self, subnet: IPv4Network) -> Lease | None:
         """Read one lease."""
-        kvs = self._range(subnets_key(self._prefix, subnet)).get("kvs", [])
-        return self._record(kvs[0], {}).lease if kvs else None
+        kvs = range_kvs(self._range(subnets_key(self._prefix, subnet)))
+        return parse_kv(kvs[0], self._lookup()).lease if kvs else None
 
     def create_subnet(self, subnet: IPv4Network, attrs: LeaseAttrs, ttl: int) -> Lease:
         """Lease grant, then a transaction that puts only if the key has no version yet."""
@@ -546,44 +547,210 @@ class EtcdV3Registry:
     def _message(self, ep: _Endpoint, line: bytes, cursor: int) -> Events | None:
         """One line of the watch stream as a batch; None for the "created" confirmation."""
         try:
-            msg = json.loads(line)
-        except ValueError:
-            raise RegistryUnavailable(f"etcd at {ep.url} sent a bad watch message") from None
-        if "error" in msg:  # the gateway lost its gRPC stream (etcd stopping, leader lost)
-            code, text = _status(msg)
-            raise self._refusal(ep, code, text) or RegistryUnavailable(
-                f"etcd watch stream from {ep.url} failed: {text}"
+            out = parse_watch_line(line, cursor, self._lookup())
+        except _BadMessage as exc:
+            raise RegistryUnavailable(f"etcd at {ep.url} sent a bad watch message: {exc}") from None
+        if isinstance(out, WatchEnd):
+            if out.cancelled:
+                raise self._refusal(ep, None, out.text) or RegistryUnavailable(
+                    f"etcd at {ep.url} cancelled the watch: {out.text}"
+                )
+            # The gateway lost its gRPC stream (etcd stopping, leader lost).
+            raise self._refusal(ep, out.code, out.text) or RegistryUnavailable(
+                f"etcd watch stream from {ep.url} failed: {out.text}"
             )
-        res: dict[str, Any] = msg.get("result") or {}
-        if res.get("canceled"):
-            compacted = int(res.get("compact_revision", 0))
-            if compacted:
-                raise Compacted(compacted)
-            # "rpc error: code = InvalidArgument desc = etcdserver: ..." -> "etcdserver: ..."
-            reason = _RPC_PREFIX.sub("", str(res.get("cancel_reason") or "no reason given"))
-            raise self._refusal(ep, None, reason) or RegistryUnavailable(
-                f"etcd at {ep.url} cancelled the watch: {reason}"
-            )
-        events = res.get("events") or []
-        if not events:
-            if res.get("created"):
-                return None  # its header revision may be ahead of events still to come
-            # A progress notification: nothing under the prefix up to the header revision.
-            return Events((), max(cursor, int(res.get("header", {}).get("revision", 0))))
-        out: list[LeaseEvent] = []
-        cache: dict[int, float] = {}
-        for ev in events:
-            kv = ev["kv"]
-            cursor = max(cursor, int(kv["mod_revision"]))
-            if ev.get("type") == "DELETE":  # a PUT has no "type": proto3 omits the zero enum
-                gone = removed(_unb64(kv["key"]).decode("utf-8", "replace"))
-                if gone is not None:
-                    out.append(gone)
-            else:
-                # A TimeToLive that fails raises before the batch is yielded: the caller
-                # re-watches from its last revision and sees this response again.
-                out.append(self._record(kv, cache))
-        return Events(tuple(out), cursor)
+        return out
 
 
-__all__ = ["WATCH_POLL", "EtcdV3Registry"]
+# --- parsing etcd's JSON, pure: what a server (or anyone who wrote a key) sent -----------------
+
+#: Wall-clock expiry of the keys on a lease ID (None: no lease, a reservation).  Injected, so
+#: that parsing needs no server and the lookup can change without touching the parsers.
+ExpirationLookup = Callable[[int], float | None]
+
+#: The longest watch message parsed: etcd caps one at its request limit (1.5 MiB by default)
+#: plus base64 and framing; a far larger line is not from etcd.
+MAX_WATCH_MESSAGE_CHARS = 64 * 1024 * 1024
+
+_INT64 = re.compile(r"-?\d{1,19}", re.ASCII)
+
+
+class _BadMessage(RegistryUnavailable):
+    """A response or watch line that is not what etcd sends at all."""
+
+
+@dataclass(frozen=True)
+class WatchEnd:
+    """The server ended a watch: an ``error`` line (cancelled False) or a cancellation other
+    than compaction; *text* is short."""
+
+    code: int | None
+    text: str
+    cancelled: bool
+
+
+def _int64(value: Any) -> int:
+    """An int64 field: a JSON string of digits (proto3's form) or a JSON number."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, str) and _INT64.fullmatch(value):
+        number = int(value)
+    else:
+        raise ValueError(f"not an int64: {excerpt(value)}")
+    if not -(1 << 63) <= number < 1 << 63:
+        raise ValueError(f"not an int64: {excerpt(value)}")
+    return number
+
+
+def _bytes_field(obj: dict[str, Any], name: str, *, required: bool) -> bytes:
+    """A base64 ``bytes`` field; proto3 leaves an empty one out."""
+    text = obj.get(name)
+    if text is None and not required:
+        return b""
+    if not isinstance(text, str):
+        raise ValueError(f"{name} is not base64 text: {excerpt(text)}")
+    return base64.b64decode(text, validate=True)  # binascii.Error is a ValueError
+
+
+def _kv_key(kv: Any) -> str:
+    if not isinstance(kv, dict):
+        raise ValueError(f"kv is not an object: {excerpt(kv)}")
+    return _bytes_field(kv, "key", required=True).decode("utf-8", "replace")
+
+
+def _key_for_event(kv: Any) -> object:
+    """The key of a malformed kv as best it can be read, for the INVALID event."""
+    try:
+        return _kv_key(kv)
+    except ValueError:
+        return kv.get("key", "") if isinstance(kv, dict) else ""
+
+
+def parse_kv(kv: Any, expiration: ExpirationLookup) -> LeaseEvent:
+    """One ``KeyValue`` of a range or watch response as a record; INVALID when malformed."""
+    try:
+        key = _kv_key(kv)
+        value = _bytes_field(kv, "value", required=False)
+        lease_id = _int64(kv.get("lease", 0))
+        revision = _int64(kv.get("mod_revision"))
+        if lease_id < 0:
+            raise ValueError(f"lease {lease_id} is negative")
+    except Exception as exc:  # ValueError by design; any other is still this record's fault
+        return invalid(_key_for_event(kv), f"malformed key-value: {_why(exc)}")
+    # Outside the try: a lookup that cannot reach etcd is an outage, not a bad record.
+    return decode_record(key, value, expiration(lease_id), revision)
+
+
+def _why(exc: Exception) -> str:
+    return str(exc) if isinstance(exc, ValueError) else type(exc).__name__
+
+
+def _revision(header: Any) -> int:
+    """The revision of a response ``header``; _BadMessage without one."""
+    try:
+        return _int64(header.get("revision") if isinstance(header, dict) else None)
+    except ValueError as exc:
+        raise _BadMessage(f"header revision: {exc}") from None
+
+
+def range_kvs(res: Any) -> list[Any]:
+    """The ``kvs`` of a Range response (absent when empty); _BadMessage if it is no list."""
+    if not isinstance(res, dict):
+        raise _BadMessage(f"range response is not an object: {excerpt(res)}")
+    kvs = res.get("kvs") or []
+    if not isinstance(kvs, list):
+        raise _BadMessage(f"kvs is not a list: {excerpt(kvs)}")
+    return kvs
+
+
+def parse_range(res: Any, expiration: ExpirationLookup) -> Snapshot:
+    """A Range response as a snapshot: a malformed kv is an INVALID record, a response
+    without a list of kvs or a header revision is RegistryUnavailable."""
+    kvs = range_kvs(res)
+    revision = _revision(res.get("header"))
+    leases: list[Lease] = []
+    bad: list[LeaseEvent] = []
+    for kv in kvs:
+        ev = parse_kv(kv, expiration)
+        if ev.lease is not None:
+            leases.append(ev.lease)
+        else:
+            bad.append(ev)
+    return Snapshot(tuple(leases), revision, tuple(bad))
+
+
+def parse_watch_line(
+    line: bytes | str, cursor: int, expiration: ExpirationLookup
+) -> Events | WatchEnd | None:
+    """One line of the watch stream: a batch, None for the "created" confirmation, or the
+    WatchEnd the server sent.
+
+    Raises Compacted when the start revision was compacted, and RegistryUnavailable when the
+    line is not a watch message at all.  A malformed event is an INVALID record, and the
+    cursor still moves past every event whose revision can be read.
+    """
+    try:
+        msg = load_json(line, max_chars=MAX_WATCH_MESSAGE_CHARS, what="watch message")
+    except UntrustedInput as exc:
+        raise _BadMessage(str(exc)) from None
+    if not isinstance(msg, dict):
+        raise _BadMessage(f"not an object: {excerpt(msg)}")
+    if "error" in msg:
+        code, text = _status(msg)
+        return WatchEnd(code, text, cancelled=False)
+    res = msg.get("result") or {}
+    if not isinstance(res, dict):
+        raise _BadMessage(f"result is not an object: {excerpt(res)}")
+    if res.get("canceled"):
+        try:
+            compacted = _int64(res.get("compact_revision", 0))
+        except ValueError as exc:
+            raise _BadMessage(f"compact_revision: {exc}") from None
+        if compacted > 0:
+            raise Compacted(compacted)
+        # "rpc error: code = InvalidArgument desc = etcdserver: ..." -> "etcdserver: ..."
+        reason = _RPC_PREFIX.sub("", str(res.get("cancel_reason") or "no reason given"))
+        return WatchEnd(None, clip(reason, _MAX_STATUS_CHARS), cancelled=True)
+    events = res.get("events") or []
+    if not isinstance(events, list):
+        raise _BadMessage(f"events is not a list: {excerpt(events)}")
+    if not events:
+        if res.get("created"):
+            return None  # its header revision may be ahead of events still to come
+        # A progress notification: nothing under the prefix up to the header revision.
+        return Events((), max(cursor, _revision(res.get("header"))))
+    out: list[LeaseEvent] = []
+    for ev in events:
+        kv = ev.get("kv") if isinstance(ev, dict) else None
+        if isinstance(kv, dict):
+            # Past every event with a readable revision, good or bad: a bad record is skipped
+            # once, never re-read forever.
+            with contextlib.suppress(ValueError):
+                cursor = max(cursor, _int64(kv.get("mod_revision")))
+        if isinstance(ev, dict) and ev.get("type") == "DELETE":
+            # A PUT has no "type": proto3 omits the zero enum.
+            try:
+                gone = removed(_kv_key(kv))
+            except ValueError as exc:
+                out.append(invalid(_key_for_event(kv), f"malformed delete: {exc}"))
+                continue
+            if gone is not None:
+                out.append(gone)
+        else:
+            # A TimeToLive that fails raises before the batch is yielded: the caller
+            # re-watches from its last revision and sees this response again.
+            out.append(parse_kv(kv, expiration))
+    return Events(tuple(out), cursor)
+
+
+__all__ = [
+    "MAX_WATCH_MESSAGE_CHARS",
+    "WATCH_POLL",
+    "EtcdV3Registry",
+    "ExpirationLookup",
+    "WatchEnd",
+    "parse_kv",
+    "parse_range",
+    "parse_watch_line",
+    "range_kvs",
+]

@@ -18,7 +18,7 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
 import pytest
 
-from pyflannel.backend.vxlan import desired_state
+from pyflannel.backend.vxlan import PeerScope, desired_state
 from pyflannel.errors import KernelError
 from pyflannel.kernel.netlink import Netlink
 from pyflannel.kernel.plan import apply, plan
@@ -38,6 +38,7 @@ NETWORK = IPv4Network("10.5.0.0/16")
 OWN = IPv4Network("10.5.34.0/24")
 LOCAL = IPv4Address("192.0.2.10")
 PEER_IP = IPv4Address("192.0.2.20")  # on eth0's link, not a local address
+SCOPE = PeerScope(NETWORK, 24, own_subnet=OWN, own_public_ip=LOCAL)
 _counter = itertools.count()
 
 
@@ -148,9 +149,12 @@ def mac_of(ns: str, name: str) -> str:
     return m.group(1)
 
 
-def observe(nl: Netlink, dev: Link) -> KernelState:
-    """What pyflannel manages on *dev*, for the test network."""
-    return nl.observe(dev.index, NETWORK, 24, OWN)
+def observe(nl: Netlink, dev: Link, *, direct: bool = False) -> KernelState:
+    """What pyflannel manages on *dev* for the test network (the routes that are not ours are
+    left out, for comparing with a desired state)."""
+    st = nl.observe(dev.index, NETWORK, 24 if direct else None)
+    st.foreign.clear()
+    return st
 
 
 def peer(subnet: str, ip_: IPv4Address | str, mac: str) -> Lease:
@@ -342,13 +346,45 @@ def test_kernel_errors_are_translated(nl: Netlink, dev: Link) -> None:
     assert info.value.op == "neigh.replace"
 
 
-def test_observe_ignores_unmanaged_routes(ns: str, nl: Netlink, dev: Link) -> None:
-    """Routes outside the network, of another length or to our own subnet are not managed."""
+def test_observe_routes_on_other_devices_are_foreign(ns: str, nl: Netlink, dev: Link) -> None:
+    """Routes on other devices (and the kernel's connected routes) are never ours: they are
+    reported as foreign, by destination, whatever their prefix."""
     ip(ns, "route", "add", "198.51.100.0/24", "via", "192.0.2.1")
     ip(ns, "route", "add", "10.5.60.0/25", "via", "192.0.2.1")
     ip(ns, "route", "add", str(OWN), "via", "192.0.2.1")
     nl.replace_route(Route(SUBNET, VTEP, dev.index, True))
-    assert set(observe(nl, dev).routes) == {SUBNET}
+    st = nl.observe(dev.index, NETWORK, None)
+    assert set(st.routes) == {SUBNET}
+    assert {
+        IPv4Network("198.51.100.0/24"),
+        IPv4Network("10.5.60.0/25"),
+        OWN,
+        IPv4Network("192.0.2.0/24"),  # eth0's connected route
+    } <= set(st.foreign)
+    assert st.foreign[IPv4Network("192.0.2.0/24")].gateway is None
+
+
+def test_observe_any_route_on_the_device_is_ours(ns: str, nl: Netlink, dev: Link) -> None:
+    """Every route on the VXLAN device is compared with the leases: any prefix length, with or
+    without a gateway, inside the Network or not."""
+    ip(ns, "route", "add", "10.5.77.128/25", "via", "10.5.77.0", "dev", "flannel.1", "onlink")
+    ip(ns, "route", "add", "10.99.0.0/16", "dev", "flannel.1")
+    st = observe(nl, dev)
+    assert st.routes == {
+        IPv4Network("10.5.77.128/25"): Route(
+            IPv4Network("10.5.77.128/25"), IPv4Address("10.5.77.0"), dev.index, True
+        ),
+        IPv4Network("10.99.0.0/16"): Route(IPv4Network("10.99.0.0/16"), None, dev.index, False),
+    }
+    converge(nl, dev, KernelState())
+    assert observe(nl, dev) == KernelState()
+
+
+def test_delete_route_spares_same_destination_elsewhere(ns: str, nl: Netlink, dev: Link) -> None:
+    """Deleting our route never deletes a route to the same destination on another device."""
+    ip(ns, "route", "add", "10.5.88.0/24", "via", "192.0.2.1")
+    nl.delete_route(Route(IPv4Network("10.5.88.0/24"), IPv4Address("10.5.88.0"), dev.index, True))
+    assert "10.5.88.0/24 via 192.0.2.1" in ip(ns, "route", "show")
 
 
 def test_route_is_onlink(nl: Netlink) -> None:
@@ -385,7 +421,7 @@ def converge(nl: Netlink, dev: Link, desired: KernelState) -> None:
 
 def test_apply_converges_and_is_idempotent(ns: str, nl: Netlink, dev: Link) -> None:
     """After apply(plan(desired, observe())) the kernel equals desired; the next plan is empty."""
-    desired = desired_state(PEERS, dev.index).state
+    desired = desired_state(PEERS, dev.index, SCOPE).state
     converge(nl, dev, desired)
     assert observe(nl, dev) == desired
     assert plan(desired, observe(nl, dev)).empty
@@ -396,12 +432,12 @@ def test_apply_converges_and_is_idempotent(ns: str, nl: Netlink, dev: Link) -> N
 
 def test_apply_peer_changes(ns: str, nl: Netlink, dev: Link) -> None:
     """A changed MAC, a changed public IP and a removed peer leave exactly the new entries."""
-    converge(nl, dev, desired_state(PEERS, dev.index).state)
+    converge(nl, dev, desired_state(PEERS, dev.index, SCOPE).state)
     changed = [
         peer("10.5.51.0/24", "192.0.2.20", "5a:1e:02:33:44:99"),  # new MAC
         peer("10.5.52.0/24", "192.0.2.29", "5a:1e:02:33:44:52"),  # new public IP
     ]  # 10.5.53.0/24 gone
-    desired = desired_state(changed, dev.index).state
+    desired = desired_state(changed, dev.index, SCOPE).state
     converge(nl, dev, desired)
     assert observe(nl, dev) == desired
     fdb = bridge(ns, "fdb", "show", "dev", "flannel.1")
@@ -424,7 +460,7 @@ def test_hand_deleted_entry_in_next_plan(
     ns: str, nl: Netlink, dev: Link, remove: tuple[str, ...], field: str
 ) -> None:
     """An entry deleted by hand shows up in the next plan, and applying it restores it."""
-    desired = desired_state(PEERS, dev.index).state
+    desired = desired_state(PEERS, dev.index, SCOPE).state
     converge(nl, dev, desired)
     ip(ns, *remove)
     p = plan(desired, observe(nl, dev))
@@ -437,7 +473,7 @@ def test_hand_deleted_entry_in_next_plan(
 
 def test_hand_deleted_fdb_in_next_plan(ns: str, nl: Netlink, dev: Link) -> None:
     """An FDB entry deleted with ``bridge fdb del`` is planned again and restored."""
-    desired = desired_state(PEERS, dev.index).state
+    desired = desired_state(PEERS, dev.index, SCOPE).state
     converge(nl, dev, desired)
     bridge(ns, "fdb", "del", "5a:1e:02:33:44:52", "dev", "flannel.1", "dst", "192.0.2.21", "self")
     p = plan(desired, observe(nl, dev))
@@ -449,7 +485,7 @@ def test_hand_deleted_fdb_in_next_plan(ns: str, nl: Netlink, dev: Link) -> None:
 
 def test_stray_entries_removed(ns: str, nl: Netlink, dev: Link) -> None:
     """A neighbour, FDB entry and route that no lease backs are removed by the next apply."""
-    converge(nl, dev, desired_state(PEERS[:1], dev.index).state)
+    converge(nl, dev, desired_state(PEERS[:1], dev.index, SCOPE).state)
     ip(
         ns,
         "neigh",
@@ -475,7 +511,7 @@ def test_stray_entries_removed(ns: str, nl: Netlink, dev: Link) -> None:
         "permanent",
     )
     ip(ns, "route", "replace", "10.5.77.0/24", "via", "10.5.77.0", "dev", "flannel.1", "onlink")
-    desired = desired_state(PEERS[:1], dev.index).state
+    desired = desired_state(PEERS[:1], dev.index, SCOPE).state
     converge(nl, dev, desired)
     assert observe(nl, dev) == desired
     assert "10.5.77.0" not in ip(ns, "route", "show")
@@ -485,7 +521,7 @@ def test_stray_entries_removed(ns: str, nl: Netlink, dev: Link) -> None:
 def test_direct_routing_round_trip(ns: str, nl: Netlink, dev: Link) -> None:
     """A DirectRouting peer gets ``S via P`` on the underlay, and the next plan is empty."""
     desired = desired_state(
-        PEERS[:1], dev.index, direct_routing=True, is_onlink=nl.route_is_onlink
+        PEERS[:1], dev.index, SCOPE, direct_routing=True, is_onlink=nl.route_is_onlink
     ).state
     assert desired.routes[IPv4Network("10.5.51.0/24")].oif is None
     converge(nl, dev, desired)
@@ -495,4 +531,4 @@ def test_direct_routing_round_trip(ns: str, nl: Netlink, dev: Link) -> None:
         re.M,
     )
     assert "10.5.51.0" not in ip(ns, "neigh", "show", "dev", "flannel.1")
-    assert plan(desired, observe(nl, dev)).empty
+    assert plan(desired, observe(nl, dev, direct=True)).empty

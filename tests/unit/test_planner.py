@@ -8,7 +8,7 @@ from ipaddress import IPv4Address, IPv4Network
 
 import pytest
 
-from pyflannel.backend.vxlan import desired_state
+from pyflannel.backend.vxlan import PeerScope, desired_state, unsafe_reason
 from pyflannel.errors import KernelError
 from pyflannel.kernel.plan import Plan, apply, plan
 from pyflannel.kernel.records import Fdb, KernelState, Neigh, Route
@@ -24,6 +24,9 @@ P3 = IPv4Address("192.168.1.14")
 M1 = "5a:1e:02:33:44:55"
 M2 = "5a:1e:02:33:44:66"
 M3 = "5a:1e:02:33:44:77"
+OWN = IPv4Network("10.5.1.0/24")
+OWN_IP = IPv4Address("192.168.1.2")
+SCOPE = PeerScope(IPv4Network("10.5.0.0/16"), 24, own_subnet=OWN, own_public_ip=OWN_IP)
 
 
 def peer(subnet: IPv4Network, ip: IPv4Address, mac: str | None, btype: str = "vxlan") -> Lease:
@@ -56,7 +59,7 @@ def programmed(*peers: tuple[IPv4Network, IPv4Address, str]) -> KernelState:
 
 def test_desired_normal_peer() -> None:
     """A vxlan peer gets neighbour S.0 -> MAC, FDB MAC -> public IP and route S via S.0 onlink."""
-    d = desired_state([peer(S1, P1, M1)], DEV)
+    d = desired_state([peer(S1, P1, M1)], DEV, SCOPE)
     assert d.state.neighs == {IPv4Address("10.5.51.0"): M1}
     assert d.state.fdb == {Fdb(M1, P1)}
     assert d.state.routes == {S1: Route(S1, IPv4Address("10.5.51.0"), DEV, True)}
@@ -65,14 +68,14 @@ def test_desired_normal_peer() -> None:
 
 def test_desired_many_peers() -> None:
     """Each peer contributes its own three entries."""
-    d = desired_state([peer(S1, P1, M1), peer(S2, P2, M2)], DEV)
+    d = desired_state([peer(S1, P1, M1), peer(S2, P2, M2)], DEV, SCOPE)
     assert d.state == programmed((S1, P1, M1), (S2, P2, M2))
 
 
 @pytest.mark.parametrize("btype", ["host-gw", "udp", ""])
 def test_desired_non_vxlan_skipped(btype: str) -> None:
     """A lease of another backend is skipped with a reason and programs nothing."""
-    d = desired_state([peer(S1, P1, M1, btype), peer(S2, P2, M2)], DEV)
+    d = desired_state([peer(S1, P1, M1, btype), peer(S2, P2, M2)], DEV, SCOPE)
     assert d.state == programmed((S2, P2, M2))
     assert set(d.skipped) == {S1}
     assert "not vxlan" in d.skipped[S1]
@@ -80,13 +83,13 @@ def test_desired_non_vxlan_skipped(btype: str) -> None:
 
 def test_desired_backend_type_case_insensitive() -> None:
     """BackendType "VXLAN" is vxlan (flanneld lower-cases backend types)."""
-    d = desired_state([peer(S1, P1, M1, "VXLAN")], DEV)
+    d = desired_state([peer(S1, P1, M1, "VXLAN")], DEV, SCOPE)
     assert d.state == programmed((S1, P1, M1))
 
 
 def test_desired_without_mac_skipped() -> None:
     """A vxlan lease without a VtepMAC cannot be encapsulated to and is skipped."""
-    d = desired_state([peer(S1, P1, None)], DEV)
+    d = desired_state([peer(S1, P1, None)], DEV, SCOPE)
     assert d.state == KernelState()
     assert "VtepMAC" in d.skipped[S1]
 
@@ -99,7 +102,7 @@ def test_desired_direct_routing_onlink() -> None:
         asked.append(ip)
         return True
 
-    d = desired_state([peer(S1, P1, M1)], DEV, direct_routing=True, is_onlink=is_onlink)
+    d = desired_state([peer(S1, P1, M1)], DEV, SCOPE, direct_routing=True, is_onlink=is_onlink)
     assert d.state.neighs == {}
     assert d.state.fdb == set()
     assert d.state.routes == {S1: Route(S1, P1, None, False)}
@@ -111,6 +114,7 @@ def test_desired_direct_routing_off_link_peer_encapsulated() -> None:
     d = desired_state(
         [peer(S1, P1, M1), peer(S2, P2, M2)],
         DEV,
+        SCOPE,
         direct_routing=True,
         is_onlink=lambda ip: ip == P2,
     )
@@ -126,11 +130,102 @@ def test_desired_no_direct_routing_never_asks_kernel() -> None:
     def boom(_ip: IPv4Address) -> bool:
         raise AssertionError("is_onlink called")
 
-    d = desired_state([peer(S1, P1, M1)], DEV, is_onlink=boom)
+    d = desired_state([peer(S1, P1, M1)], DEV, SCOPE, is_onlink=boom)
     assert d.state == programmed((S1, P1, M1))
 
 
+@pytest.mark.parametrize(
+    ("subnet", "why"),
+    [
+        ("10.99.0.0/24", "inside the Network"),  # outside the Network
+        ("10.5.0.0/16", "inside the Network"),  # the whole Network
+        ("10.5.220.0/26", "inside the Network"),  # another prefix length
+        ("10.5.1.128/25", "inside the Network"),  # half of our own subnet
+        ("0.0.0.0/0", "inside the Network"),  # the default route
+        ("192.168.1.0/24", "inside the Network"),  # the underlay
+    ],
+)
+def test_unsafe_subnets_are_skipped(subnet: str, why: str) -> None:
+    """Only a SubnetLen-sized subnet inside the Network is ever routed into the overlay."""
+    bad = Lease(IPv4Network(subnet), LeaseAttrs(P1, "vxlan", M1, 1))
+    d = desired_state([bad, peer(S2, P2, M2)], DEV, SCOPE)
+    assert d.state == programmed((S2, P2, M2))
+    assert why in d.skipped[IPv4Network(subnet)]
+
+
+def test_overlapping_own_subnet_is_skipped() -> None:
+    """A /24 lease that overlaps our own subnet (a Network-sized scope with /24 and our /24 on
+    another boundary cannot happen, so check the rule directly) is refused."""
+    scope = PeerScope(IPv4Network("10.5.0.0/16"), 25, own_subnet=IPv4Network("10.5.1.0/24"))
+    lease = Lease(IPv4Network("10.5.1.128/25"), LeaseAttrs(P1, "vxlan", M1, 1))
+    assert "our own subnet" in (unsafe_reason(lease, scope) or "")
+
+
+def test_own_lease_is_not_a_peer() -> None:
+    """Our own lease among the peers programs nothing and is not reported as skipped."""
+    d = desired_state([peer(OWN, OWN_IP, M1)], DEV, SCOPE)
+    assert d.state == KernelState()
+    assert d.skipped == {}
+
+
+@pytest.mark.parametrize(
+    "ip", ["0.0.0.0", "127.0.0.1", "224.0.0.1", "239.1.2.3", "255.255.255.255", "240.0.0.1"]
+)
+def test_non_unicast_public_ip_is_skipped(ip: str) -> None:
+    """A PublicIP that is not a unicast address gets no FDB entry (and no peer)."""
+    d = desired_state([peer(S1, IPv4Address(ip), M1)], DEV, SCOPE)
+    assert d.state == KernelState()
+    assert "not a unicast address" in d.skipped[S1]
+
+
+def test_our_own_public_ip_is_skipped() -> None:
+    """Another subnet naming our public IP would send VXLAN to ourselves: skipped."""
+    d = desired_state([peer(S1, OWN_IP, M1)], DEV, SCOPE)
+    assert d.state == KernelState()
+    assert "our own" in d.skipped[S1]
+
+
+@pytest.mark.parametrize(
+    ("mac", "why"),
+    [
+        ("00:00:00:00:00:00", "all zeros"),
+        ("ff:ff:ff:ff:ff:ff", "multicast or broadcast"),
+        ("01:00:5e:00:00:01", "multicast or broadcast"),
+        ("33:33:00:00:00:01", "multicast or broadcast"),
+    ],
+)
+def test_bad_vtep_mac_is_skipped(mac: str, why: str) -> None:
+    """A VTEP MAC the kernel refuses as an FDB entry (EOPNOTSUPP) is never programmed."""
+    d = desired_state([peer(S1, P1, mac)], DEV, SCOPE)
+    assert d.state == KernelState()
+    assert why in d.skipped[S1]
+
+
 # --- plan ---------------------------------------------------------------------------------------
+
+
+def test_plan_never_replaces_a_foreign_route() -> None:
+    """A wanted route whose destination another device already routes is a conflict: it is not
+    written, and the foreign route is never deleted; neighbour and FDB are still set."""
+    actual = KernelState()
+    connected = Route(S1, None, 2, False)
+    actual.foreign[S1] = connected
+    p = plan(programmed((S1, P1, M1)), actual)
+    assert p.set_routes == ()
+    assert p.del_routes == ()
+    assert p.conflicts == ((onlink(S1), connected),)
+    assert p.set_neighs == (Neigh(vtep(S1), M1),)
+
+
+def test_plan_removes_any_route_on_the_device() -> None:
+    """Routes on our device that no lease backs go, whatever their prefix or gateway."""
+    actual = programmed((S1, P1, M1))
+    stray25 = Route(IPv4Network("10.5.51.128/25"), vtep(S1), DEV, True)
+    no_gw = Route(IPv4Network("10.7.0.0/16"), None, DEV, False)
+    actual.routes[stray25.dst] = stray25
+    actual.routes[no_gw.dst] = no_gw
+    p = plan(programmed((S1, P1, M1)), actual)
+    assert set(p.del_routes) == {stray25, no_gw}
 
 
 def test_plan_add() -> None:

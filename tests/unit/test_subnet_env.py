@@ -9,7 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from pyflannel.subnetenv import read_subnet_hint, subnet_env_text, write_subnet_env
+from pyflannel.errors import SubnetEnvError
+from pyflannel.subnetenv import (
+    check_writable,
+    read_subnet_hint,
+    subnet_env_text,
+    write_subnet_env,
+)
 
 SEED_TEXT = (
     "FLANNEL_NETWORK=172.16.0.0/16\n"
@@ -61,13 +67,35 @@ def test_write_replaces_atomically(tmp_path: Path) -> None:
 
 
 def test_write_failure_leaves_no_temp(tmp_path: Path) -> None:
-    """A failed rename (target is a directory) raises and leaves no temporary file behind."""
+    """A failed rename (target is a directory) raises one line naming the path and leaves no
+    temporary file behind."""
     path = tmp_path / "subnet.env"
     path.mkdir()
     (path / "keep").write_text("x")  # a non-empty directory cannot be replaced by a file
-    with pytest.raises(OSError):
+    with pytest.raises(SubnetEnvError, match=f"cannot write {path}: Is a directory"):
         write_subnet_env(path, SEED_TEXT)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["subnet.env"]
+
+
+@pytest.mark.parametrize("check", [True, False], ids=["check_writable", "write_subnet_env"])
+def test_file_in_the_path_is_named(tmp_path: Path, check: bool) -> None:
+    """A regular file where a directory should be is named as such (mkdir would say the
+    misleading "File exists")."""
+    (tmp_path / "run").write_text("not a directory")
+    path = tmp_path / "run" / "flannel" / "subnet.env"
+    with pytest.raises(SubnetEnvError) as err:
+        if check:
+            check_writable(path)
+        else:
+            write_subnet_env(path, SEED_TEXT)
+    assert str(err.value) == f"cannot write {path}: {tmp_path / 'run'} is not a directory"
+
+
+def test_check_writable_leaves_nothing(tmp_path: Path) -> None:
+    """The early probe creates the directory and leaves no file in it."""
+    path = tmp_path / "flannel" / "subnet.env"
+    check_writable(path)
+    assert list((tmp_path / "flannel").iterdir()) == []
 
 
 @pytest.mark.parametrize(
