@@ -140,8 +140,10 @@ class Fuzz:
         return Record("huge", next(self.big_keys), value)
 
     def bad_utf8(self) -> Record:
-        """A lease with invalid UTF-8 in it, or a lone invalid sequence."""
-        good = bytearray(lease_json(self.public_ip(), self.mac()))
+        """A lease (v0.10 form: etcd v2 hands invalid UTF-8 on as U+FFFD, and inside an optional
+        field name like VNI that would leave a valid lease) with invalid UTF-8 in it, or a lone
+        invalid sequence."""
+        good = bytearray(lease_json(self.public_ip(), self.mac(), vni=False))
         bad = self.rng.choice([b"\xff", b"\xc3\x28", b"\xed\xa0\x80", b"\xf8\x88\x80\x80\x80"])
         pos = self.rng.randrange(len(good) + 1)
         value = bytes(good[:pos]) + bad + bytes(good[pos:])
@@ -398,8 +400,7 @@ def test_own_key_without_ttl_gets_it_back(lab: Lab) -> None:
     key = lease_key(subnet_of(lab, c2))
     good = lab.get(key)
     assert ttl_of(lab, key) > 0
-    lab.put(key, good)  # etcdctl set/put: no TTL, no lease
-    assert ttl_of(lab, key) == 0
+    lab.put(key, good)  # etcdctl set/put: no TTL, no lease (the daemon may repair it at once)
     Lab.wait(lambda: ttl_of(lab, key) > 0, 8, "TTL restored")
     assert lab.get(key) == good
 
@@ -432,8 +433,8 @@ def test_own_key_overwritten_is_repaired(lab: Lab, hostile: bytes) -> None:
         assert ttl_of(lab, key) > 0
         repaired = True
     finally:
-        if lab.get(key) != good:
-            lab.put(key, good)
+        if lab.get(key) != good:  # with a TTL: without one a restart would take a reservation
+            lab.bulk([("put", key.encode(), good.encode(), 86400)])
         ensure_running(lab, c2, restart=not repaired)
     assert (vtep_mac(c2), str(c2.underlay_ip)) in fdb(c1)
 
