@@ -13,6 +13,7 @@ only processes this lab started (by PID, recorded in its work directory) are kil
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -320,6 +321,31 @@ class Lab:
         if self.api == "v2":
             return self.etcdctl("get", key).rstrip("\n")
         return self.etcdctl("get", "--print-value-only", key).rstrip("\n")
+
+    def bulk(
+        self, ops: list[tuple[str, bytes, bytes, int]] | list[tuple[str, bytes]], threads: int = 16
+    ) -> dict[str, object]:
+        """Send many ``("put", key, value, ttl)`` / ``("del", key)`` operations (raw bytes; ttl
+        0 for none) to etcd at once from a thread pool, in no particular order; return how many
+        etcd accepted (``ok``) and its refusals by status (``refused``).  See
+        :mod:`pyflannel.lab.bulk`."""
+        lines = "".join(
+            json.dumps([op[0], *(base64.b64encode(b).decode() for b in op[1:3]), *op[3:]]) + "\n"
+            for op in ops
+        )
+        cmd = [sys.executable, "-m", "pyflannel.lab.bulk", self.api, ETCD_URL, str(threads)]
+        res = subprocess.run(
+            ["ip", "netns", "exec", self.etcd_ns, *cmd],
+            input=lines,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if res.returncode != 0:
+            raise RuntimeError(f"bulk write failed: {res.stderr.strip()[-2000:]}")
+        tally = json.loads(res.stdout)
+        assert isinstance(tally, dict)
+        return tally
 
     def put_config(self, config: dict[str, object] | None = None) -> None:
         """Store the network config (the seed's by default)."""

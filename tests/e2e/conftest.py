@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -53,6 +54,15 @@ def lab(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
             if log.exists():
                 print(f"--- {cell.name} log (tail) ---\n{log.read_text()[-4000:]}")
         lab.down()
+
+
+def alive(pid: int) -> bool:
+    """True if *pid* exists and is not a zombie."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
 
 
 def ip_json(cell: Cell, *args: str) -> list[dict[str, object]]:

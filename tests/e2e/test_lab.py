@@ -15,7 +15,7 @@ import pytest
 
 from pyflannel.lab.topo import Lab, prefixed_namespaces, run
 
-from .conftest import _require
+from .conftest import _require, alive
 
 pytestmark = [pytest.mark.e2e]
 
@@ -40,15 +40,6 @@ def lab_cmd(
         timeout=timeout,
         check=False,
     )
-
-
-def alive(pid: int) -> bool:
-    """True if *pid* exists and is not a zombie."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 @pytest.mark.parametrize(("api", "cni"), [("v2", False), ("v3", True)])

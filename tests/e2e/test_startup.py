@@ -10,7 +10,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from ipaddress import IPv4Network
 from pathlib import Path
 
 import pytest
@@ -38,8 +39,15 @@ def lab1(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
 _runs = iter(range(1000))
 
 
-def start(lab: Lab, prefix: str, *extra: str) -> tuple[Cell, str]:
-    """Start a daemon on cell-1 with its own etcd prefix and subnet file; return its log name."""
+def start(
+    lab: Lab,
+    prefix: str,
+    *extra: str,
+    subnet_file: Path | None = None,
+    wrapper: Sequence[str] = (),
+) -> tuple[Cell, str]:
+    """Start a daemon on cell-1 with its own etcd prefix and subnet file (or *subnet_file*),
+    behind the *wrapper* command if any; return its log name."""
     cell = lab.cells[0]
     n = next(_runs)
     name = f"run{n}"
@@ -47,12 +55,13 @@ def start(lab: Lab, prefix: str, *extra: str) -> tuple[Cell, str]:
         name,
         cell.ns,
         [
+            *wrapper,
             sys.executable,
             "-m",
             "pyflannel",
             "--etcd-endpoints=http://10.0.1.2:2379",
             f"--etcd-prefix={prefix}",
-            f"--subnet-file={lab.workdir / name / 'subnet.env'}",
+            f"--subnet-file={subnet_file or lab.workdir / name / 'subnet.env'}",
             "--log-format=json",
             *extra,
         ],
@@ -294,3 +303,81 @@ def test_lease_is_renewed_before_it_expires(lab1: Lab, api: str) -> None:
     assert 58 <= ttl <= 64
     assert json.loads(lab1.etcdctl("get", key, api=api).splitlines()[-1])["PublicIP"] == "10.0.1.3"
     assert lab1.kill(name, signal.SIGTERM) == 0
+
+
+def one_error(lab: Lab, name: str) -> str:
+    """The one error-level line of run *name* (no traceback: :func:`log_of` checks), as text."""
+    errors = [e for e in log_of(lab, name) if e.get("level") in ("error", "critical")]
+    assert len(errors) == 1, errors
+    return json.dumps(errors[0])
+
+
+@pytest.mark.parametrize(
+    ("network", "overlaps"),
+    [("10.0.0.0/16", ("10.0.1.3",)), ("10.0.1.128/25", ("10.0.1.0/24", "10.0.1.3/24"))],
+    ids=["holds-the-address", "inside-the-connected-route"],
+)
+def test_network_overlapping_the_underlay_exits_1(
+    lab1: Lab, network: str, overlaps: tuple[str, ...]
+) -> None:
+    """A Network that holds the host's underlay address (10.0.1.3 on eth0), or lies inside its
+    connected route 10.0.1.0/24, is refused at start: exit 1 and one line naming the Network
+    and what it overlaps (the route, or the address with its prefix); no subnet.env, no lease."""
+    prefix = f"/t11{network.split('/')[1]}"
+    net = IPv4Network(network)
+    sub_len = net.prefixlen + 4
+    subnets = list(net.subnets(new_prefix=sub_len))
+    lab1.put(
+        f"{prefix}/config",
+        json.dumps(
+            {
+                "Network": network,
+                "SubnetLen": sub_len,
+                # Away from the cells' own addresses, should the daemon take a lease anyway.
+                "SubnetMin": str(subnets[-2].network_address),
+                "SubnetMax": str(subnets[-2].network_address),
+                "Backend": {"Type": "vxlan"},
+            }
+        ),
+    )
+    cell, name = start(lab1, prefix)
+    try:
+        assert exit_code(lab1, name, timeout=10) == 1
+    finally:
+        lab1.kill(name, signal.SIGKILL)
+        # A daemon that went on regardless put its lease address on flannel.1: drop the device.
+        subprocess.run(["ip", "-n", cell.ns, "link", "del", "flannel.1"], check=False)
+    line = one_error(lab1, name)
+    assert network in line and any(o in line for o in overlaps), line
+    assert not (lab1.workdir / name / "subnet.env").exists()
+    assert "subnets/" not in lab1.etcdctl("ls", "--recursive", prefix)
+
+
+def unwritable_case(lab: Lab, how: str) -> tuple[Path, list[str], str]:
+    """A subnet.env path that cannot be written, the command to run the daemon behind, and the
+    reason (strerror) it must name."""
+    base = lab.workdir / f"unwritable-{how}"
+    if how == "under-a-file":
+        base.write_text("a regular file\n")
+        return base / "subnet.env", [], "Not a directory"
+    # A read-only bind mount in a mount namespace of the daemon's own: gone when it exits.
+    base.mkdir()
+    wrapper = ["unshare", "-m", "--propagation", "private", "sh", "-c"]
+    wrapper += [f'mount --bind -o ro {base} {base} && exec "$@"', "sh"]
+    return base / "run" / "subnet.env", wrapper, "Read-only file system"
+
+
+@pytest.mark.parametrize("how", ["under-a-file", "read-only"])
+def test_unwritable_subnet_env_exits_1_naming_the_path(lab1: Lab, how: str) -> None:
+    """A subnet.env path that cannot be written (a regular file where a directory should be; a
+    read-only file system) is one line naming the path and the reason, and exit 1; no traceback."""
+    lab1.put("/t12/config", '{"Network":"10.62.0.0/16","Backend":{"Type":"vxlan"}}')
+    path, wrapper, reason = unwritable_case(lab1, how)
+    _, name = start(lab1, "/t12", subnet_file=path, wrapper=wrapper)
+    try:
+        assert exit_code(lab1, name) == 1
+    finally:
+        lab1.kill(name, signal.SIGKILL)
+    line = one_error(lab1, name)
+    assert str(path) in line or str(path.parent) in line, line
+    assert reason.lower() in line.lower(), line
