@@ -653,11 +653,17 @@ class Run:
                 fdb.append(f"fdb append {mac} dev {DEV} dst {pub} self permanent")
                 ipb.append(f"neigh add {gw} lladdr {mac} dev {DEV} nud permanent")
                 ipb.append(f"route add {net} via {gw} dev {DEV} onlink")
-            t0 = time.monotonic()
-            sh("bridge", "-n", ns, "-batch", "-", stdin="\n".join(fdb) + "\n")
-            t1 = time.monotonic()
-            sh("ip", "-n", ns, "-batch", "-", stdin="\n".join(ipb) + "\n")
-            t2 = time.monotonic()
+            # The daemon is paused meanwhile: its resync dumps would compete for the CPU and
+            # the kernel's RTNL lock, and the baseline is meant to be the kernel alone.
+            os.kill(self.daemon_().pid, signal.SIGSTOP)
+            try:
+                t0 = time.monotonic()
+                sh("bridge", "-n", ns, "-batch", "-", stdin="\n".join(fdb) + "\n")
+                t1 = time.monotonic()
+                sh("ip", "-n", ns, "-batch", "-", stdin="\n".join(ipb) + "\n")
+                t2 = time.monotonic()
+            finally:
+                os.kill(self.daemon_().pid, signal.SIGCONT)
             got = counts(ns)
             base = t2 - t0
             self.say(
