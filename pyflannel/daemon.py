@@ -24,7 +24,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from ipaddress import IPv4Interface, IPv4Network
 from types import FrameType
 from typing import TypeVar
@@ -68,6 +68,8 @@ T = TypeVar("T")
 
 #: How often the main thread looks for a signal while it waits (see Daemon.request_stop).
 POLL = 0.2
+#: One periodic resync in this many re-reads the kernel (see serve()).
+REDUMP_EVERY = 10
 EXIT_OK = 0
 EXIT_FAILURE = 1
 
@@ -329,6 +331,12 @@ class Daemon:
         # At most 1 s between attempts (flanneld's pace): etcd back means caught up within ~1 s.
         backoff, once = Backoff(initial=0.25, maximum=1.0), OnceFilter()
         revision: int | None = None
+        first, self.manager.snapshot = self.manager.snapshot, None
+        own = self.lease.subnet
+        if first is not None:  # acquire's listing: the watch goes on from there
+            # It predates our own write, which the watch delivers next: take our key from that.
+            self._ingest(replace(first, leases=tuple(x for x in first.leases if x.subnet != own)))
+            revision = first.revision
         while not self.stop.is_set():
             try:
                 if revision is None:
@@ -498,15 +506,16 @@ class Daemon:
             is_onlink=kernel.route_is_onlink,
         )
 
-    def full_sync(self, reason: str) -> None:
-        """Check the device, re-read everything the kernel holds and fix every difference."""
-        reason = self._check_device() or reason
+    def full_sync(self, reason: str, *, reload: bool = True) -> None:
+        """Check the device and compare every key; with *reload*, re-read everything the
+        kernel holds first (else the mirror, kept by notifications, stands for it)."""
+        repaired = self._check_device()
         if self.cfg.backend.direct_routing or reason == "start":
             # Which peers are on-link can change with the underlay's routes: ask again.
             with self._lock:
                 leases = list(self._tracker.leases.values())
             self.peers.set_all(leases)
-        self.peers.sync(None, reason)
+        self.peers.sync(None, repaired or reason, reload=reload or repaired is not None)
 
     def step(self) -> None:
         """Apply what changed since the last step: lease events and kernel notifications."""
@@ -576,13 +585,21 @@ class Daemon:
         ready = False
         backoff = Backoff(initial=1.0, maximum=60.0)
         next_resync = time.monotonic()
+        resyncs = 0
         while not self.stopping():
             renew_at = self._keep_lease(backoff)
             self._wake.clear()
             if self._synced:
                 try:
                     if not ready or time.monotonic() >= next_resync:
-                        self.full_sync("start" if not ready else "resync")
+                        # The mirror follows the kernel's notifications (a lost one is reported
+                        # as ENOBUFS and re-read at once), so most resyncs compare against it;
+                        # every REDUMP_EVERY-th re-reads the kernel too.
+                        self.full_sync(
+                            "start" if not ready else "resync",
+                            reload=resyncs % REDUMP_EVERY == 0,
+                        )
+                        resyncs += 1
                         next_resync = time.monotonic() + self.opts.resync_interval
                     else:
                         self.step()

@@ -85,10 +85,10 @@ class PeerSync:
         """Fold queued kernel notifications; see :meth:`KernelSync.poll`."""
         return self.kernel.poll()
 
-    def sync(self, keys: Keys | None, reason: str) -> SyncResult:
-        """Compare and fix *keys* (None: reload the mirror from dumps and compare everything)."""
+    def sync(self, keys: Keys | None, reason: str, *, reload: bool = False) -> SyncResult:
+        """Compare and fix *keys* (None: every key); with *reload*, re-read the kernel first."""
         started = time.monotonic()
-        if keys is None:
+        if reload:
             self.kernel.reload()
         result = self.kernel.sync(keys)
         self._report(result, reason, started)

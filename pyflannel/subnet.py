@@ -114,11 +114,15 @@ class LeaseManager:
         self._public_ip = public_ip
         self._hint = hint
         self._rng = rng or random.Random()
+        #: The listing the last acquire decided on: the watch starts from it instead of listing
+        #: every lease a second time (1 s at 10,000 leases).
+        self.snapshot: Snapshot | None = None
 
     def acquire(self, cfg: NetworkConfig, attrs: LeaseAttrs) -> Lease:
         """Lease a subnet for us; see the module docstring for the order of preference."""
         for attempt in range(1, RACE_RETRIES + 1):
             snap = self._registry.list_subnets()
+            self.snapshot = snap
             alloc = plan_allocation(cfg, snap, self._public_ip, self._hint, self._rng)
             for old in alloc.stale:
                 log.info(

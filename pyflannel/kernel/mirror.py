@@ -41,7 +41,7 @@ from pyflannel.kernel.codec import (
     RouteMsg,
     mac_bytes,
 )
-from pyflannel.kernel.plan import Keys, Ownership
+from pyflannel.kernel.plan import Desired, Keys, Ownership
 from pyflannel.kernel.records import Fdb, KernelState, Route, RouteEntry
 
 _RTPROT_KERNEL = 2
@@ -76,6 +76,16 @@ def _ip(raw: bytes | None) -> int | None:
 
 def _mac(raw: bytes) -> str:
     return raw.hex(":")
+
+
+def _route_is(v: _RVal, oif: int | None, gw: int | None, onlink: bool) -> bool:
+    """Whether the kernel's route *v* is the wanted one (a direct route names no device)."""
+    return (
+        v[3] == gw
+        and v[4] != _RTPROT_KERNEL
+        and bool(v[7] & RTNH_F_ONLINK) == onlink
+        and (oif is None or v[2] == oif)
+    )
 
 
 class Mirror:
@@ -342,6 +352,32 @@ class Mirror:
             {_mac(m) for m in self._fdb},
             routes,
         )
+
+    def suspects(self, desired: Desired, owner: Ownership) -> Keys:
+        """The keys where the kernel may differ from *desired*: the full comparison of a
+        resync, in the compact form (dict lookups on ints and bytes, no records); the keyed
+        plan then looks at these few."""
+        keys = Keys()
+        held, want = self._neighs, desired.raw_neighs
+        keys.neighs.update(IPv4Address(ip) for ip, mac in want.items() if held.get(ip) != mac)
+        keys.neighs.update(IPv4Address(ip) for ip in held.keys() - want.keys())
+        fdb, want_fdb = self._fdb, desired.raw_fdb
+        keys.macs.update(_mac(m) for m, dst in want_fdb.items() if fdb.get(m) != (dst,))
+        keys.macs.update(_mac(m) for m in fdb.keys() - want_fdb.keys())
+        routes, want_routes = self._routes, desired.raw_routes
+        for key, (oif, gw, onlink) in want_routes.items():
+            vals = routes.get(key)
+            if vals is None or len(vals) != 1 or not _route_is(vals[0], oif, gw, onlink):
+                keys.routes.add(IPv4Network(key))
+        for key, vals in routes.items():
+            if key in want_routes:
+                continue
+            # Cheap test first: at scale nearly every route is ours, on the device.
+            if any(v[2] == self.dev for v in vals) or owner.direct is not None:
+                net = IPv4Network(key)
+                if any(owner.owns(self._entry(net, v)) for v in vals):
+                    keys.routes.add(net)
+        return keys
 
     def counts(self) -> tuple[int, int, int]:
         """(neighbours, FDB remotes, main-table routes) held."""

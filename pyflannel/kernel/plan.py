@@ -69,6 +69,11 @@ class Desired:
         self.neighs: dict[IPv4Address, str] = {}
         self.fdb: dict[str, IPv4Address] = {}
         self.routes: dict[IPv4Network, Route] = {}
+        # The same entries in the mirror's compact form (ints and bytes), so a full comparison
+        # of 10,000 peers runs in C-speed dict lookups instead of building 30,000 objects.
+        self.raw_neighs: dict[int, bytes] = {}
+        self.raw_fdb: dict[bytes, int] = {}
+        self.raw_routes: dict[tuple[int, int], tuple[int | None, int | None, bool]] = {}
 
     def set(self, subnet: IPv4Network, entries: PeerEntries | None) -> Keys:
         """Make *entries* (None: nothing) the wanted entries of *subnet*; return the keys of
@@ -81,19 +86,42 @@ class Desired:
             # the last writer wins, but removing one must not take the other's entry away.
             if old.neigh is not None and self.neighs.get(old.neigh.ip) == old.neigh.mac:
                 del self.neighs[old.neigh.ip]
+                del self.raw_neighs[int(old.neigh.ip)]
             if old.fdb is not None and self.fdb.get(old.fdb.mac) == old.fdb.dst:
                 del self.fdb[old.fdb.mac]
+                del self.raw_fdb[_raw_mac(old.fdb.mac)]
             if self.routes.get(old.route.dst) == old.route:
                 del self.routes[old.route.dst]
+                del self.raw_routes[_raw_dst(old.route.dst)]
         if entries is not None:
             keys.add_entries(entries)
             self.peers[subnet] = entries
-            if entries.neigh is not None:
-                self.neighs[entries.neigh.ip] = entries.neigh.mac
-            if entries.fdb is not None:
-                self.fdb[entries.fdb.mac] = entries.fdb.dst
-            self.routes[entries.route.dst] = entries.route
+            self._put(entries.neigh, entries.fdb, entries.route)
         return keys
+
+    def _put(self, neigh: Neigh | None, fdb: Fdb | None, route: Route | None) -> None:
+        if neigh is not None:
+            self.neighs[neigh.ip] = neigh.mac
+            self.raw_neighs[int(neigh.ip)] = _raw_mac(neigh.mac)
+        if fdb is not None:
+            self.fdb[fdb.mac] = fdb.dst
+            self.raw_fdb[_raw_mac(fdb.mac)] = int(fdb.dst)
+        if route is not None:
+            self.routes[route.dst] = route
+            gw = int(route.gateway) if route.gateway is not None else None
+            self.raw_routes[_raw_dst(route.dst)] = (route.oif, gw, route.onlink)
+
+    @classmethod
+    def of(cls, state: KernelState) -> Desired:
+        """The entries of *state*, not grouped by peer (for tests and tools)."""
+        d = cls()
+        for ip, mac in state.neighs.items():
+            d._put(Neigh(ip, mac), None, None)
+        for f in state.fdb:
+            d._put(None, f, None)
+        for r in state.routes.values():
+            d._put(None, None, r)
+        return d
 
     def keys(self) -> Keys:
         """Every key some peer wants."""
@@ -101,10 +129,19 @@ class Desired:
 
     def clear(self) -> None:
         """Forget every peer (the device was re-created: routes name a new index)."""
-        self.peers.clear()
-        self.neighs.clear()
-        self.fdb.clear()
-        self.routes.clear()
+        for d in (self.peers, self.neighs, self.fdb, self.routes):
+            d.clear()
+        self.raw_neighs.clear()
+        self.raw_fdb.clear()
+        self.raw_routes.clear()
+
+
+def _raw_mac(mac: str) -> bytes:
+    return bytes.fromhex(mac.replace(":", ""))
+
+
+def _raw_dst(dst: IPv4Network) -> tuple[int, int]:
+    return int(dst.network_address), dst.prefixlen
 
 
 @dataclass(frozen=True)
@@ -209,7 +246,7 @@ def plan(desired: Desired, actual: View, owner: Ownership, keys: Keys | None = N
         keys.add(actual.keys(owner))
     set_neighs: list[Neigh] = []
     del_neighs: list[Neigh] = []
-    for ip in sorted(keys.neighs):
+    for ip in sorted(keys.neighs, key=int):
         want, have = desired.neighs.get(ip), actual.neigh(ip)
         if want is not None and want != have:
             set_neighs.append(Neigh(ip, want))
@@ -221,12 +258,12 @@ def plan(desired: Desired, actual: View, owner: Ownership, keys: Keys | None = N
         remote, remotes = desired.fdb.get(mac), actual.fdb_dsts(mac)
         if remote is not None and remote not in remotes:
             set_fdb.append(Fdb(mac, remote))
-        del_fdb.extend(Fdb(mac, d) for d in sorted(remotes) if d != remote)
+        del_fdb.extend(Fdb(mac, d) for d in sorted(remotes, key=int) if d != remote)
     set_routes: list[Route] = []
     del_routes: list[Route] = []
     conflicts: list[tuple[Route, RouteEntry]] = []
     vtep_macs: dict[IPv4Address, str] = {}
-    for dst in sorted(keys.routes):
+    for dst in sorted(keys.routes, key=_raw_dst):
         route = desired.routes.get(dst)
         entries = actual.routes_to(dst)
         ours = [e for e in entries if owner.owns(e)]

@@ -116,6 +116,10 @@ class KernelSync:
             if isinstance(m, codec.AddrMsg):
                 out.device |= m.index == self.dev
                 continue
+            if isinstance(m, codec.LinkMsg) and m.index != self.dev and self.owner.direct:
+                # A link going down drops its routes without a notification: with
+                # DirectRouting our routes may be on it (rare: re-read everything).
+                out.resync = True
             touched = self.mirror.apply(m)
             if touched.empty:
                 continue
@@ -152,7 +156,10 @@ class KernelSync:
     # --- writing ----------------------------------------------------------------------------
 
     def sync(self, keys: Keys | None = None) -> SyncResult:
-        """Make the kernel match the desired entries for *keys* (None: every key)."""
+        """Make the kernel match the desired entries for *keys* (None: every key, compared
+        with the mirror in its compact form first)."""
+        if keys is None:
+            keys = self.mirror.suspects(self.desired, self.owner)
         p = plan(self.desired, self.mirror, self.owner, keys)
         return SyncResult(p, apply(p, self) if not p.empty else ApplyReport())
 

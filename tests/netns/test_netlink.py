@@ -463,12 +463,8 @@ PEERS = [
 
 
 def desired_of(state: KernelState) -> Desired:
-    """The desired entries of *state*."""
-    d = Desired()
-    d.neighs.update(state.neighs)
-    d.fdb.update({f.mac: f.dst for f in state.fdb})
-    d.routes.update(state.routes)
-    return d
+    """A Desired holding exactly the entries of *state*."""
+    return Desired.of(state)
 
 
 def replan(ks: KernelSync, desired: KernelState) -> Plan:

@@ -9,7 +9,8 @@ from pathlib import Path
 
 from pyflannel.kernel import codec
 from pyflannel.kernel.mirror import Mirror, Touched
-from pyflannel.kernel.records import Fdb, Route
+from pyflannel.kernel.plan import Desired, Ownership
+from pyflannel.kernel.records import Fdb, Neigh, PeerEntries, Route
 
 DEV = 4
 ETH0 = 3
@@ -216,3 +217,49 @@ def test_captured_notifications_fold() -> None:
     assert m.neighs() == {}  # 10.5.9.0 deleted by hand, 10.5.8.0 flushed by the link going down
     assert m.fdb() == {Fdb("aa:bb:cc:00:00:08", A("192.0.2.28"))}
     assert [r.dst for r in m.foreign(N("10.6.0.0/24"))] == [N("10.6.0.0/24")]
+
+
+# --- the full comparison of a resync (suspects) ---------------------------------------------------
+
+
+def desired_peer2() -> Desired:
+    """What loaded() holds for the peer 10.5.2.0, as desired entries."""
+    d = Desired()
+    d.set(
+        N("10.5.2.0/24"),
+        PeerEntries(
+            Route(N("10.5.2.0/24"), A("10.5.2.0"), DEV, True),
+            Neigh(A("10.5.2.0"), "aa:bb:cc:00:00:02"),
+            Fdb("aa:bb:cc:00:00:02", A("192.0.2.20")),
+        ),
+    )
+    return d
+
+
+def test_suspects_empty_when_the_kernel_matches() -> None:
+    """A mirror holding exactly the desired entries has nothing to look at (foreign routes and
+    other devices' neighbours do not count)."""
+    assert not loaded().suspects(desired_peer2(), Ownership(DEV))
+
+
+def test_suspects_name_exactly_the_differences() -> None:
+    """A changed MAC, a missing route and a stray route on the device are the only keys."""
+    m = loaded()
+    m.apply(neigh(NEW_N, "10.5.2.0", 7))  # the neighbour now says another MAC
+    m.apply(route(DEL_R, "10.5.2.0/24", "10.5.2.0"))
+    m.apply(route(NEW_R, "10.5.9.0/25", "10.5.9.0"))  # nobody wants this one
+    keys = m.suspects(desired_peer2(), Ownership(DEV))
+    assert keys.neighs == {A("10.5.2.0")}
+    assert keys.routes == {N("10.5.2.0/24"), N("10.5.9.0/25")}
+    assert keys.macs == set()
+
+
+def test_suspects_see_missing_and_stray_fdb_entries() -> None:
+    """A wanted FDB entry that is gone, and one no peer wants, are both keys."""
+    m = loaded()
+    m.apply(fdb(DEL_N, 2, "192.0.2.20"))
+    m.apply(fdb(NEW_N, 5, "192.0.2.55"))
+    assert m.suspects(desired_peer2(), Ownership(DEV)).macs == {
+        "aa:bb:cc:00:00:02",
+        "aa:bb:cc:00:00:05",
+    }

@@ -218,11 +218,7 @@ NETWORK = IPv4Network("10.5.0.0/16")
 
 def desired_of(state: KernelState) -> Desired:
     """A Desired holding exactly the entries of *state*."""
-    d = Desired()
-    d.neighs.update(state.neighs)
-    d.fdb.update({f.mac: f.dst for f in state.fdb})
-    d.routes.update(state.routes)
-    return d
+    return Desired.of(state)
 
 
 def plan_states(desired: KernelState, actual: KernelState, *, direct: bool = False) -> Plan:
