@@ -673,8 +673,8 @@ class Run:
             self.res.figures["baseline"] = f"{base:.3f} s"
             if self.t_kernel is not None:
                 ratio = self.t_kernel / base
-                self.say(f"ratio pyflannel start->kernel complete / baseline: {ratio:.0f}x")
-                self.res.figures["ratio"] = f"{ratio:.0f}x"
+                self.say(f"ratio pyflannel start->kernel complete / baseline: {ratio:.2f}x")
+                self.res.figures["ratio"] = f"{ratio:.2f}x"
         finally:
             sh("ip", "netns", "del", ns, check=False)
 
