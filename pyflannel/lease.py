@@ -43,7 +43,7 @@ def normalize_mac(text: str) -> str:
     return text.replace("-", ":").lower()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class LeaseAttrs:
     """What a lease says about its holder."""
 
@@ -133,7 +133,7 @@ def _decode_attrs(text: str | bytes) -> LeaseAttrs:
 EXPIRY_NOT_READ = float("inf")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Lease:
     """A subnet and its holder, as read from the registry.
 

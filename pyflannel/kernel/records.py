@@ -19,7 +19,7 @@ class Link:
     addresses: tuple[IPv4Interface, ...] = ()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Neigh:
     """A permanent neighbour on the VXLAN device: overlay IP ``ip`` is at VTEP MAC ``mac``."""
 
@@ -27,7 +27,7 @@ class Neigh:
     mac: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Fdb:
     """A permanent ``self`` FDB entry on the VXLAN device: VTEP ``mac`` is reached at ``dst``."""
 
@@ -35,7 +35,7 @@ class Fdb:
     dst: IPv4Address
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Route:
     """A main-table route: ours to a peer subnet (onlink via its VTEP address, or direct via its
     public IP), or one seen in the kernel (which may have no gateway)."""
@@ -46,7 +46,7 @@ class Route:
     onlink: bool
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RouteEntry:
     """A main-table IPv4 route as the kernel reports it, on any device: what the mirror shows
     of routes pyflannel must not touch (another device's, the kernel's connected ones) and of
@@ -62,7 +62,7 @@ class RouteEntry:
     onlink: bool = False
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PeerEntries:
     """The kernel entries one peer needs: its route, and its neighbour and FDB entry (None for a
     direct route, which needs neither)."""
