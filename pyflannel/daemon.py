@@ -32,7 +32,7 @@ from typing import TypeVar
 
 import structlog
 
-from pyflannel import systemd
+from pyflannel import memory, systemd
 from pyflannel.backend.vxlan import PeerScope, holder_reason
 from pyflannel.config import VXLAN_OVERHEAD, NetworkConfig, parse_network_config
 from pyflannel.errors import (
@@ -521,7 +521,7 @@ class Daemon:
             # Tens of thousands of long-lived objects now exist (leases, entries): keep them
             # out of the cyclic collector's full passes, which would otherwise stall the loop
             # for tens of milliseconds at 10,000 peers.
-            gc.collect()
+            memory.release()  # the listing's and the dumps' temporaries
             gc.freeze()
 
     def step(self) -> None:
@@ -541,6 +541,7 @@ class Daemon:
             keys.add(note.keys)
             self.peers.sync(keys, "event")
             self.full_sync("resync", reload=False)  # against the freshly re-read kernel
+            memory.release()  # the old mirror and the dump's temporaries
         else:
             keys.add(note.keys)
             if keys:
