@@ -40,10 +40,12 @@ from pyflannel.registry import (
     subnets_key,
     tls_failure,
 )
-from pyflannel.untrusted import clip, excerpt
+from pyflannel.untrusted import UntrustedInput, clip, excerpt, load_json
 
 T = TypeVar("T")
 
+#: The longest line of a streamed watch read (one event: a lease value and its key).
+MAX_STREAM_LINE = 64 * 1024
 #: How long one watch long-poll waits before yielding an empty batch (lets the caller see stop).
 WATCH_POLL = 5.0
 
@@ -74,6 +76,27 @@ def _client(endpoint: str, opts: EtcdOptions) -> Any:
 def _long_poll(key: str, index: int) -> Callable[[Any], Any]:
     """One recursive long-poll from *index*, bounded by WATCH_POLL."""
     return lambda c: c.read(key, wait=True, recursive=True, waitIndex=index, timeout=WATCH_POLL)
+
+
+def _live(res: Any) -> bool:
+    """True when a watch result is a live event (newer than the store index when the watch
+    began), i.e. the watch has caught up with etcd's history."""
+    try:
+        return _index(_field(res, "modifiedIndex")) > _index(getattr(res, "etcd_index", None))
+    except ValueError:
+        return False
+
+
+def _stream_event(line: bytes) -> dict[str, Any] | None:
+    """One line of a streamed watch as a flat node dict with its action; None for an error
+    object or anything else that is not an event."""
+    try:
+        obj = load_json(line, max_chars=MAX_STREAM_LINE, max_depth=8, what="watch event")
+    except UntrustedInput:
+        return None
+    if not isinstance(obj, dict) or not isinstance(obj.get("node"), dict):
+        return None
+    return {**obj["node"], "action": obj.get("action")}
 
 
 # --- result nodes, pure: what etcd (or anyone who wrote a key) sent ------------------------------
@@ -196,6 +219,15 @@ class EtcdV2Registry:
         self._opts = opts
         self._endpoints = list(opts.endpoints)
         self._clients = [_client(e, opts) for e in self._endpoints]
+        # The streamed watch's own HTTP session (python-etcd has no streaming), with the same
+        # TLS and credentials as the clients.
+        self._session = requests.Session()
+        if opts.certfile and opts.keyfile:
+            self._session.cert = (opts.certfile, opts.keyfile)
+        if opts.cafile:
+            self._session.verify = opts.cafile
+        if opts.username:
+            self._session.auth = (opts.username, opts.password)
         self._current = 0
         self._lock = threading.Lock()
 
@@ -339,11 +371,56 @@ class EtcdV2Registry:
             batch = watch_batch(res, key, cursor)
             cursor = batch.revision
             yield batch
+            if _live(res):
+                # Caught up: take the next events over one streamed connection instead of a
+                # request each (a long-poll costs ~1 ms; 1,000 changes a second need less).
+                for batch in self._stream(key, cursor, stop):
+                    cursor = batch.revision
+                    yield batch
+
+    def _stream(self, key: str, cursor: int, stop: threading.Event) -> Iterator[Events]:
+        """Events from one ``wait=true&stream=true`` watch from ``cursor + 1``.
+
+        etcd replays history to a stream as one event and then sends nothing more (that
+        watcher is never registered), so the stream ends at an event older than the store
+        index it started at; it also ends on any error or after WATCH_POLL of silence.  Each
+        end hands back to the long-poll, which maps errors and fails over as usual.
+        """
+        url = f"{self.endpoint.rstrip('/')}/v2/keys{key}"
+        params = {
+            "wait": "true",
+            "recursive": "true",
+            "stream": "true",
+            "waitIndex": str(cursor + 1),
+        }
+        try:
+            with self._session.get(
+                url, params=params, stream=True, timeout=(self._opts.timeout, WATCH_POLL)
+            ) as resp:
+                if resp.status_code != requests.codes.ok:
+                    return
+                start = _index(int(resp.headers.get("X-Etcd-Index", "")))
+                for line in resp.iter_lines():
+                    if stop.is_set():
+                        return
+                    if not line:
+                        continue
+                    event = _stream_event(line)
+                    if event is None:
+                        return  # an error object (e.g. index cleared): the long-poll says it
+                    batch = watch_batch(event, key, cursor)
+                    cursor = batch.revision
+                    yield batch
+                    if cursor <= start:
+                        return  # replayed from history: this stream will say nothing more
+        except (requests.RequestException, ValueError):
+            return
 
     def close(self) -> None:
         """python-etcd keeps a urllib3 pool; clearing it closes the sockets."""
         for c in self._clients:
             c.http.clear()
+        self._session.close()
 
 
 __all__ = ["MAX_TTL", "EtcdV2Registry", "node_event", "parse_listing", "watch_batch"]
