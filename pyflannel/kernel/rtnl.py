@@ -13,7 +13,7 @@ import errno
 import os
 import socket
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from typing import Self, TypeVar
@@ -22,6 +22,7 @@ from pyroute2.netns import setns
 
 from pyflannel.errors import KernelError
 from pyflannel.kernel import codec
+from pyflannel.kernel.mirror import Mirror
 
 SOL_NETLINK = 270
 NETLINK_CAP_ACK = 10  # ACKs carry only the request's header, not the whole request back
@@ -114,6 +115,12 @@ class BatchResult:
 
 
 P = TypeVar("P", bound=codec.Parsed)
+
+
+class DumpInterrupted(Exception):
+    """The kernel marked a dump inconsistent (NLM_F_DUMP_INTR): read it again."""
+
+
 _ABSENT = {errno.ENODEV, errno.ENOENT, errno.ENETUNREACH, errno.EHOSTUNREACH}
 
 
@@ -212,32 +219,54 @@ class Rtnl(NetlinkSocket):
         """Send the dump *request* and return its messages of type *kind*, retrying while the
         kernel marks the dump interrupted.  A refused request raises KernelError."""
         for _ in range(DUMP_TRIES):
-            seq = self._next_seq()
-            self._sock.send(codec.with_seq(request, seq))
-            out: list[P] = []
-            interrupted = False
-            done = False
-            while not done:
-                for m in self._recv():
-                    if m.seq != seq:
-                        continue
-                    interrupted |= bool(m.flags & codec.NLM_F_DUMP_INTR)
-                    if m.type == codec.NLMSG_DONE:
-                        if err := codec.done_errno(m):
-                            raise KernelError(op, "", err, os.strerror(err))
-                        done = True
-                        break
-                    parsed = codec.parse(m)
-                    if isinstance(parsed, codec.Ack):
-                        if parsed.errno:
-                            raise KernelError(op, "", parsed.errno, os.strerror(parsed.errno))
-                        done = True
-                        break
-                    if isinstance(parsed, kind):
-                        out.append(parsed)
-            if not interrupted:
-                return out
+            try:
+                return list(self.stream(request, kind, op))
+            except DumpInterrupted:
+                continue
         raise KernelError(op, "", errno.EINTR, "dump interrupted on every try")
+
+    def stream(self, request: bytes, kind: type[P], op: str = "dump") -> Iterator[P]:
+        """The messages of type *kind* of one dump, as they are read (no list of tens of
+        thousands of them at once).  Raises DumpInterrupted at the end if the kernel marked the
+        dump inconsistent: whatever consumed it must start over."""
+        seq = self._next_seq()
+        self._sock.send(codec.with_seq(request, seq))
+        interrupted = False
+        while True:
+            for m in self._recv():
+                if m.seq != seq:
+                    continue
+                interrupted |= bool(m.flags & codec.NLM_F_DUMP_INTR)
+                if m.type == codec.NLMSG_DONE:
+                    if err := codec.done_errno(m):
+                        raise KernelError(op, "", err, os.strerror(err))
+                    if interrupted:
+                        raise DumpInterrupted(op)
+                    return
+                parsed = codec.parse(m)
+                if isinstance(parsed, codec.Ack):
+                    if parsed.errno:
+                        raise KernelError(op, "", parsed.errno, os.strerror(parsed.errno))
+                    return
+                if isinstance(parsed, kind):
+                    yield parsed
+
+    def load_mirror(self, mirror: Mirror) -> None:
+        """Fill *mirror* from full dumps of its device's entries and the main table, streamed
+        into it (a 10,000-peer dump never exists as a list of messages)."""
+        dev = mirror.dev
+        for _ in range(DUMP_TRIES):
+            try:
+                mirror.load(
+                    self.link(dev),
+                    self.stream(codec.encode_neigh_dump(dev), codec.NeighMsg, "neigh.dump"),
+                    self.stream(codec.encode_fdb_dump(dev), codec.NeighMsg, "fdb.dump"),
+                    self.stream(codec.encode_route_dump(), codec.RouteMsg, "route.dump"),
+                )
+            except DumpInterrupted:
+                continue  # the dumps after it were never sent: nothing is left to read
+            return
+        raise KernelError("dump", str(dev), errno.EINTR, "dump interrupted on every try")
 
     # --- the dumps pyflannel uses ------------------------------------------------------------
 

@@ -105,12 +105,9 @@ class KernelSync:
 
     def reload(self) -> None:
         """Rebuild the mirror from full dumps of the device's entries and the main table."""
-        self.mirror.load(
-            self._rtnl.link(self.dev),
-            self._rtnl.neighs(self.dev),
-            self._rtnl.fdb(self.dev),
-            self._rtnl.routes(),
-        )
+        mirror = Mirror(self.dev)
+        self._rtnl.load_mirror(mirror)
+        self.mirror = mirror
 
     def start_reload(self) -> None:
         """Re-read the kernel in a helper thread, so that lease events and notifications keep
@@ -241,7 +238,7 @@ class _Reload:
         try:
             with Rtnl(netns) as rtnl:
                 m = Mirror(dev)
-                m.load(rtnl.link(dev), rtnl.neighs(dev), rtnl.fdb(dev), rtnl.routes())
+                rtnl.load_mirror(m)
         except (OSError, KernelError):
             return  # mirror stays None: the caller re-reads in the main thread
         self.mirror = m
