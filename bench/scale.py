@@ -329,7 +329,9 @@ def counts(ns: str) -> tuple[int, int, int]:
 class Daemon:
     """The real pyflannel process in the cell; its JSON log lines time-stamped on arrival."""
 
-    def __init__(self, ns: str, api: str, workdir: Path, resync: float) -> None:
+    def __init__(
+        self, ns: str, api: str, workdir: Path, resync: float, log_level: str = "info"
+    ) -> None:
         self.subnet_file = workdir / "subnet.env"
         self.cmd = [
             "ip",
@@ -343,6 +345,7 @@ class Daemon:
             f"--subnet-file={self.subnet_file}",
             f"--resync-interval={resync:g}",
             "--log-format=json",
+            f"--log-level={log_level}",
         ]
         self.log_path = workdir / "pyflannel.log"
         self.events: list[tuple[float, dict[str, Any]]] = []
@@ -392,6 +395,16 @@ class Daemon:
     def events_between(self, t0: float, t1: float) -> list[str]:
         with self.cond:
             return [str(ev.get("event")) for t, ev in self.events if t0 <= t <= t1]
+
+    def lines_between(self, t0: float, t1: float) -> list[str]:
+        """What the daemon logged in [t0, t1]: event, reason and duration, relative times."""
+        with self.cond:
+            return [
+                f"+{(t - t0) * 1000:.1f} ms {ev.get('event')} {ev.get('reason', '')} "
+                f"{ev.get('duration_ms', '')}".rstrip()
+                for t, ev in self.events
+                if t0 <= t <= t1
+            ]
 
     def cpu(self) -> float:
         """utime + stime, seconds."""
@@ -590,7 +603,9 @@ class Run:
         return self.daemon
 
     def phase_start(self, workdir: Path) -> bool:
-        d = self.daemon = Daemon(self.cell_ns, self.api, workdir, self.args.resync_interval)
+        d = self.daemon = Daemon(
+            self.cell_ns, self.api, workdir, self.args.resync_interval, self.args.daemon_log_level
+        )
         self.say(f"daemon: {shlex.join(d.cmd)}")
         timeout = self.args.start_timeout or 60 + self.n * 0.03
         t_ready = d.wait_event("ready", d.t_spawn, timeout)
@@ -723,6 +738,7 @@ class Run:
     ) -> list[int]:
         """Run *do* per item until the count or the phase's time budget is reached."""
         budget, done, lat = self.args.event_budget, [], []
+        ends: list[float] = []
         t0 = time.monotonic()
         for i in items:
             if time.monotonic() - t0 > budget:
@@ -733,9 +749,16 @@ class Run:
                 self.say(f"{what}: no notification for peer {i}; stopping this phase")
                 break
             lat.append(x)
+            ends.append(time.monotonic())
             done.append(i)
             time.sleep(self.args.pause)
         self.say(f"{what} (etcd ack -> kernel notification): {summary(lat)}")
+        if lat and self.daemon is not None:
+            # What the daemon was doing during the slowest event (--daemon-log-level=debug
+            # shows the resyncs too).
+            slow = max(range(len(lat)), key=lat.__getitem__)
+            lines = self.daemon.lines_between(ends[slow] - lat[slow] - 0.05, ends[slow])
+            self.say(f"{what}: slowest event's window: " + ("; ".join(lines) or "nothing logged"))
         self.res.figures[what] = f"{ms(pct(lat, 99))} (n={len(lat)})" if lat else "n/a"
         return done
 
@@ -872,6 +895,7 @@ def main() -> int:
     ap.add_argument("--event-timeout", type=float, default=60, help="seconds per event")
     ap.add_argument("--pause", type=float, default=0.1, help="seconds between events")
     ap.add_argument("--resync-interval", type=float, default=2.0)
+    ap.add_argument("--daemon-log-level", default="info", help="debug shows every resync")
     ap.add_argument("--idle-window", type=float, default=20.0)
     ap.add_argument("--drift", type=int, default=5, help="routes deleted by hand")
     ap.add_argument("--v2-updates", type=int, default=1200, help="writes behind the v2 watch")

@@ -21,10 +21,11 @@ import gc
 import os
 import select
 import signal
+import sys
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, replace
 from ipaddress import IPv4Interface, IPv4Network
 from types import FrameType
@@ -71,6 +72,7 @@ T = TypeVar("T")
 POLL = 0.2
 #: One periodic resync in this many re-reads the kernel (see serve()).
 REDUMP_EVERY = 10
+_DONE = object()  # what next() returns for a finished resync
 EXIT_OK = 0
 EXIT_FAILURE = 1
 
@@ -146,6 +148,7 @@ class Daemon:
         self.nl = nl
         self.stop = threading.Event()
         self._wake = Waker()
+        self._resync: Iterator[None] | None = None  # a periodic resync under way
         self._dirty: set[IPv4Network] = set()  # subnets whose lease changed, for the main loop
         self._lock = threading.Lock()
         self._tracker = LeaseTracker()
@@ -537,15 +540,27 @@ class Daemon:
             self.full_sync("device changed")
         elif note.resync:
             self.full_sync("kernel notifications lost")
-        elif note.reloaded:
-            keys.add(note.keys)
-            self.peers.sync(keys, "event")
-            self.full_sync("resync", reload=False)  # against the freshly re-read kernel
-            memory.release()  # the old mirror and the dump's temporaries
         else:
             keys.add(note.keys)
             if keys:
                 self.peers.sync(keys, "event")
+            if note.reloaded:
+                memory.release()  # the old mirror and the dump's temporaries
+                self._resync = self._resync_steps()  # compare with the freshly re-read kernel
+
+    def _resync_steps(self) -> Iterator[None]:
+        """The periodic resync, in steps of a few milliseconds: the main loop serves lease
+        events and notifications between them, so none waits behind a full comparison."""
+        repaired = self._check_device()
+        if repaired is not None or self.cfg.backend.direct_routing:
+            self.full_sync("resync", reload=False)  # (re-checks the device: a no-op now)
+            return
+        kernel = self.peers.kernel
+        keys = Keys()
+        for part in kernel.mirror.iter_suspects(kernel.desired, kernel.owner):
+            keys.add(part)
+            yield
+        self.peers.sync(keys, "resync")
 
     def _renew_due(self) -> float | None:
         if self.lease.expiration is None:
@@ -603,17 +618,24 @@ class Daemon:
             self._wake.clear()
             if self._synced:
                 try:
-                    if not ready or time.monotonic() >= next_resync:
-                        # The mirror follows the kernel's notifications (a lost one is reported
-                        # as ENOBUFS and re-read at once), so most resyncs compare against it;
-                        # every REDUMP_EVERY-th re-reads the kernel too.
-                        if ready and resyncs % REDUMP_EVERY == 0:
-                            self.peers.kernel.start_reload()  # compared when it is in
-                        self.full_sync("start" if not ready else "resync", reload=not ready)
-                        resyncs += 1
+                    if not ready:
+                        self.full_sync("start")
                         next_resync = time.monotonic() + self.opts.resync_interval
                     else:
                         self.step()
+                        if time.monotonic() >= next_resync and self._resync is None:
+                            # The mirror follows the kernel's notifications (a lost one is
+                            # reported as ENOBUFS and re-read at once), so a resync compares
+                            # against it; every REDUMP_EVERY-th re-reads the kernel first, in
+                            # a helper thread (the comparison starts when it is in).
+                            resyncs += 1
+                            if resyncs % REDUMP_EVERY == 0:
+                                self.peers.kernel.start_reload()
+                            else:
+                                self._resync = self._resync_steps()
+                            next_resync = time.monotonic() + self.opts.resync_interval
+                        if self._resync is not None and next(self._resync, _DONE) is _DONE:
+                            self._resync = None
                 except (KernelError, RegistryUnavailable) as exc:
                     log.error("reconcile_failed", error=str(exc))
                 if not ready:
@@ -623,6 +645,8 @@ class Daemon:
             timeout = next_resync - time.monotonic()
             if renew_at is not None:
                 timeout = min(timeout, renew_at - time.time())
+            if self._resync is not None:
+                timeout = 0.0  # a resync in progress: only look whether something is waiting
             self._wait(min(max(timeout, 0.0), POLL))
         if self._fatal:
             log.error("fatal", error=self._fatal)
@@ -650,6 +674,9 @@ def run(opts: DaemonOptions) -> int:
     except PyflannelError as exc:
         log.error("etcd_setup_failed", error=str(exc))
         return EXIT_FAILURE
+    # The kernel re-read thread parses for a few hundred milliseconds; with the default 5 ms
+    # switch interval every wake-up of the main thread would wait that long for the GIL.
+    sys.setswitchinterval(0.001)
     nl = Netlink()
     daemon = Daemon(opts, registry, nl)
     signal.signal(signal.SIGTERM, daemon.request_stop)

@@ -19,9 +19,10 @@ Protocol facts it relies on (shared/reference/kernel-notifications.md):
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
+from typing import Any
 
 from pyflannel.kernel.codec import (
     AF_BRIDGE,
@@ -76,6 +77,21 @@ def _ip(raw: bytes | None) -> int | None:
 
 def _mac(raw: bytes) -> str:
     return raw.hex(":")
+
+
+def _keys(
+    kind: str, raw: list[Any], mirror: Mirror | None = None, owner: Ownership | None = None
+) -> Keys:
+    """Raw keys of one *kind* as :class:`Keys`; with *mirror* and *owner*, only the route keys
+    whose held routes are ours (a key held but not wanted: foreign routes are not suspects)."""
+    if kind == "neighs":
+        return Keys(neighs={IPv4Address(ip) for ip in raw})
+    if kind == "macs":
+        return Keys(macs={_mac(m) for m in raw})
+    nets = {IPv4Network(k) for k in raw}
+    if mirror is not None and owner is not None:
+        nets = {n for n in nets if any(owner.owns(e) for e in mirror.routes_to(n))}
+    return Keys(routes=nets)
 
 
 def _route_is(v: _RVal, oif: int | None, gw: int | None, onlink: bool) -> bool:
@@ -355,29 +371,43 @@ class Mirror:
 
     def suspects(self, desired: Desired, owner: Ownership) -> Keys:
         """The keys where the kernel may differ from *desired*: the full comparison of a
-        resync, in the compact form (dict lookups on ints and bytes, no records); the keyed
-        plan then looks at these few."""
+        resync (see :meth:`iter_suspects`), in one go."""
         keys = Keys()
-        held, want = self._neighs, desired.raw_neighs
-        keys.neighs.update(IPv4Address(ip) for ip, mac in want.items() if held.get(ip) != mac)
-        keys.neighs.update(IPv4Address(ip) for ip in held.keys() - want.keys())
-        fdb, want_fdb = self._fdb, desired.raw_fdb
-        keys.macs.update(_mac(m) for m, dst in want_fdb.items() if fdb.get(m) != (dst,))
-        keys.macs.update(_mac(m) for m in fdb.keys() - want_fdb.keys())
-        routes, want_routes = self._routes, desired.raw_routes
-        for key, (oif, gw, onlink) in want_routes.items():
-            vals = routes.get(key)
-            if vals is None or len(vals) != 1 or not _route_is(vals[0], oif, gw, onlink):
-                keys.routes.add(IPv4Network(key))
-        for key, vals in routes.items():
-            if key in want_routes:
-                continue
-            # Cheap test first: at scale nearly every route is ours, on the device.
-            if any(v[2] == self.dev for v in vals) or owner.direct is not None:
-                net = IPv4Network(key)
-                if any(owner.owns(self._entry(net, v)) for v in vals):
-                    keys.routes.add(net)
+        for part in self.iter_suspects(desired, owner, chunk=1 << 30):
+            keys.add(part)
         return keys
+
+    def iter_suspects(
+        self, desired: Desired, owner: Ownership, chunk: int = 2000
+    ) -> Iterator[Keys]:
+        """The full comparison in steps of about *chunk* keys (a few milliseconds each at
+        10,000 peers), so that a caller can serve events between steps.
+
+        Each step compares the compact forms (ints and bytes) of the keys it covers as they
+        are at that moment; a key that changes later is an event of its own.  What it yields
+        are suspects: the keyed plan decides.
+        """
+        steps: list[tuple[dict[Any, Any], dict[Any, Any], str]] = [
+            (desired.raw_neighs, self._neighs, "neighs"),
+            (desired.raw_fdb, self._fdb, "macs"),
+            (desired.raw_routes, self._routes, "routes"),
+        ]
+        for want, held, kind in steps:
+            items = list(want.items())  # a snapshot: the dict may change between steps
+            for start in range(0, len(items), chunk):
+                part = [k for k, v in items[start : start + chunk] if held.get(k) != v]
+                yield _keys(kind, part)
+            stray = held.keys() - want.keys()
+            if kind == "routes":
+                stray -= desired.raw_direct.keys()  # compared below
+            yield _keys(kind, list(stray), self, owner)
+        direct = desired.raw_direct
+        part = [
+            k
+            for k, gw in list(direct.items())
+            if len(vals := self._routes.get(k, ())) != 1 or not _route_is(vals[0], None, gw, False)
+        ]
+        yield _keys("routes", part)
 
     def counts(self) -> tuple[int, int, int]:
         """(neighbours, FDB remotes, main-table routes) held."""

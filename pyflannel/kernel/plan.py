@@ -72,8 +72,11 @@ class Desired:
         # The same entries in the mirror's compact form (ints and bytes), so a full comparison
         # of 10,000 peers runs in C-speed dict lookups instead of building 30,000 objects.
         self.raw_neighs: dict[int, bytes] = {}
-        self.raw_fdb: dict[bytes, int] = {}
-        self.raw_routes: dict[tuple[int, int], tuple[int | None, int | None, bool]] = {}
+        self.raw_fdb: dict[bytes, tuple[int]] = {}
+        # Routes on a device, exactly as the mirror will hold them once written; direct routes
+        # (the kernel picks the device) by gateway only.
+        self.raw_routes: dict[tuple[int, int], tuple[RawRoute]] = {}
+        self.raw_direct: dict[tuple[int, int], int | None] = {}
 
     def set(self, subnet: IPv4Network, entries: PeerEntries | None) -> Keys:
         """Make *entries* (None: nothing) the wanted entries of *subnet*; return the keys of
@@ -92,7 +95,8 @@ class Desired:
                 del self.raw_fdb[_raw_mac(old.fdb.mac)]
             if self.routes.get(old.route.dst) == old.route:
                 del self.routes[old.route.dst]
-                del self.raw_routes[_raw_dst(old.route.dst)]
+                self.raw_routes.pop(_raw_dst(old.route.dst), None)
+                self.raw_direct.pop(_raw_dst(old.route.dst), None)
         if entries is not None:
             keys.add_entries(entries)
             self.peers[subnet] = entries
@@ -105,11 +109,14 @@ class Desired:
             self.raw_neighs[int(neigh.ip)] = _raw_mac(neigh.mac)
         if fdb is not None:
             self.fdb[fdb.mac] = fdb.dst
-            self.raw_fdb[_raw_mac(fdb.mac)] = int(fdb.dst)
+            self.raw_fdb[_raw_mac(fdb.mac)] = (int(fdb.dst),)
         if route is not None:
             self.routes[route.dst] = route
-            gw = int(route.gateway) if route.gateway is not None else None
-            self.raw_routes[_raw_dst(route.dst)] = (route.oif, gw, route.onlink)
+            key = _raw_dst(route.dst)
+            if route.oif is None:
+                self.raw_direct[key] = int(route.gateway) if route.gateway is not None else None
+            else:
+                self.raw_routes[key] = (raw_route(route),)
 
     @classmethod
     def of(cls, state: KernelState) -> Desired:
@@ -134,6 +141,22 @@ class Desired:
         self.raw_neighs.clear()
         self.raw_fdb.clear()
         self.raw_routes.clear()
+        self.raw_direct.clear()
+
+
+#: A route in the mirror's compact form: (priority, tos, oif, gateway, protocol, scope, type,
+#: flags), addresses as ints.
+RawRoute = tuple[int, int, int | None, int | None, int, int, int, int]
+_RT_SCOPE_UNIVERSE = 0
+_RTN_UNICAST = 1
+_RTNH_F_ONLINK = 4
+
+
+def raw_route(r: Route) -> RawRoute:
+    """*r* as the kernel reports it once pyflannel has written it (see codec.encode_route_*)."""
+    gw = int(r.gateway) if r.gateway is not None else None
+    flags = _RTNH_F_ONLINK if r.onlink else 0
+    return (0, 0, r.oif, gw, RTPROT_BOOT, _RT_SCOPE_UNIVERSE, _RTN_UNICAST, flags)
 
 
 def _raw_mac(mac: str) -> bytes:
