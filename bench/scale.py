@@ -732,6 +732,9 @@ class Run:
             f"CPU per resync {ms(per)} (interval {interval:g} s, {logged} 'reconciled' logs)"
         )
         self.res.figures["resync_cpu"] = ms(per)
+        lines = [x for x in d.lines_between(t0, t1) if "reconciled resync" not in x]
+        if lines:
+            self.say("idle: other daemon log lines: " + "; ".join(lines[:10]))
 
     def _event_loop(
         self, what: str, items: list[int], do: Callable[[int], float | None]

@@ -515,9 +515,11 @@ class Daemon:
         kernel holds first (else the mirror, kept by notifications, stands for it)."""
         repaired = self._check_device()
         if self.cfg.backend.direct_routing or reason == "start":
-            # Which peers are on-link can change with the underlay's routes: ask again.
+            # Which peers are on-link can change with the underlay's routes: ask again.  Every
+            # lease is set now, so the changes waiting for the next step are too.
             with self._lock:
                 leases = list(self._tracker.leases.values())
+                self._dirty.clear()
             self.peers.set_all(leases)
         self.peers.sync(None, repaired or reason, reload=reload or repaired is not None)
         if reason == "start" or repaired == "device re-created":

@@ -36,7 +36,9 @@ NETNS_RUN_DIR = "/run/netns"
 BATCH_BYTES = 64 * 1024
 BATCH_MESSAGES = 256
 RCVBUF = 8 * 1024 * 1024
-RECV_SIZE = 1024 * 1024
+# The kernel sends dumps in datagrams of at most 32 KiB (it sizes them from the reader's buffer,
+# capped there) and every other message is smaller: a bigger buffer would only cost memory.
+RECV_SIZE = 64 * 1024
 DUMP_TRIES = 5
 TIMEOUT = 10.0
 

@@ -36,13 +36,25 @@ from pyflannel.kernel.monitor import (
     Monitor,
     Overflow,
 )
-from pyflannel.kernel.plan import ApplyReport, Desired, Keys, Op, Ownership, Plan, apply, plan
+from pyflannel.kernel.plan import (
+    ApplyReport,
+    Desired,
+    Keys,
+    Op,
+    Ownership,
+    Plan,
+    apply,
+    plan,
+    raw_route,
+)
 from pyflannel.kernel.records import Fdb, Link, Neigh, PeerEntries, Route
 from pyflannel.kernel.rtnl import Request, Rtnl
 
 #: Address changes (the VTEP address flushed by hand) come in this group.
 RTNLGRP_IPV4_IFADDR = 5
 GROUPS = (RTNLGRP_LINK, RTNLGRP_NEIGH, RTNLGRP_IPV4_ROUTE, RTNLGRP_IPV4_IFADDR)
+#: Notifications folded per poll.
+POLL_LIMIT = 4096
 #: A delete of what is already gone is not a failure.
 _GONE = {errnos.ENOENT, errnos.ESRCH, errnos.ENODEV, errnos.EADDRNOTAVAIL}
 
@@ -124,7 +136,9 @@ class KernelSync:
     def poll(self) -> Notified:
         """Fold the notifications queued now into the mirror; say what they touched."""
         out = Notified()
-        msgs = self._monitor.read()
+        # A bounded helping (the rest stays queued, and select says so): after a bulk write
+        # tens of thousands of echoes would otherwise be parsed into one list at once.
+        msgs = self._monitor.read(POLL_LIMIT)
         if isinstance(msgs, Overflow):
             out.resync = True
             self._reload = None  # what it would replay is incomplete: re-read for real
@@ -206,7 +220,42 @@ class KernelSync:
                 continue
             message = f.message or f.strerror or os.strerror(f.errno)
             failed[i] = KernelError(op.kind, _target(op), f.errno, message)
+        # The kernel now holds what we wrote: fold it into the mirror at once, so that a plan
+        # made before the echoes arrive (a burst, or the first event after start-up) does not
+        # write it all again; the echoes then change nothing.
+        for i, op in enumerate(ops):
+            if i not in failed:
+                msg = self._as_message(op)
+                if msg is not None:
+                    self.mirror.apply(msg)
         return failed
+
+    def _as_message(self, op: Op) -> codec.NeighMsg | codec.RouteMsg | None:
+        """The notification the kernel sends for *op* once done (None for a direct route,
+        whose device the kernel chooses)."""
+        t, new = op.target, op.kind.startswith("replace_")
+        if isinstance(t, Neigh):
+            kind = codec.RTM_NEWNEIGH if new else codec.RTM_DELNEIGH
+            return codec.NeighMsg(
+                kind, codec.AF_INET, self.dev, codec.NUD_PERMANENT, 0, t.ip.packed,
+                codec.mac_bytes(t.mac) if new else None,
+            )  # fmt: skip
+        if isinstance(t, Fdb):
+            kind = codec.RTM_NEWNEIGH if new else codec.RTM_DELNEIGH
+            state = codec.NUD_PERMANENT | codec.NUD_NOARP
+            return codec.NeighMsg(
+                kind, codec.AF_BRIDGE, self.dev, state, codec.NTF_SELF, t.dst.packed,
+                codec.mac_bytes(t.mac),
+            )  # fmt: skip
+        if t.oif is None:
+            return None
+        raw = raw_route(t)
+        return codec.RouteMsg(
+            codec.RTM_NEWROUTE if new else codec.RTM_DELROUTE, codec.AF_INET,
+            t.dst.network_address.packed, t.dst.prefixlen, raw[1], codec.RT_TABLE_MAIN, raw[4],
+            raw[5], raw[6], raw[7], t.gateway.packed if t.gateway is not None else None,
+            t.oif, raw[0],
+        )  # fmt: skip
 
     def _encode(self, op: Op) -> bytes:
         t = op.target
