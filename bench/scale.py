@@ -593,6 +593,7 @@ class Run:
         rss = self.daemon_().rss_mb()
         self.res.figures["rss_events"] = f"{rss:.0f}"
         self.say(f"RSS after the events: {rss:.0f} MB")
+        self.phase_burst()
         self.phase_drift()
         self.phase_relist()
         if self.listener.overflows:
@@ -785,6 +786,31 @@ class Run:
         added = self._event_loop("add", [self.fresh_index() for _ in range(self.args.events)], add)
         self._event_loop("delete", added, delete)
 
+    def phase_burst(self) -> None:
+        """A burst of lease changes at once (a rack rebooting): time from the last write's
+        acknowledgement (and from the first write) to the last of their routes in the kernel."""
+        lst = self.listener
+        n = self.args.burst
+        if lst is None or n <= 0:
+            return
+        items = [self.fresh_index() for _ in range(n)]
+        t0 = time.monotonic()
+        took = self.write_peers(items)
+        acked = t0 + took
+        last = t0
+        for i in items:
+            t = lst.wait(RTM_NEWROUTE, str(subnet_of(i)), t0, self.args.event_timeout)
+            if t is None:
+                self.say(f"burst: no route for peer {i}")
+                return
+            last = max(last, t)
+        self.say(
+            f"burst of {n} leases: written in {took:.2f} s; last route "
+            f"{(last - acked) * 1000:.0f} ms after the last write's ack, "
+            f"{last - t0:.2f} s after the first write"
+        )
+        self.res.figures["burst"] = f"{(last - acked) * 1000:.0f} ms ({last - t0:.2f} s)"
+
     def phase_drift(self) -> None:
         lst = self.listener
         assert lst is not None
@@ -872,6 +898,7 @@ ROWS = (
     ("CPU per idle resync", "resync_cpu"),
     ("RSS after ready (MB)", "rss_ready"),
     ("RSS after events (MB)", "rss_events"),
+    ("burst of --burst leases: last route after last ack (after first write)", "burst"),
     ("drift repair median / max", "drift"),
     ("re-list", "relist"),
 )
@@ -898,6 +925,7 @@ def main() -> int:
     ap.add_argument("--event-timeout", type=float, default=60, help="seconds per event")
     ap.add_argument("--pause", type=float, default=0.1, help="seconds between events")
     ap.add_argument("--resync-interval", type=float, default=2.0)
+    ap.add_argument("--burst", type=int, default=1000, help="leases written at once")
     ap.add_argument("--daemon-log-level", default="info", help="debug shows every resync")
     ap.add_argument("--idle-window", type=float, default=20.0)
     ap.add_argument("--drift", type=int, default=5, help="routes deleted by hand")
