@@ -43,7 +43,7 @@ from pyflannel.kernel.codec import (
     mac_bytes,
 )
 from pyflannel.kernel.plan import Desired, Keys, Ownership
-from pyflannel.kernel.records import Fdb, KernelState, Route, RouteEntry
+from pyflannel.kernel.records import Fdb, RouteEntry
 
 _RTPROT_KERNEL = 2
 
@@ -288,55 +288,14 @@ class Mirror:
         onlink = bool(flags & RTNH_F_ONLINK)
         return RouteEntry(net, gateway, oif, proto, scope, kind, prio, onlink)
 
-    def _entries(self, on_dev: bool) -> list[RouteEntry]:
+    def dev_routes(self) -> list[RouteEntry]:
+        """Every main-table route on the device (any prefix, with or without a gateway)."""
         return [
             self._entry(IPv4Network(key), v)
             for key, vals in self._routes.items()
             for v in vals
-            if (v[2] == self.dev) == on_dev
+            if v[2] == self.dev
         ]
-
-    def dev_routes(self) -> list[RouteEntry]:
-        """Every main-table route on the device (any prefix, with or without a gateway)."""
-        return self._entries(on_dev=True)
-
-    def foreign_routes(self) -> list[RouteEntry]:
-        """Every main-table route not on the device."""
-        return self._entries(on_dev=False)
-
-    def foreign(self, dst: IPv4Network) -> list[RouteEntry]:
-        """Main-table routes to exactly *dst* that are not on the device (a conflict when we
-        want to route *dst*)."""
-        key = (int(dst.network_address), dst.prefixlen)
-        return [self._entry(dst, v) for v in self._routes.get(key, ()) if v[2] != self.dev]
-
-    def state(
-        self,
-        network: IPv4Network | None = None,
-        subnet_len: int | None = None,
-        own: IPv4Network | None = None,
-    ) -> KernelState:
-        """The entries as :class:`KernelState`.  Routes: those with a gateway, not the kernel's;
-        without *network*, those on the device; with it, as ``Netlink.observe`` selects them:
-        /subnet_len subnets of *network* other than *own*, on any device (direct routes go via
-        the underlay)."""
-        state = KernelState(neighs=self.neighs(), fdb=self.fdb())
-        for (addr, plen), vals in self._routes.items():
-            if network is not None and subnet_len is not None and plen != subnet_len:
-                continue
-            # The lowest priority (metric) is the route the kernel uses.
-            for _, _, oif, gw, proto, _, _, flags in sorted(vals, key=lambda v: v[:2]):
-                if gw is None or proto == _RTPROT_KERNEL:
-                    continue
-                if network is None and oif != self.dev:
-                    continue
-                net = IPv4Network((addr, plen))
-                if network is not None and (net == own or not net.subnet_of(network)):
-                    break
-                onlink = bool(flags & RTNH_F_ONLINK)
-                state.routes[net] = Route(net, IPv4Address(gw), oif, onlink)
-                break
-        return state
 
     # --- the planner's view, by key (kernel.plan.View) -----------------------------------
 

@@ -88,7 +88,9 @@ def test_load_keeps_only_our_device_entries() -> None:
     m = loaded()
     assert m.neighs() == {A("10.5.2.0"): "aa:bb:cc:00:00:02"}
     assert m.fdb() == {Fdb("aa:bb:cc:00:00:02", A("192.0.2.20"))}
-    assert m.state().routes == {N("10.5.2.0/24"): Route(N("10.5.2.0/24"), A("10.5.2.0"), DEV, True)}
+    assert [(r.dst, r.gateway, r.onlink) for r in m.dev_routes()] == [
+        (N("10.5.2.0/24"), A("10.5.2.0"), True)
+    ]
     assert m.counts() == (1, 1, 2)
 
 
@@ -144,15 +146,14 @@ def test_routes_on_and_off_the_device() -> None:
     m = loaded()
     net = N("10.5.2.0/24")
     assert m.apply(route(NEW_R, "10.5.2.0/24", "192.0.2.1", ETH0, prio=100)).routes == (net,)
-    assert [r.oif for r in m.foreign(net)] == [ETH0]
+    assert sorted(r.oif or 0 for r in m.routes_to(net)) == [ETH0, DEV]
     assert [r.dst for r in m.dev_routes()] == [net]
-    assert m.state().routes[net].oif == DEV  # the device's route, lowest metric
     # replace of ours (same dst, tos, metric) changes the gateway in place
     m.apply(route(NEW_R, "10.5.2.0/24", "10.5.2.1"))
-    assert m.state().routes[net].gateway == A("10.5.2.1")
+    assert [r.gateway for r in m.dev_routes()] == [A("10.5.2.1")]
     assert m.apply(route(DEL_R, "10.5.2.0/24", "10.5.2.1")).routes == (net,)
     assert m.dev_routes() == []
-    assert len(m.foreign(net)) == 1
+    assert [r.oif for r in m.routes_to(net)] == [ETH0]
     assert m.apply(route(DEL_R, "10.5.2.0/24", None, None)).empty  # none left at metric 0
 
 
@@ -162,18 +163,20 @@ def test_gatewayless_and_other_prefix_routes_on_the_device() -> None:
     m.apply(route(NEW_R, "10.5.0.0/16", None))
     m.apply(route(NEW_R, "10.5.4.4/32", "10.5.4.4"))
     assert {r.dst for r in m.dev_routes()} == {N("10.5.2.0/24"), N("10.5.0.0/16"), N("10.5.4.4/32")}
-    assert N("10.5.0.0/16") not in m.state().routes  # no gateway: not a peer route
+    assert m.keys(Ownership(DEV)).routes == {N("10.5.2.0/24"), N("10.5.0.0/16"), N("10.5.4.4/32")}
 
 
-def test_state_selects_like_observe() -> None:
-    """With a network: /len subnets of it other than our own, on any device, not proto
-    kernel."""
+def test_owned_routes_with_direct_routing() -> None:
+    """With DirectRouting our "boot" routes via a gateway to /len subnets of the Network count
+    on any device; the kernel's own routes and routes outside the Network never do; every route
+    on the device does (our own subnet's included: nothing should route it there)."""
     m = loaded()
     m.apply(route(NEW_R, "10.5.3.0/24", "192.0.2.30", ETH0))  # DirectRouting: via the underlay
-    m.apply(route(NEW_R, "10.5.1.0/24", "10.5.1.0"))  # our own subnet
+    m.apply(route(NEW_R, "10.5.1.0/24", "10.5.1.0"))  # our own subnet, on the device
     m.apply(route(NEW_R, "10.5.9.0/24", "192.0.2.9", ETH0, proto=2))  # the kernel's
-    s = m.state(N("10.5.0.0/16"), 24, N("10.5.1.0/24"))
-    assert set(s.routes) == {N("10.5.2.0/24"), N("10.5.3.0/24")}
+    owner = Ownership(DEV, (N("10.5.0.0/16"), 24))
+    assert m.keys(owner).routes == {N("10.5.2.0/24"), N("10.5.3.0/24"), N("10.5.1.0/24")}
+    assert N("10.5.3.0/24") not in m.keys(Ownership(DEV)).routes
 
 
 def test_other_tables_and_families_are_ignored() -> None:
@@ -216,7 +219,7 @@ def test_captured_notifications_fold() -> None:
     assert any(t.device for t in touched)
     assert m.neighs() == {}  # 10.5.9.0 deleted by hand, 10.5.8.0 flushed by the link going down
     assert m.fdb() == {Fdb("aa:bb:cc:00:00:08", A("192.0.2.28"))}
-    assert [r.dst for r in m.foreign(N("10.6.0.0/24"))] == [N("10.6.0.0/24")]
+    assert [r.dst for r in m.routes_to(N("10.6.0.0/24"))] == [N("10.6.0.0/24")]
 
 
 # --- the full comparison of a resync (suspects) ---------------------------------------------------
