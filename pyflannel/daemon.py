@@ -50,7 +50,7 @@ from pyflannel.errors import (
 )
 from pyflannel.iface import ExternalInterface, choose_external, underlay_overlaps
 from pyflannel.kernel.netlink import Netlink
-from pyflannel.kernel.plan import Keys, Ownership
+from pyflannel.kernel.plan import Keys
 from pyflannel.kernel.records import Link, VxlanSpec
 from pyflannel.lease import Change, EventKind, Lease, LeaseAttrs, LeaseTracker, WatchBatch
 from pyflannel.options import DaemonOptions
@@ -382,12 +382,13 @@ class Daemon:
             changes = self._tracker.apply(batch)
             self._dirty.update(ch.subnet for ch in changes if ch.subnet is not None)
             self._synced = True
+            known = len(self._tracker.leases)
         if first:
             # The first listing is one state change, not one per peer (10,000 lines at start).
             for ch in changes:
                 if ch.kind is EventKind.INVALID or ch.subnet == self.lease.subnet:
                     self._log_change(ch)
-            log.info("peers_listed", leases=len(self._tracker.leases))
+            log.info("peers_listed", leases=known)
         else:
             for ch in changes:
                 self._log_change(ch)
@@ -464,10 +465,7 @@ class Daemon:
         if current is None or current.name != self.dev.name:
             log.warning("device_missing", device=self.dev.name, action="re-creating")
             self._restore_device()
-            self.peers.kernel.retarget(self.dev.index, self.peers.ownership(self.dev.index))
-            with self._lock:
-                leases = list(self._tracker.leases.values())
-            self.peers.set_all(leases)
+            self.peers.retarget(self.dev.index, self._all_leases())
             return "device re-created"
         vtep = IPv4Interface(f"{self.lease.subnet.network_address}/32")
         damage = []
@@ -500,14 +498,11 @@ class Daemon:
         )
 
     def _open_peers(self) -> None:
-        backend = self.cfg.backend
-        direct = (self.cfg.network, self.cfg.subnet_len) if backend.direct_routing else None
-        kernel = self.nl.peer_sync(self.dev.index, Ownership(self.dev.index, direct))
         self.peers = PeerSync(
-            kernel,
+            self.nl.peer_sync,
+            self.dev.index,
             self._scope(),
-            direct_routing=backend.direct_routing,
-            is_onlink=kernel.route_is_onlink,
+            direct_routing=self.cfg.backend.direct_routing,
         )
 
     def full_sync(self, reason: str, *, reload: bool = True) -> None:
@@ -517,10 +512,7 @@ class Daemon:
         if self.cfg.backend.direct_routing or reason == "start":
             # Which peers are on-link can change with the underlay's routes: ask again.  Every
             # lease is set now, so the changes waiting for the next step are too.
-            with self._lock:
-                leases = list(self._tracker.leases.values())
-                self._dirty.clear()
-            self.peers.set_all(leases)
+            self.peers.set_all(self._all_leases(clear_dirty=True))
         self.peers.sync(None, repaired or reason, reload=reload or repaired is not None)
         if reason == "start" or repaired == "device re-created":
             # Tens of thousands of long-lived objects now exist (leases, entries): keep them
@@ -528,6 +520,13 @@ class Daemon:
             # for tens of milliseconds at 10,000 peers.
             memory.release()  # the listing's and the dumps' temporaries
             gc.freeze()
+
+    def _all_leases(self, *, clear_dirty: bool = False) -> list[Lease]:
+        """Every known lease (and, with *clear_dirty*, nothing left for the next step)."""
+        with self._lock:
+            if clear_dirty:
+                self._dirty.clear()
+            return list(self._tracker.leases.values())
 
     def step(self) -> None:
         """Apply what changed since the last step: lease events and kernel notifications."""
@@ -553,9 +552,13 @@ class Daemon:
     def _resync_steps(self) -> Iterator[None]:
         """The periodic resync, in steps of a few milliseconds: the main loop serves lease
         events and notifications between them, so none waits behind a full comparison."""
+        if self.cfg.backend.direct_routing:
+            self.full_sync("resync", reload=False)  # which peers are on-link: ask again
+            return
         repaired = self._check_device()
-        if repaired is not None or self.cfg.backend.direct_routing:
-            self.full_sync("resync", reload=False)  # (re-checks the device: a no-op now)
+        if repaired is not None:
+            # A link that was down lost its routes without a notification: re-read it all.
+            self.peers.sync(None, repaired, reload=True)
             return
         kernel = self.peers.kernel
         keys = Keys()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Network
 
 import structlog
 
@@ -29,16 +29,15 @@ class PeerSync:
 
     def __init__(
         self,
-        kernel: KernelSync,
+        open_kernel: Callable[[int, Ownership], KernelSync],
+        dev: int,
         scope: PeerScope,
         *,
         direct_routing: bool = False,
-        is_onlink: Callable[[IPv4Address], bool] = lambda _ip: False,
     ) -> None:
-        self.kernel = kernel
         self.scope = scope
         self._direct = direct_routing
-        self._is_onlink = is_onlink
+        self.kernel = open_kernel(dev, self.ownership(dev))
         # The last warning per subnet (skipped lease, route conflict): one line per distinct
         # problem; bounded by the keys under subnets/ (an entry goes when its lease goes).
         self._skipped: dict[IPv4Network, str] = {}
@@ -65,7 +64,7 @@ class PeerSync:
             self.kernel.dev,
             self.scope,
             direct_routing=self._direct,
-            is_onlink=self._is_onlink,
+            is_onlink=self.kernel.route_is_onlink,
         )
         if isinstance(entries, str):
             if self._skipped.get(subnet) != entries:
@@ -74,6 +73,11 @@ class PeerSync:
             return self.kernel.set_peer(subnet, None)
         self._skipped.pop(subnet, None)
         return self.kernel.set_peer(subnet, entries)
+
+    def retarget(self, dev: int, leases: Iterable[Lease]) -> None:
+        """The device was re-created with index *dev*: every peer's entries again."""
+        self.kernel.retarget(dev, self.ownership(dev))
+        self.set_all(leases)
 
     def set_all(self, leases: Iterable[Lease]) -> None:
         """Recompute every peer's entries (start, a re-created device, DirectRouting resync)."""

@@ -120,6 +120,7 @@ class KernelSync:
         mirror = Mirror(self.dev)
         self._rtnl.load_mirror(mirror)
         self.mirror = mirror
+        self._reload = None  # a background re-read under way would swap in an older one
 
     def start_reload(self) -> None:
         """Re-read the kernel in a helper thread, so that lease events and notifications keep
