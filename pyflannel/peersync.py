@@ -17,7 +17,7 @@ import structlog
 
 from pyflannel.backend.vxlan import PeerScope, peer_entries
 from pyflannel.kernel.plan import Keys, Ownership
-from pyflannel.kernel.records import Route, RouteEntry
+from pyflannel.kernel.records import RouteEntry
 from pyflannel.kernel.sync import KernelSync, Notified, SyncResult, describe_route
 from pyflannel.lease import Lease
 
@@ -106,9 +106,7 @@ class PeerSync:
                 names = {}
                 if have.oif is not None:
                     names[have.oif] = self.kernel.link_name(have.oif) or f"#{have.oif}"
-                existing = describe_route(
-                    Route(have.dst, have.gateway, have.oif, have.onlink), names
-                )
+                existing = describe_route(have.route, names)
                 log.warning(
                     "route_conflict",
                     subnet=str(want.dst),

@@ -258,10 +258,6 @@ def _matches(want: Route, have: RouteEntry) -> bool:
     )
 
 
-def _as_route(e: RouteEntry) -> Route:
-    return Route(e.dst, e.gateway, e.oif, e.onlink)
-
-
 def plan(desired: Desired, actual: View, owner: Ownership, keys: Keys | None = None) -> Plan:
     """The operations that make the kernel match *desired* for *keys* (None: every key)."""
     if keys is None:
@@ -303,7 +299,7 @@ def plan(desired: Desired, actual: View, owner: Ownership, keys: Keys | None = N
             # Another metric of the same destination (added by hand) is not backed by a lease;
             # a replace rewrites only the entry with our metric.
             ours = [e for e in ours if e is not keep and e.priority != 0]
-        del_routes.extend(_as_route(e) for e in ours)
+        del_routes.extend(e.route for e in ours)
     return Plan(
         tuple(set_neighs),
         tuple(set_fdb),

@@ -61,6 +61,11 @@ class RouteEntry:
     priority: int = 0
     onlink: bool = False
 
+    @property
+    def route(self) -> Route:
+        """The same route as a :class:`Route` (what a delete or a log line names)."""
+        return Route(self.dst, self.gateway, self.oif, self.onlink)
+
 
 @dataclass(frozen=True, slots=True)
 class PeerEntries:

@@ -167,7 +167,7 @@ def observe(ks: KernelSync) -> KernelState:
     ks.reload()
     m = ks.mirror
     routes = {
-        e.dst: Route(e.dst, e.gateway, e.oif, e.onlink)
+        e.dst: e.route
         for dst in m.keys(ks.owner).routes
         for e in m.routes_to(dst)
         if ks.owner.owns(e)
