@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -30,23 +31,38 @@ def _require() -> None:
         pytest.skip(f"missing tools: {', '.join(missing)}")
 
 
-@pytest.fixture(scope="module", params=["v2", "v3"])
-def lab(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    """Two running cells (plus an idle cell-3) on the given etcd API."""
+@contextmanager
+def running_lab(
+    workdir: Path,
+    tag: str,
+    api: str,
+    *,
+    cells: int,
+    started: int,
+    containers: int,
+    resync_interval: float,
+    config: dict[str, object] | None = None,
+    before_start: Callable[[Lab], None] | None = None,
+) -> Iterator[Lab]:
+    """The lab's topology with etcd, the network config (*config*, else the seed's) and
+    *started* of its *cells* running with *containers* containers each; *before_start* runs
+    once etcd is up.  Everything goes when the block ends, and the daemons' log tails are
+    printed (a failing test shows them)."""
     _require()
-    api = request.param
     lab = Lab(
-        tmp_path_factory.mktemp(f"lab-{api}"),
-        prefix=f"pfe{os.getpid() % 10000}{api}-",
-        cells=3,
+        workdir,
+        prefix=f"{tag}{os.getpid() % 10000}{api}-",
+        cells=cells,
         api=api,
-        resync_interval=1.0,
+        resync_interval=resync_interval,
     )
     try:
         lab.build_underlay()
         lab.start_etcd()
-        lab.put_config()
-        lab.start_cells(lab.cells[:2], 2)
+        lab.put_config(config)
+        if before_start is not None:
+            before_start(lab)
+        lab.start_cells(lab.cells[:started], containers)
         yield lab
     finally:
         for cell in lab.cells:
@@ -54,6 +70,22 @@ def lab(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
             if log.exists():
                 print(f"--- {cell.name} log (tail) ---\n{log.read_text()[-4000:]}")
         lab.down()
+
+
+@pytest.fixture(scope="module", params=["v2", "v3"])
+def lab(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    """Two running cells (plus an idle cell-3) on the given etcd API."""
+    api = request.param
+    with running_lab(
+        tmp_path_factory.mktemp(f"lab-{api}"),
+        "pfe",
+        api,
+        cells=3,
+        started=2,
+        containers=2,
+        resync_interval=1.0,
+    ) as lab:
+        yield lab
 
 
 def alive(pid: int) -> bool:

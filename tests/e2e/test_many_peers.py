@@ -5,7 +5,6 @@ deleted peer reach the kernel.  (The figures at 10,000 peers are bench/scale.py'
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from ipaddress import IPv4Network
 
@@ -13,7 +12,7 @@ import pytest
 
 from pyflannel.lab.topo import Cell, Lab
 
-from .conftest import _require, fdb, ip_json, lease_key
+from .conftest import fdb, ip_json, lease_key, running_lab
 
 pytestmark = [pytest.mark.e2e]
 
@@ -57,25 +56,24 @@ def flannel_routes(cell: Cell) -> set[str]:
 @pytest.fixture(scope="module", params=["v2", "v3"])
 def lab(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     """Two cells started while half of the extra peers already exist."""
-    _require()
-    api = request.param
-    lab = Lab(
-        tmp_path_factory.mktemp(f"many-{api}"),
-        prefix=f"pfm{os.getpid() % 10000}{api}-",
-        cells=2,
-        api=api,
-        resync_interval=5.0,
-    )
-    try:
-        lab.build_underlay()
-        lab.start_etcd()
-        lab.put_config(CONFIG)
+
+    def preload(lab: Lab) -> None:
         tally = lab.bulk(puts(0, EXTRA // 2))
         assert tally["ok"] == EXTRA // 2, tally
-        lab.start_cells(lab.cells, 1)
+
+    api = request.param
+    with running_lab(
+        tmp_path_factory.mktemp(f"many-{api}"),
+        "pfm",
+        api,
+        cells=2,
+        started=2,
+        containers=1,
+        resync_interval=5.0,
+        config=CONFIG,
+        before_start=preload,
+    ) as lab:
         yield lab
-    finally:
-        lab.down()
 
 
 def test_thousands_of_peers_are_programmed_and_traffic_flows(lab: Lab) -> None:
