@@ -52,7 +52,10 @@ def _ttl(text: str) -> int:
 
 
 def _resync(text: str) -> int:
-    v = int(text)  # whole seconds, as flanneld's
+    # Whole seconds, as flanneld's.  (int() would also take "1_0", " 5" or other scripts' digits.)
+    if not (text.isascii() and text.isdigit() and len(text) <= 6):
+        raise ValueError("not a whole number of seconds")
+    v = int(text)
     if not 1 <= v <= 86400:
         raise ValueError("must be between 1 and 86400 seconds")
     return v
