@@ -36,7 +36,11 @@ BACKENDS = ("nft", "legacy")
 
 
 def _require() -> None:
-    tools = ["ip", "setpriv", *(f"iptables-{b}{s}" for b in BACKENDS for s in ("", "-restore"))]
+    tools = [
+        "ip",
+        "setpriv",
+        *(f"iptables-{b}{s}" for b in BACKENDS for s in ("", "-restore", "-save")),
+    ]
     missing = [t for t in tools if shutil.which(t) is None]
     problems = (["not root"] if os.geteuid() != 0 else []) + [f"no {t}" for t in missing]
     if problems:
@@ -135,9 +139,13 @@ def test_installs_flanneld_s_rules(host: Host) -> None:
     assert host.save("nat") == NAT
     assert host.save("filter") == FILTER
     with capture_logs() as logs:
+        slow = k.slow_checks
+        assert k.ensure()
         assert k.ensure()
     assert logs == []
     assert host.save("nat") == NAT
+    # Each check found every rule in the listings of its chains: no `iptables -C` run.
+    assert k.slow_checks == slow
 
 
 def test_start_flushes_our_chain_and_keeps_foreign_rules(host: Host) -> None:
