@@ -25,8 +25,9 @@ from __future__ import annotations
 import shutil
 import subprocess
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from ipaddress import IPv4Network
 
 import structlog
@@ -242,16 +243,22 @@ class RuleKeeper:
     def ensure(self) -> bool:
         """Remove the stale set, then install each set or put back its missing rules.
 
-        A failure is logged (once per distinct problem) and left to the next call; returns
-        whether everything is in place.
+        Each step is tried even if another failed (the forward rules do not wait for the nat
+        table); failures are logged together, once per distinct problem, and left to the next
+        call.  Returns whether everything is in place.
         """
-        try:
-            self._remove_stale()
-            for rs in self.sets:
-                self._install(rs)
-        except IptablesError as exc:
-            if self._problem.fresh(str(exc)):
-                log.error("iptables_failed", error=str(exc), action="retrying at the next check")
+        problems = []
+        steps: list[Callable[[], None]] = [self._remove_stale]
+        steps += [partial(self._install, rs) for rs in self.sets]
+        for step in steps:
+            try:
+                step()
+            except IptablesError as exc:
+                problems.append(str(exc))
+        if problems:
+            text = "; ".join(problems)
+            if self._problem.fresh(text):
+                log.error("iptables_failed", error=text, action="retrying at the next check")
             return False
         if self._problem.last is not None:
             log.info("iptables_recovered", after_retries=self._problem.clear() + 1)
