@@ -26,7 +26,7 @@ import shutil
 import subprocess
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from ipaddress import IPv4Network
 
@@ -169,7 +169,12 @@ class RuleKeeper:
     def __init__(self, ipt: Iptables, sets: Sequence[RuleSet], stale: RuleSet | None = None):
         self.ipt = ipt
         self.sets = tuple(sets)
-        self._stale = stale  # a previous run's masquerade rules, to remove first
+        # A previous run's masquerade rules, to remove first: those that are not ours now (only
+        # the ones naming the subnet differ when the Network stayed).
+        current = {r for rs in self.sets for r in rs.rules}
+        self._stale = None
+        if stale is not None:
+            self._stale = replace(stale, rules=tuple(r for r in stale.rules if r not in current))
         self._fresh = {rs.name for rs in self.sets}  # not installed yet: flush their chains
         self._problem = OnceFilter()
         self.slow_checks = 0  # how often the listing did not show every rule
