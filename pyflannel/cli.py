@@ -51,6 +51,16 @@ def _ttl(text: str) -> int:
     return v
 
 
+def _resync(text: str) -> int:
+    # Whole seconds, as flanneld's.  (int() would also take "1_0", " 5" or other scripts' digits.)
+    if not (text.isascii() and text.isdigit() and len(text) <= 6):
+        raise ValueError("not a whole number of seconds")
+    v = int(text)
+    if not 1 <= v <= 86400:
+        raise ValueError("must be between 1 and 86400 seconds")
+    return v
+
+
 def _positive(text: str) -> float:
     v = float(text)
     if v <= 0:
@@ -136,9 +146,31 @@ FLAGS: tuple[_Flag, ...] = (
         "ip-masq",
         _bool,
         False,
-        "setup IP masquerade rule for traffic destined outside of "
-        "overlay network (recorded in subnet.env)",
+        "masquerade traffic from the overlay network to the outside with this host's "
+        "address (flanneld's rules: nat chain FLANNEL-POSTRTG); recorded in subnet.env, so "
+        "that the CNI bridge does not masquerade too",
         is_bool=True,
+    ),
+    _Flag(
+        "ip-masq-fully-random-disable",
+        _bool,
+        False,
+        "masquerade without --random-fully (used by default when iptables supports it)",
+        is_bool=True,
+    ),
+    _Flag(
+        "iptables-forward-rules",
+        _bool,
+        True,
+        "accept the overlay network's traffic in the FORWARD chain (filter chain "
+        "FLANNEL-FWD), for hosts whose FORWARD policy is DROP (default: true)",
+        is_bool=True,
+    ),
+    _Flag(
+        "iptables-resync",
+        _resync,
+        5,
+        "seconds between checks of the iptables rules; missing ones are put back in order",
     ),
     _Flag(
         "resync-interval",
@@ -289,6 +321,9 @@ def parse_args(argv: Sequence[str], env: Mapping[str, str]) -> DaemonOptions:
         renew_margin_minutes=values["subnet-lease-renew-margin"],
         lease_ttl=values["subnet-lease-ttl"],
         ip_masq=values["ip-masq"],
+        ip_masq_random_fully_disable=values["ip-masq-fully-random-disable"],
+        iptables_forward_rules=values["iptables-forward-rules"],
+        iptables_resync=values["iptables-resync"],
         resync_interval=values["resync-interval"],
         log_format=values["log-format"],
         log_level=log_level,
