@@ -23,9 +23,10 @@ REPO = Path(__file__).resolve().parents[2]
 UNIT = REPO / "systemd" / "pyflannel.service"
 ENV_FILE = REPO / "systemd" / "pyflannel.env"
 SHIPPED_EXEC = "/usr/local/bin/pyflannel"
-#: Regression guard: the exposure score was 1.9 when the unit was written (systemd 252).
-#: Loosening the sandbox past this must be a decision, made here, not an accident.
-MAX_EXPOSURE = 2.5
+#: Regression guard: the exposure score was 1.9 when the unit was written (systemd 252); the
+#: issue that added the health listener and the watchdog promised at most 2.0.  Loosening the
+#: sandbox past this must be a decision, made here, not an accident.
+MAX_EXPOSURE = 2.0
 
 
 def _systemd_analyze() -> str:
@@ -112,6 +113,7 @@ def test_unit_essentials() -> None:
     d = _directives(UNIT.read_text())
     assert d["ExecStart"] == [SHIPPED_EXEC]
     assert d["Type"] == ["notify"]
+    assert d["WatchdogSec"] == ["60s"]  # the main loop pings at half of it (WATCHDOG=1)
     assert d["EnvironmentFile"] == ["-/etc/pyflannel/pyflannel.env"]
     assert (d["Restart"], d["RestartSec"]) == (["on-failure"], ["5"])
     assert "network-online.target" in d["Wants"][0].split()
