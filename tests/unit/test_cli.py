@@ -385,3 +385,29 @@ def test_pyflannel_variables() -> None:
     """PYFLANNEL_WAIT_REMINDER shortens the reminder period; the wedge hook is off unless set."""
     o = opts(env={"PYFLANNEL_WAIT_REMINDER": "1.5", "PYFLANNEL_TEST_WEDGE_AFTER": "0"})
     assert (o.wait_reminder, o.test_wedge_after) == (1.5, 0.0)
+
+
+def test_real_process_healthz_cannot_listen() -> None:
+    """A listener address that is not ours: one fatal line naming it, exit 1, no traceback
+    (before etcd or the kernel is touched)."""
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pyflannel",
+            "--healthz-ip=192.0.2.123",
+            "--healthz-port=8471",
+            "--log-format=json",
+            "--etcd-endpoints=http://127.0.0.1:9",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=REPO,
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 1, proc.stdout
+    assert '"fatal"' in lines[0] and "192.0.2.123:8471" in lines[0]
