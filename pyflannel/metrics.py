@@ -98,7 +98,8 @@ class StatsCollector(Collector):
         )
         yield _by_label(
             "pyflannel_watch_relists",
-            "Full listings of the leases by the watch, by cause.",
+            "Full listings of the leases by the watch, by cause (start: its own first listing, "
+            "0 when it goes on from the lease acquisition's; compacted: history lost).",
             "cause",
             s.relists(),
         )
