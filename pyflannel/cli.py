@@ -9,17 +9,20 @@ exit code 2.
 from __future__ import annotations
 
 import argparse
+import math
 import os
+import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address, ip_address
 from pathlib import Path
 from typing import Any, NoReturn
 
 from pyflannel import __version__
-from pyflannel.options import DaemonOptions
+from pyflannel.options import ANY_IPV4, DaemonOptions
 from pyflannel.registry import EtcdOptions
+from pyflannel.retry import REMINDER_PERIOD
 
 EXIT_USAGE = 2
 
@@ -61,9 +64,23 @@ def _resync(text: str) -> int:
     return v
 
 
+def _listen_ip(text: str) -> IPv4Address | IPv6Address:
+    try:
+        return ip_address(text)
+    except ValueError:
+        raise ValueError("must be an IPv4 or IPv6 address") from None
+
+
+def _port(text: str) -> int:
+    # Digits only: int() would also take " 80", "+80" and "8_0".
+    if not re.fullmatch(r"[0-9]{1,5}", text) or int(text) > 65535:
+        raise ValueError("must be a port number between 0 and 65535")
+    return int(text)
+
+
 def _positive(text: str) -> float:
     v = float(text)
-    if v <= 0:
+    if not v > 0 or math.isinf(v):
         raise ValueError("must be positive")
     return v
 
@@ -185,7 +202,33 @@ FLAGS: tuple[_Flag, ...] = (
         "log format: console (key=value), json, or auto (console on a terminal, else json)",
     ),
     _Flag("log-level", _choice("debug", "info", "warning", "error"), "info", "log level"),
+    _Flag(
+        "healthz-ip",
+        _listen_ip,
+        ANY_IPV4,
+        "the IP address for healthz server to listen",
+    ),
+    _Flag(
+        "healthz-port",
+        _port,
+        0,
+        "the port for healthz server to listen (0 to disable); serves /healthz, /readyz and "
+        "/metrics",
+    ),
 )
+
+#: pyflannel's own variables (no flag): how often a wait is logged again, in seconds, and a
+#: test hook that wedges the main loop after that many seconds of serving (for the watchdog
+#: test; never set it in production).
+WAIT_REMINDER_VAR = "PYFLANNEL_WAIT_REMINDER"
+TEST_WEDGE_VAR = "PYFLANNEL_TEST_WEDGE_AFTER"
+
+
+def _seconds(text: str) -> float:
+    v = float(text)
+    if not math.isfinite(v) or v < 0:
+        raise ValueError("must be a number of seconds, 0 or more")
+    return v
 
 
 def _typed(parse: Callable[[str], Any]) -> Callable[[str], Any]:
@@ -300,6 +343,13 @@ def parse_args(argv: Sequence[str], env: Mapping[str, str]) -> DaemonOptions:
             f"--subnet-lease-renew-margin ({values['subnet-lease-renew-margin']} min) must be "
             f"shorter than --subnet-lease-ttl ({values['subnet-lease-ttl']} s)"
         )
+    hidden: dict[str, float | None] = {}
+    for var, parse in ((WAIT_REMINDER_VAR, _positive), (TEST_WEDGE_VAR, _seconds)):
+        raw = env.get(var, "")
+        try:
+            hidden[var] = parse(raw) if raw else None
+        except ValueError as exc:
+            p.error(f"{var}={raw!r}: {exc}")
     endpoints = tuple(e.strip() for e in values["etcd-endpoints"].split(",") if e.strip())
     if not endpoints:
         p.error("--etcd-endpoints: no endpoint given")
@@ -327,6 +377,10 @@ def parse_args(argv: Sequence[str], env: Mapping[str, str]) -> DaemonOptions:
         resync_interval=values["resync-interval"],
         log_format=values["log-format"],
         log_level=log_level,
+        healthz_ip=values["healthz-ip"],
+        healthz_port=values["healthz-port"],
+        wait_reminder=hidden[WAIT_REMINDER_VAR] or REMINDER_PERIOD,
+        test_wedge_after=hidden[TEST_WEDGE_VAR],
     )
 
 

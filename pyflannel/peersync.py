@@ -20,6 +20,7 @@ from pyflannel.kernel.plan import Keys, Ownership
 from pyflannel.kernel.records import RouteEntry
 from pyflannel.kernel.sync import KernelSync, Notified, SyncResult, describe_route
 from pyflannel.lease import Lease
+from pyflannel.stats import Stats
 
 log = structlog.get_logger("pyflannel")
 
@@ -34,8 +35,10 @@ class PeerSync:
         scope: PeerScope,
         *,
         direct_routing: bool = False,
+        stats: Stats | None = None,
     ) -> None:
         self.scope = scope
+        self._stats = stats or Stats()
         self._direct = direct_routing
         self.kernel = open_kernel(dev, self.ownership(dev))
         # The last warning per subnet (skipped lease, route conflict): one line per distinct
@@ -95,6 +98,8 @@ class PeerSync:
         if reload:
             self.kernel.reload()
         result = self.kernel.sync(keys)
+        report = result.report
+        self._stats.reconciled(time.monotonic() - started, report.applied, report.failed)
         self._report(result, reason, started)
         return result
 

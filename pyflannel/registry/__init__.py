@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 import ssl
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from ipaddress import IPv4Network
 from typing import Protocol
@@ -223,15 +223,18 @@ def tls_failure(exc: BaseException | None) -> str | None:
     return None
 
 
-def open_registry(api: str, opts: EtcdOptions) -> Registry:
-    """Build the registry for *api* ("v2" or "v3"); clients are imported only when used."""
+def open_registry(
+    api: str, opts: EtcdOptions, *, on_error: Callable[[str], None] | None = None
+) -> Registry:
+    """Build the registry for *api* ("v2" or "v3"); clients are imported only when used.
+    *on_error* is told the endpoint of every failed request."""
     # Lazy imports, on purpose: each client library is loaded only when its API is chosen.
     if api == "v2":
         from pyflannel.registry.etcd2 import EtcdV2Registry
 
-        return EtcdV2Registry(opts)
+        return EtcdV2Registry(opts, on_error=on_error)
     if api == "v3":
         from pyflannel.registry.etcd3 import EtcdV3Registry
 
-        return EtcdV3Registry(opts)
+        return EtcdV3Registry(opts, on_error=on_error)
     raise ValueError(f"unknown etcd API {api!r}")

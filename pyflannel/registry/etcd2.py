@@ -53,6 +53,10 @@ WATCH_POLL = 5.0
 logging.getLogger("etcd").setLevel(logging.CRITICAL)
 
 
+def _ignore(_endpoint: str) -> None:
+    pass
+
+
 def _client(endpoint: str, opts: EtcdOptions) -> Any:
     url = urlsplit(endpoint)
     if url.scheme not in ("http", "https") or not url.hostname:
@@ -215,8 +219,10 @@ def _unavailable(what: str, exc: Exception) -> RegistryError:
 class EtcdV2Registry:
     """A :class:`~pyflannel.registry.Registry` on the etcd v2 keys API."""
 
-    def __init__(self, opts: EtcdOptions) -> None:
+    def __init__(self, opts: EtcdOptions, *, on_error: Callable[[str], None] | None = None) -> None:
         self._opts = opts
+        # Told the endpoint of every failed request (for the per-endpoint error metric).
+        self._on_error = on_error or _ignore
         self._endpoints = list(opts.endpoints)
         self._clients = [_client(e, opts) for e in self._endpoints]
         # The streamed watch's own HTTP session (python-etcd has no streaming), with the same
@@ -248,6 +254,7 @@ class EtcdV2Registry:
             except etcd.EtcdWatchTimedOut:
                 raise
             except etcd.EtcdConnectionFailed as exc:
+                self._on_error(self._endpoints[idx])
                 cause = getattr(exc, "cause", None)
                 # urllib3 wraps the handshake error in MaxRetryError.reason: look inside.
                 tls = tls_failure(cause)
@@ -259,10 +266,16 @@ class EtcdV2Registry:
                 errors.append(f"{self._endpoints[idx]}: {short_reason(str(cause or exc))}")
                 continue
             except etcd.EtcdInsufficientPermissions:
+                self._on_error(self._endpoints[idx])
                 raise RegistryRefused(
                     f"etcd at {self._endpoints[idx]} refused the credentials "
                     "(check --etcd-username/--etcd-password)"
                 ) from None
+            except (etcd.EtcdKeyError, etcd.EtcdEventIndexCleared):
+                raise  # answers, not failures
+            except etcd.EtcdException:
+                self._on_error(self._endpoints[idx])
+                raise
             if idx != start:
                 with self._lock:
                     self._current = idx

@@ -55,6 +55,7 @@ from pyflannel.errors import (
     AlreadyExists,
     Compacted,
     NotFound,
+    RegistryError,
     RegistryRefused,
     RegistryUnavailable,
 )
@@ -190,11 +191,23 @@ class _Endpoint:
         self.token: str | None = None  # None: not asked yet; "": auth is off on this server
 
 
+def _ignore(_endpoint: str) -> None:
+    pass
+
+
 class EtcdV3Registry:
     """A :class:`~pyflannel.registry.Registry` on the etcd v3 API (JSON gateway)."""
 
-    def __init__(self, opts: EtcdOptions, *, watch_poll: float = WATCH_POLL) -> None:
+    def __init__(
+        self,
+        opts: EtcdOptions,
+        *,
+        watch_poll: float = WATCH_POLL,
+        on_error: Callable[[str], None] | None = None,
+    ) -> None:
         self._opts = opts
+        # Told the endpoint of every failed request (for the per-endpoint error metric).
+        self._on_error = on_error or _ignore
         self._prefix = join_key(opts.prefix)
         self._endpoints = [_Endpoint(e, opts) for e in opts.endpoints]
         if not self._endpoints:
@@ -312,6 +325,8 @@ class EtcdV3Registry:
                 mapped = self._map(ep, exc)
                 if isinstance(mapped, _Reauthenticate) and not renew:
                     continue
+                if not isinstance(mapped, _Unreachable):  # _failover counts those
+                    self._on_error(ep.url)
                 if isinstance(mapped, _Reauthenticate):
                     raise RegistryRefused(
                         f"{mapped}, even with a fresh token ({_CRED_HINT})"
@@ -332,6 +347,7 @@ class EtcdV3Registry:
             try:
                 result = attempt(ep)
             except _Unreachable as exc:
+                self._on_error(ep.url)
                 errors.append(f"{ep.url}: {exc}")
                 continue
             if idx != start:
@@ -518,6 +534,7 @@ class EtcdV3Registry:
                 resp.close()
                 if resp.status_code == requests.codes.service_unavailable:
                     raise _Unreachable(text)
+                self._on_error(ep.url)
                 raise self._refusal(ep, code, text) or RegistryUnavailable(
                     f"etcd at {ep.url} refused the watch: {text}"
                 )
@@ -529,6 +546,17 @@ class EtcdV3Registry:
         self, resp: requests.Response, ep: _Endpoint, cursor: int, stop: threading.Event
     ) -> Iterator[Events]:
         """Batches from one watch stream; returns quietly after WATCH_POLL without a message."""
+        try:
+            yield from self._stream_batches(resp, ep, cursor, stop)
+        except Compacted:
+            raise  # an answer, not a failure
+        except RegistryError:
+            self._on_error(ep.url)
+            raise
+
+    def _stream_batches(
+        self, resp: requests.Response, ep: _Endpoint, cursor: int, stop: threading.Event
+    ) -> Iterator[Events]:
         lines = resp.iter_lines()
         while not stop.is_set():
             try:
