@@ -22,6 +22,7 @@ import etcd3gw
 import pytest
 
 from pyflannel.errors import AlreadyExists, Compacted, NotFound, RegistryUnavailable
+from pyflannel.ipnet import SubnetKey
 from pyflannel.lease import EXPIRY_NOT_READ, EventKind, LeaseAttrs, LeaseEvent
 from pyflannel.registry import EtcdOptions, Registry, etcd2
 from pyflannel.registry.etcd2 import EtcdV2Registry
@@ -30,7 +31,7 @@ from pyflannel.testing import FakeClock, MemoryRegistry, watch_until
 
 PREFIX = "/coreos.com/network"
 CONFIG = '{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan"}}'
-S1, S2, S3 = (IPv4Network(f"10.5.{i}.0/24") for i in (1, 2, 3))
+S1, S2, S3 = (SubnetKey(IPv4Network(f"10.5.{i}.0/24")) for i in (1, 2, 3))
 #: A quiet watch yields an empty batch this often (seconds); short, to keep the suite fast.
 POLL = 1.0
 
@@ -40,9 +41,9 @@ def attrs(n: int = 1) -> LeaseAttrs:
     return LeaseAttrs(IPv4Address(f"192.0.2.{n}"), "vxlan", f"aa:bb:cc:00:00:{n:02x}", 1)
 
 
-def key(subnet: IPv4Network) -> str:
+def key(subnet: SubnetKey) -> str:
     """The etcd key of *subnet*."""
-    return f"{PREFIX}/subnets/{subnet.network_address}-{subnet.prefixlen}"
+    return f"{PREFIX}/subnets/{subnet.name}"
 
 
 @dataclass
@@ -146,7 +147,7 @@ def h(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterat
         harness.registry.close()
 
 
-def kinds(events: list[LeaseEvent]) -> list[tuple[EventKind, IPv4Network | None]]:
+def kinds(events: list[LeaseEvent]) -> list[tuple[EventKind, SubnetKey | None]]:
     """(kind, subnet) of each event, for compact assertions."""
     return [(ev.kind, ev.subnet) for ev in events]
 
@@ -278,7 +279,7 @@ def test_list_returns_leases_with_revisions_and_skips_garbage(h: Harness) -> Non
     h.raw_put(f"{PREFIX}/elsewhere", "ignored")  # outside subnets/: not listed at all
 
     snap = h.registry.list_subnets()
-    by_subnet = {lease.subnet: lease for lease in snap.leases}
+    by_subnet = {lease.key: lease for lease in snap.leases}
     assert set(by_subnet) == {S1, S2}
     assert (by_subnet[S1].attrs, by_subnet[S1].revision) == (attrs(1), a.revision)
     assert (by_subnet[S2].attrs, by_subnet[S2].revision) == (attrs(2), b.revision)
@@ -370,7 +371,7 @@ def test_watch_from_compacted_revision_raises_compacted(h: Harness) -> None:
         watch_until(h.registry, old, lambda evs: False, timeout=5)
     # Re-listing gives a revision that can be watched again.
     snap = h.registry.list_subnets()
-    assert {lease.subnet for lease in snap.leases} == {S1, S2}
+    assert {lease.key for lease in snap.leases} == {S1, S2}
     h.registry.delete_subnet(S2)
     events, _ = watch_until(h.registry, snap.revision, lambda evs: len(evs) >= 1)
     assert kinds(events) == [(EventKind.REMOVED, S2)]
@@ -418,7 +419,7 @@ def test_watch_keeps_up_with_a_burst(h: Harness) -> None:
     per event fell behind and got "event index cleared" at ~500 writes a second here)."""
     start = h.registry.list_subnets().revision
     h.raw_put(key(S1), attrs(1).encode())  # the watch below is live from this first event
-    subnets = [IPv4Network((0x0A500000 + (i << 8), 24)) for i in range(1200)]
+    subnets = [SubnetKey(IPv4Network((0x0A500000 + (i << 8), 24))) for i in range(1200)]
     seen: list[LeaseEvent] = []
     errors: list[BaseException] = []
 

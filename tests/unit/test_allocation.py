@@ -10,6 +10,7 @@ import pytest
 
 from pyflannel.config import NetworkConfig, parse_network_config
 from pyflannel.errors import OutOfSubnets
+from pyflannel.ipnet import SubnetKey
 from pyflannel.lease import EventKind, Lease, LeaseAttrs, LeaseEvent, Snapshot
 from pyflannel.subnet import CANDIDATES, Create, Reuse, plan_allocation
 
@@ -31,7 +32,7 @@ TINY = config("10.0.0.0/28")
 def held(subnet: str, ip: str = "10.0.2.3", expiration: float | None = 1e9) -> Lease:
     """A lease on *subnet* held by *ip*."""
     return Lease(
-        IPv4Network(subnet),
+        SubnetKey(IPv4Network(subnet)),
         LeaseAttrs(IPv4Address(ip), "vxlan", "02:00:00:00:00:02", 1),
         expiration=expiration,
         revision=1,
@@ -43,7 +44,7 @@ def garbage(subnet: str) -> LeaseEvent:
     return LeaseEvent(
         EventKind.INVALID,
         f"/coreos.com/network/subnets/{subnet.replace('/', '-')}",
-        subnet=IPv4Network(subnet),
+        subnet=SubnetKey(IPv4Network(subnet)),
         reason="not JSON",
     )
 
@@ -89,7 +90,7 @@ def test_incompatible_own_lease_is_stale(subnet: str) -> None:
     alloc = plan_allocation(SEED, snap(mine), ME, None, rng())
     assert alloc.stale == (mine,)
     assert isinstance(alloc.action, Create)
-    assert SEED.contains_subnet(alloc.action.subnet)
+    assert SEED.contains_subnet(alloc.action.subnet.ipv4)
 
 
 def test_incompatible_then_compatible_own_lease() -> None:
@@ -105,7 +106,7 @@ def test_hint_used_when_free() -> None:
     """A free, compatible previous subnet from subnet.env is taken."""
     hint = IPv4Network("172.16.42.0/24")
     alloc = plan_allocation(SEED, snap(held("172.16.10.0/24")), ME, hint, rng())
-    assert alloc.action == Create(hint, "previous subnet")
+    assert alloc.action == Create(SubnetKey(hint), "previous subnet")
 
 
 def test_hint_never_steals_held_subnet() -> None:
@@ -114,7 +115,7 @@ def test_hint_never_steals_held_subnet() -> None:
     for seed in range(50):
         alloc = plan_allocation(SEED, snap(held("172.16.42.0/24")), ME, hint, rng(seed))
         assert isinstance(alloc.action, Create)
-        assert alloc.action.subnet != hint
+        assert alloc.action.subnet.ipv4 != hint
         assert alloc.action.reason == "free subnet"
 
 
@@ -123,7 +124,7 @@ def test_hint_held_by_garbage_not_taken() -> None:
     hint = IPv4Network("172.16.42.0/24")
     alloc = plan_allocation(SEED, snap(invalid=(garbage("172.16.42.0/24"),)), ME, hint, rng())
     assert isinstance(alloc.action, Create)
-    assert alloc.action.subnet != hint
+    assert alloc.action.subnet.ipv4 != hint
 
 
 @pytest.mark.parametrize("hint", ["172.16.5.0/24", "172.16.42.0/25", "10.1.2.0/24"])
@@ -132,7 +133,7 @@ def test_incompatible_hint_ignored(hint: str) -> None:
     alloc = plan_allocation(SEED, snap(), ME, IPv4Network(hint), rng())
     assert isinstance(alloc.action, Create)
     assert alloc.action.reason == "free subnet"
-    assert SEED.contains_subnet(alloc.action.subnet)
+    assert SEED.contains_subnet(alloc.action.subnet.ipv4)
 
 
 def test_random_choice_among_first_100_free() -> None:
@@ -146,9 +147,9 @@ def test_random_choice_among_first_100_free() -> None:
     for seed in range(400):
         action = plan_allocation(cfg, s, ME, None, rng(seed)).action
         assert isinstance(action, Create)
-        assert action.subnet not in taken
-        assert action.subnet in first_100
-        picks.add(action.subnet)
+        assert action.subnet.ipv4 not in taken
+        assert action.subnet.ipv4 in first_100
+        picks.add(action.subnet.ipv4)
     assert len(picks) > 50  # really spread, not always the first free one
 
 
@@ -164,14 +165,14 @@ def test_garbage_records_count_as_taken() -> None:
     s = snap(held("10.0.0.4/30"), invalid=(garbage("10.0.0.8/30"),))
     for seed in range(50):
         action = plan_allocation(TINY, s, ME, None, rng(seed)).action
-        assert action == Create(IPv4Network("10.0.0.12/30"), "free subnet")
+        assert action == Create(SubnetKey(IPv4Network("10.0.0.12/30")), "free subnet")
 
 
 def test_other_length_record_blocks_nothing() -> None:
     """A record with another prefix length (not a lease of this network; a hostile key of the
     whole Network) blocks no subnet, unlike flanneld, where it would stop every new host."""
     s = snap(held("10.0.0.0/28"), held("10.0.0.8/29"))  # covers every /30 of TINY
-    picks = {plan_allocation(TINY, s, ME, None, rng(seed)).action.subnet for seed in range(50)}
+    picks = {plan_allocation(TINY, s, ME, None, rng(seed)).action.subnet.ipv4 for seed in range(50)}
     assert picks == {IPv4Network(f"10.0.0.{n}/30") for n in (4, 8, 12)}
 
 
@@ -181,7 +182,7 @@ def test_stale_own_subnet_can_be_retaken() -> None:
     s = snap(mine, held("10.0.0.8/30"), held("10.0.0.12/30"))
     alloc = plan_allocation(TINY, s, ME, None, rng())
     assert alloc.stale == (mine,)
-    assert alloc.action == Create(IPv4Network("10.0.0.4/30"), "free subnet")
+    assert alloc.action == Create(SubnetKey(IPv4Network("10.0.0.4/30")), "free subnet")
 
 
 def test_exhaustion_raises_out_of_subnets() -> None:
@@ -206,5 +207,5 @@ def test_lease_outside_range_does_not_block() -> None:
     """Leases outside [SubnetMin, SubnetMax] (e.g. the skipped first subnet) block nothing."""
     s = snap(held("10.0.0.0/30"), held("10.0.0.4/30"), held("10.0.0.8/30"))
     assert plan_allocation(TINY, s, ME, None, rng()).action == Create(
-        IPv4Network("10.0.0.12/30"), "free subnet"
+        SubnetKey(IPv4Network("10.0.0.12/30")), "free subnet"
     )

@@ -10,6 +10,7 @@ import pytest
 
 from pyflannel.config import (
     KERNEL_VXLAN_PORT,
+    Ipv4Range,
     NetworkConfig,
     VxlanConfig,
     parse_backend,
@@ -312,12 +313,15 @@ def test_seed_config() -> None:
     )
     cfg = parse_network_config(text)
     assert cfg == NetworkConfig(
-        network=IPv4Network("172.16.0.0/16"),
-        subnet_len=24,
-        subnet_min=IPv4Address("172.16.10.0"),
-        subnet_max=IPv4Address("172.16.99.0"),
+        ipv4=Ipv4Range(
+            network=IPv4Network("172.16.0.0/16"),
+            subnet_len=24,
+            subnet_min=IPv4Address("172.16.10.0"),
+            subnet_max=IPv4Address("172.16.99.0"),
+        ),
         backend=VxlanConfig(vni=1, port=8472),
     )
+    assert cfg.ipv6 is None
     assert cfg.backend.device_name == "flannel.1"
 
 

@@ -6,7 +6,13 @@ from ipaddress import IPv4Address, IPv4Network
 
 import pytest
 
-from pyflannel.ipnet import gateway_address, parse_subnet_key, subnet_key, subnets_between
+from pyflannel.ipnet import (
+    SubnetKey,
+    gateway_address,
+    parse_subnet_key,
+    subnet_key,
+    subnets_between,
+)
 
 
 @pytest.mark.parametrize(
@@ -23,21 +29,8 @@ def test_subnet_key_round_trip(subnet: str, key: str) -> None:
     """subnet_key spells a subnet as flanneld does and parse_subnet_key reads it back."""
     net = IPv4Network(subnet)
     assert subnet_key(net) == key
-    assert parse_subnet_key(key) == net
-    assert parse_subnet_key(f"/coreos.com/network/subnets/{key}") == net
-
-
-@pytest.mark.parametrize(
-    ("key", "subnet"),
-    [
-        ("10.5.34.0-24&fc00:0:0:22::-64", "10.5.34.0/24"),
-        ("/coreos.com/network/subnets/10.5.34.0-24&fc00::-64", "10.5.34.0/24"),
-        ("/run/subnets/10.244.1.0-24&fd00:10:244:1::-64", "10.244.1.0/24"),
-    ],
-)
-def test_dual_stack_key_yields_ipv4_part(key: str, subnet: str) -> None:
-    """A dual-stack key parses to its IPv4 subnet (etcd mode always carries IPv4)."""
-    assert parse_subnet_key(key) == IPv4Network(subnet)
+    assert parse_subnet_key(key) == SubnetKey(net)
+    assert parse_subnet_key(f"/coreos.com/network/subnets/{key}") == SubnetKey(net)
 
 
 @pytest.mark.parametrize(

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address
 
 import pytest
 
+from pyflannel.ipnet import SubnetKey
 from pyflannel.lease import (
     Change,
     EventKind,
@@ -75,7 +76,7 @@ def test_encode_roundtrip() -> None:
             '{"PublicIP":"192.168.64.3","PublicIPv6":"fd00::5","BackendType":"vxlan",'
             '"BackendData":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"},'
             '"BackendV6Data":{"VNI":1,"VtepMAC":"aa:bb:cc:dd:ee:ff"}}',
-            LeaseAttrs(IP, "vxlan", MAC, 1),
+            LeaseAttrs(IP, "vxlan", MAC, 1, IPv6Address("fd00::5"), "aa:bb:cc:dd:ee:ff", 1),
             id="dual-stack",
         ),
         pytest.param(
@@ -153,12 +154,12 @@ def test_encode_is_compact_json_in_go_field_order() -> None:
 
 # --- tracker ------------------------------------------------------------------------------------
 
-NET_A = IPv4Network("10.5.1.0/24")
-NET_B = IPv4Network("10.5.2.0/24")
-NET_C = IPv4Network("10.5.3.0/24")
+NET_A = SubnetKey(IPv4Network("10.5.1.0/24"))
+NET_B = SubnetKey(IPv4Network("10.5.2.0/24"))
+NET_C = SubnetKey(IPv4Network("10.5.3.0/24"))
 
 
-def lease(net: IPv4Network, host: int = 1, mac: str = "02:00:00:00:00:01", rev: int = 1) -> Lease:
+def lease(net: SubnetKey, host: int = 1, mac: str = "02:00:00:00:00:01", rev: int = 1) -> Lease:
     """A vxlan lease on *net* held by 192.168.1.<host>."""
     return Lease(
         net,
@@ -170,20 +171,20 @@ def lease(net: IPv4Network, host: int = 1, mac: str = "02:00:00:00:00:01", rev: 
 
 def added(le: Lease) -> LeaseEvent:
     """An incremental ADDED event for *le*."""
-    return LeaseEvent(EventKind.ADDED, f"/x/subnets/{le.subnet}", subnet=le.subnet, lease=le)
+    return LeaseEvent(EventKind.ADDED, f"/x/subnets/{le.key.name}", subnet=le.key, lease=le)
 
 
-def removed(net: IPv4Network) -> LeaseEvent:
+def removed(net: SubnetKey) -> LeaseEvent:
     """An incremental REMOVED event for *net*."""
-    return LeaseEvent(EventKind.REMOVED, f"/x/subnets/{net}", subnet=net)
+    return LeaseEvent(EventKind.REMOVED, f"/x/subnets/{net.name}", subnet=net)
 
 
-def invalid(net: IPv4Network | None, key: str = "/x/subnets/junk") -> LeaseEvent:
+def invalid(net: SubnetKey | None, key: str = "/x/subnets/junk") -> LeaseEvent:
     """An INVALID record (a key holding garbage) for *net*."""
     return LeaseEvent(EventKind.INVALID, key, subnet=net, reason="not JSON")
 
 
-def kinds(changes: list[Change]) -> list[tuple[EventKind, IPv4Network | None]]:
+def kinds(changes: list[Change]) -> list[tuple[EventKind, SubnetKey | None]]:
     """The (kind, subnet) pairs of *changes*, sorted for comparison."""
     return sorted(((c.kind, c.subnet) for c in changes), key=lambda t: (t[0].value, str(t[1])))
 
@@ -220,7 +221,7 @@ def test_snapshot_unchanged_emits_nothing() -> None:
     """A snapshot equal to what is known emits nothing, even if revisions or expirations moved."""
     a, b = lease(NET_A), lease(NET_B, 2)
     t = tracker_with(a, b)
-    a2 = Lease(a.subnet, a.attrs, expiration=99999.0, revision=77)
+    a2 = Lease(a.key, a.attrs, expiration=99999.0, revision=77)
     assert t.apply(Snapshot((a2, b), revision=80)) == []
 
 
@@ -242,7 +243,7 @@ def test_incremental_added_always_emitted() -> None:
     """Every incremental ADDED is emitted, a renewal with identical attributes too."""
     a = lease(NET_A)
     t = tracker_with(a)
-    renewal = Lease(a.subnet, a.attrs, expiration=2000.0, revision=2)
+    renewal = Lease(a.key, a.attrs, expiration=2000.0, revision=2)
     changes = t.apply(Events((added(renewal),), revision=2))
     assert len(changes) == 1
     assert changes[0].kind is EventKind.ADDED

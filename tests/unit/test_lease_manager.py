@@ -10,6 +10,7 @@ import pytest
 
 from pyflannel.config import parse_network_config
 from pyflannel.errors import AlreadyExists, LeaseLost, PyflannelError
+from pyflannel.ipnet import SubnetKey
 from pyflannel.lease import Lease, LeaseAttrs
 from pyflannel.registry import LEASE_TTL
 from pyflannel.subnet import RACE_RETRIES, LeaseManager
@@ -52,6 +53,11 @@ def manager(registry: MemoryRegistry, hint: str | None = None, seed: int = 0) ->
     )
 
 
+def net(subnet: str) -> SubnetKey:
+    """The key of the IPv4-only lease on *subnet*."""
+    return SubnetKey(IPv4Network(subnet))
+
+
 def key(subnet: str) -> str:
     """The etcd key of *subnet*."""
     net = IPv4Network(subnet)
@@ -65,16 +71,16 @@ def test_acquire_creates_new_lease(registry: MemoryRegistry, clock: FakeClock) -
     assert lease.attrs == MY_ATTRS
     assert lease.expiration == pytest.approx(clock.time() + LEASE_TTL)
     assert registry.get_raw(key(str(lease.subnet))) == MY_ATTRS.encode()
-    assert registry.get_subnet(lease.subnet) == Lease(
-        lease.subnet, MY_ATTRS, lease.expiration, lease.revision
+    assert registry.get_subnet(lease.key) == Lease(
+        lease.key, MY_ATTRS, lease.expiration, lease.revision
     )
 
 
 def test_acquire_reuses_lease_with_our_ip(registry: MemoryRegistry, clock: FakeClock) -> None:
     """A lease already carrying our public IP is rewritten with our new attributes and kept."""
     old = LeaseAttrs(ME, "vxlan", "02:aa:00:00:00:99", 1)
-    registry.create_subnet(IPv4Network("172.16.34.0/24"), old, LEASE_TTL)
-    registry.create_subnet(IPv4Network("172.16.35.0/24"), OTHER_ATTRS, LEASE_TTL)
+    registry.create_subnet(net("172.16.34.0/24"), old, LEASE_TTL)
+    registry.create_subnet(net("172.16.35.0/24"), OTHER_ATTRS, LEASE_TTL)
     clock.advance(3600)
     lease = manager(registry, hint="172.16.50.0/24").acquire(CFG, MY_ATTRS)
     assert lease.subnet == IPv4Network("172.16.34.0/24")
@@ -96,7 +102,7 @@ def test_acquire_reuses_reservation_without_ttl(registry: MemoryRegistry, clock:
 
 def test_acquire_deletes_incompatible_own_lease(registry: MemoryRegistry) -> None:
     """Our lease outside the current config is deleted and a compatible subnet created."""
-    registry.create_subnet(IPv4Network("172.16.5.0/24"), MY_ATTRS, LEASE_TTL)
+    registry.create_subnet(net("172.16.5.0/24"), MY_ATTRS, LEASE_TTL)
     lease = manager(registry).acquire(CFG, MY_ATTRS)
     assert CFG.contains_subnet(lease.subnet)
     assert registry.get_raw(key("172.16.5.0/24")) is None
@@ -111,7 +117,7 @@ def test_acquire_uses_free_hint(registry: MemoryRegistry) -> None:
 
 def test_acquire_never_steals_hint(registry: MemoryRegistry) -> None:
     """A previous subnet held by another node is left alone; another subnet is created."""
-    registry.create_subnet(IPv4Network("172.16.42.0/24"), OTHER_ATTRS, LEASE_TTL)
+    registry.create_subnet(net("172.16.42.0/24"), OTHER_ATTRS, LEASE_TTL)
     lease = manager(registry, hint="172.16.42.0/24").acquire(CFG, MY_ATTRS)
     assert lease.subnet != IPv4Network("172.16.42.0/24")
     assert registry.get_raw(key("172.16.42.0/24")) == OTHER_ATTRS.encode()
@@ -123,9 +129,9 @@ class RacingRegistry(MemoryRegistry):
     def __init__(self, losses: int, **kwargs: object) -> None:
         super().__init__(PREFIX, **kwargs)  # type: ignore[arg-type]
         self.losses = losses
-        self.attempts: list[IPv4Network] = []
+        self.attempts: list[SubnetKey] = []
 
-    def create_subnet(self, subnet: IPv4Network, attrs: LeaseAttrs, ttl: int) -> Lease:
+    def create_subnet(self, subnet: SubnetKey, attrs: LeaseAttrs, ttl: int) -> Lease:
         self.attempts.append(subnet)
         if len(self.attempts) <= self.losses:
             rival = LeaseAttrs(
@@ -139,10 +145,10 @@ def test_acquire_race_lost_retries(clock: FakeClock) -> None:
     """Losing the compare-and-set race re-lists and picks another subnet."""
     registry = RacingRegistry(losses=1, clock=clock)
     lease = manager(registry, hint="172.16.42.0/24").acquire(CFG, MY_ATTRS)
-    assert registry.attempts[0] == IPv4Network("172.16.42.0/24")
+    assert registry.attempts[0] == net("172.16.42.0/24")
     assert len(registry.attempts) == 2
-    assert lease.subnet == registry.attempts[1] != IPv4Network("172.16.42.0/24")
-    rival = registry.get_subnet(IPv4Network("172.16.42.0/24"))
+    assert lease.key == registry.attempts[1] != net("172.16.42.0/24")
+    rival = registry.get_subnet(net("172.16.42.0/24"))
     assert rival is not None
     assert rival.attrs.public_ip == IPv4Address("10.9.0.1")  # the winner keeps its lease
 
@@ -152,7 +158,7 @@ def test_acquire_race_lost_several_times(clock: FakeClock) -> None:
     registry = RacingRegistry(losses=2, clock=clock)
     lease = manager(registry).acquire(TINY, MY_ATTRS)
     assert len(set(registry.attempts)) == 3
-    assert lease.subnet == registry.attempts[2]
+    assert lease.key == registry.attempts[2]
     assert len(registry.list_subnets().leases) == 3
 
 
@@ -185,21 +191,21 @@ def test_renew_keeps_reservation_ttl_zero(registry: MemoryRegistry, clock: FakeC
     renewed = mgr.renew(lease, MY_ATTRS)
     assert renewed.expiration is None
     clock.advance(10 * LEASE_TTL)
-    assert registry.get_subnet(IPv4Network("172.16.40.0/24")) is not None
+    assert registry.get_subnet(net("172.16.40.0/24")) is not None
 
 
 def test_lease_expires_without_renewal(registry: MemoryRegistry, clock: FakeClock) -> None:
     """Without renewal the lease is gone after its TTL (the precondition for reacquire)."""
     lease = manager(registry).acquire(CFG, MY_ATTRS)
     clock.advance(LEASE_TTL + 1)
-    assert registry.get_subnet(lease.subnet) is None
+    assert registry.get_subnet(lease.key) is None
 
 
 def test_reacquire_when_free(registry: MemoryRegistry, clock: FakeClock) -> None:
     """A vanished lease whose subnet is still free is created again on the same subnet."""
     mgr = manager(registry)
     lease = mgr.acquire(CFG, MY_ATTRS)
-    registry.delete_subnet(lease.subnet)
+    registry.delete_subnet(lease.key)
     again = mgr.reacquire(lease, MY_ATTRS)
     assert again.subnet == lease.subnet
     assert again.expiration == pytest.approx(clock.time() + LEASE_TTL)
@@ -219,8 +225,8 @@ def test_reacquire_lease_lost_to_other(registry: MemoryRegistry) -> None:
     """LeaseLost names the new holder when someone else holds our subnet now."""
     mgr = manager(registry)
     lease = mgr.acquire(CFG, MY_ATTRS)
-    registry.delete_subnet(lease.subnet)
-    registry.create_subnet(lease.subnet, OTHER_ATTRS, LEASE_TTL)
+    registry.delete_subnet(lease.key)
+    registry.create_subnet(lease.key, OTHER_ATTRS, LEASE_TTL)
     with pytest.raises(LeaseLost, match=str(OTHER)):
         mgr.reacquire(lease, MY_ATTRS)
     assert registry.get_raw(key(str(lease.subnet))) == OTHER_ATTRS.encode()
@@ -247,6 +253,6 @@ def test_reacquire_overwrites_garbage(registry: MemoryRegistry, garbage: str) ->
 
 def test_create_conflict_is_already_exists(registry: MemoryRegistry) -> None:
     """The registry's create refuses a held subnet (what acquire's retry relies on)."""
-    registry.create_subnet(IPv4Network("172.16.42.0/24"), OTHER_ATTRS, LEASE_TTL)
+    registry.create_subnet(net("172.16.42.0/24"), OTHER_ATTRS, LEASE_TTL)
     with pytest.raises(AlreadyExists):
-        registry.create_subnet(IPv4Network("172.16.42.0/24"), MY_ATTRS, LEASE_TTL)
+        registry.create_subnet(net("172.16.42.0/24"), MY_ATTRS, LEASE_TTL)

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from pyflannel.errors import SubnetEnvError
+from pyflannel.ipnet import SubnetKey
 from pyflannel.subnetenv import (
     check_writable,
     read_subnet_hint,
@@ -110,7 +111,7 @@ def test_check_writable_leaves_nothing(tmp_path: Path) -> None:
         ),
         pytest.param("FLANNEL_SUBNET=10.4.0.65/26", "10.4.0.64/26", id="no-newline"),
         pytest.param(
-            "# comment\nFLANNEL_IPV6_SUBNET=fc00::1/64\nFLANNEL_SUBNET=10.5.9.1/24\n",
+            "# comment\nFLANNEL_NETWORK=10.5.0.0/16\nFLANNEL_SUBNET=10.5.9.1/24\n",
             "10.5.9.0/24",
             id="other-lines",
         ),
@@ -120,14 +121,14 @@ def test_read_hint_valid(tmp_path: Path, content: str, expected: str) -> None:
     """FLANNEL_SUBNET is read as a CIDR and masked to its network (10.5.34.1/24 -> 10.5.34.0/24)."""
     path = tmp_path / "subnet.env"
     path.write_text(content)
-    assert read_subnet_hint(path) == IPv4Network(expected)
+    assert read_subnet_hint(path) == SubnetKey(IPv4Network(expected))
 
 
 def test_read_hint_round_trip(tmp_path: Path) -> None:
     """What write_subnet_env wrote, read_subnet_hint reads back as the lease subnet."""
     path = tmp_path / "subnet.env"
     write_subnet_env(path, SEED_TEXT)
-    assert read_subnet_hint(path) == IPv4Network("172.16.34.0/24")
+    assert read_subnet_hint(path) == SubnetKey(IPv4Network("172.16.34.0/24"))
 
 
 def test_read_hint_missing(tmp_path: Path) -> None:
