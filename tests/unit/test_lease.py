@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
-from ipaddress import IPv4Address, IPv4Network, IPv6Address
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
+from pathlib import Path
 
 import pytest
 
 from pyflannel.ipnet import SubnetKey
 from pyflannel.lease import (
+    NO_PUBLIC_IP,
     Change,
     EventKind,
     Events,
@@ -20,6 +22,7 @@ from pyflannel.lease import (
     Snapshot,
     decode_attrs,
 )
+from pyflannel.registry import decode_record
 
 FLANNELD_BYTES = (
     '{"PublicIP":"192.168.64.3","PublicIPv6":null,"BackendType":"vxlan",'
@@ -150,6 +153,167 @@ def test_encode_is_compact_json_in_go_field_order() -> None:
     text = LeaseAttrs(IPv4Address("10.0.0.1"), "vxlan", "02:00:00:00:00:01").encode()
     assert " " not in text
     assert list(json.loads(text)) == ["PublicIP", "PublicIPv6", "BackendType", "BackendData"]
+
+
+# --- IPv6: dual-stack and IPv6-only values -----------------------------------------------------
+
+#: What a real Go toolchain encodes (tests/unit/fixtures/go_ipv6_text.go): flanneld v0.17 over
+#: etcd v2 (VNI a uint16) and v0.18+ over v3 (uint32) write the same dual-stack bytes.
+GO = json.loads((Path(__file__).parent / "fixtures" / "go_ipv6_text.json").read_text())["flanneld"]
+MAC6 = "7e:1a:8e:5b:29:aa"
+IP6 = IPv6Address("fd00::5")
+DUAL = LeaseAttrs(IP, "vxlan", MAC, 1, IP6, MAC6, 1)
+ONLY6 = LeaseAttrs(NO_PUBLIC_IP, "vxlan", None, None, IP6, MAC6, 1)
+DUAL_BYTES = (
+    '{"PublicIP":"192.168.64.3","PublicIPv6":"fd00::5","BackendType":"vxlan",'
+    '"BackendData":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"},'
+    '"BackendV6Data":{"VNI":1,"VtepMAC":"7e:1a:8e:5b:29:aa"}}'
+)
+
+
+def test_go_fixture_is_what_these_tests_assume() -> None:
+    """The Go-made bytes: v0.17 and HEAD identical for dual stack; IPv4 as reservations.md."""
+    assert GO["dual_v0.17"] == GO["dual_head"] == DUAL_BYTES
+    assert GO["v4only_head"] == FLANNELD_BYTES
+
+
+@pytest.mark.parametrize(
+    ("attrs", "text"),
+    [
+        pytest.param(DUAL, GO["dual_head"], id="dual-stack"),
+        pytest.param(ONLY6, GO["v6only_head"], id="ipv6-only"),
+        pytest.param(LeaseAttrs(IP, "vxlan", MAC, 1), GO["v4only_head"], id="ipv4-only"),
+    ],
+)
+def test_encode_exact_flanneld_ipv6_bytes(attrs: LeaseAttrs, text: str) -> None:
+    """Byte for byte what flanneld writes: PublicIPv6 a string (null without IPv6), then
+    BackendV6Data {VNI, VtepMAC} after BackendData; an IPv6-only host writes PublicIP 0.0.0.0
+    and no BackendData (omitempty)."""
+    assert attrs.encode() == text
+    assert decode_attrs(text) == attrs
+
+
+def test_ipv6_field_order() -> None:
+    """Go's field order, both backend objects last."""
+    assert list(json.loads(DUAL.encode())) == [
+        "PublicIP",
+        "PublicIPv6",
+        "BackendType",
+        "BackendData",
+        "BackendV6Data",
+    ]
+    assert list(json.loads(DUAL.encode())["BackendV6Data"]) == ["VNI", "VtepMAC"]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        pytest.param(
+            '{"publicip":"192.168.64.3","publicipv6":"FD00:0:0:0:0:0:0:5","backendtype":"vxlan",'
+            '"backenddata":{"vni":1,"vtepmac":"c6:d2:32:6f:8f:44"},'
+            '"backendv6data":{"vni":1,"vtepmac":"7E:1A:8E:5B:29:AA"}}',
+            DUAL,
+            id="any-case-any-spelling",
+        ),
+        pytest.param(
+            '{"PublicIP":"192.168.64.3","PublicIPv6":"fd00::5","BackendType":"vxlan",'
+            '"BackendData":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"},'
+            '"BackendV6Data":{"VtepMAC":"7e:1a:8e:5b:29:aa"}}',
+            LeaseAttrs(IP, "vxlan", MAC, 1, IP6, MAC6, None),
+            id="v6-data-without-VNI",
+        ),
+        pytest.param(
+            '{"PublicIP":"192.168.64.3","PublicIPv6":"10.0.0.9","BackendType":"vxlan"}',
+            LeaseAttrs(IP, "vxlan", public_ipv6=IPv6Address("::ffff:10.0.0.9")),
+            id="ipv4-text-as-go-reads-it",
+        ),
+        pytest.param(
+            '{"PublicIP":"192.168.64.3","PublicIPv6":null,"BackendType":"vxlan",'
+            '"BackendV6Data":null}',
+            LeaseAttrs(IP, "vxlan"),
+            id="nulls",
+        ),
+    ],
+)
+def test_decode_ipv6_forms(text: str, expected: LeaseAttrs) -> None:
+    """IPv6 fields decode case-insensitively, in any spelling Go accepts; null is none."""
+    assert decode_attrs(text) == expected
+
+
+def test_ipv4_mapped_public_ipv6_written_as_go_prints_it() -> None:
+    """An IPv4-mapped PublicIPv6 is written dotted, as flanneld's IP6 prints it."""
+    attrs = LeaseAttrs(IP, "vxlan", public_ipv6=IPv6Address("::ffff:10.0.0.9"))
+    assert '"PublicIPv6":"10.0.0.9"' in attrs.encode()
+    assert decode_attrs(attrs.encode()) == attrs
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        pytest.param('{"PublicIP":"0.0.0.0","PublicIPv6":"fe80::1%eth0"}', id="zone"),
+        pytest.param('{"PublicIP":"0.0.0.0","PublicIPv6":""}', id="empty"),
+        pytest.param('{"PublicIP":"0.0.0.0","PublicIPv6":5}', id="number"),
+        pytest.param('{"PublicIP":"0.0.0.0","PublicIPv6":"fd00::5::1"}', id="two-double-colons"),
+        pytest.param('{"PublicIP":"0.0.0.0","BackendV6Data":[1]}', id="v6-data-array"),
+        pytest.param('{"PublicIP":"0.0.0.0","BackendV6Data":{"VtepMAC":"zz"}}', id="v6-bad-mac"),
+        pytest.param('{"PublicIP":"0.0.0.0","BackendV6Data":{"VNI":"1"}}', id="v6-string-vni"),
+        pytest.param('{"PublicIP":"0.0.0.0","BackendV6Data":{"VNI":16777216}}', id="v6-big-vni"),
+        pytest.param('{"PublicIPv6":"fd00::5"}', id="PublicIP-missing"),
+    ],
+)
+def test_decode_ipv6_garbage(text: str) -> None:
+    """A bad IPv6 half makes the value undecodable, as it does for Go's json.Unmarshal (a
+    PublicIPv6 flanneld cannot parse fails the whole lease there too)."""
+    with pytest.raises(LeaseDecodeError):
+        decode_attrs(text)
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        pytest.param("10.5.34.0-24&fc00:0:0:22::-64", GO["dual_v0.17"], id="v0.17-over-v2"),
+        pytest.param("10.5.34.0-24&fc00:0:0:22::-64", GO["dual_head"], id="v0.28-over-v3"),
+        pytest.param("0.0.0.0-0&fc00:0:0:22::-64", GO["v6only_head"], id="ipv6-only"),
+    ],
+)
+def test_flanneld_dual_stack_records_round_trip(key: str, value: str) -> None:
+    """A record exactly as flanneld writes it is read as a lease with both halves (or the IPv6
+    one), marked exact (pyflannel would write the same bytes under the same key)."""
+    ev = decode_record(f"/coreos.com/network/subnets/{key}", value, None, 5)
+    assert ev.kind is EventKind.ADDED and ev.lease is not None
+    lease = ev.lease
+    assert lease.exact
+    assert lease.key.name == key
+    assert lease.attrs.encode() == value
+    assert lease.ipv6_subnet == IPv6Network("fc00:0:0:22::/64")
+    assert lease.attrs.public_ipv6 == IP6 and lease.attrs.v6_vtep_mac == MAC6
+    if lease.key.ipv4 is None:
+        assert lease.subnet == IPv4Network("0.0.0.0/0")  # flanneld's empty IPv4 subnet
+        assert lease.attrs.public_ip == NO_PUBLIC_IP and lease.attrs.vtep_mac is None
+    else:
+        assert lease.subnet == IPv4Network("10.5.34.0/24") and lease.attrs.vtep_mac == MAC
+
+
+def test_lease_needs_a_subnet_key() -> None:
+    """A bare IPv4Network is refused as a lease's key: for a dual-stack lease it would address
+    another etcd key."""
+    with pytest.raises(TypeError):
+        Lease(IPv4Network("10.5.1.0/24"), DUAL)  # type: ignore[arg-type]
+
+
+def test_tracker_keeps_ipv4_dual_and_ipv6_only_peers_apart() -> None:
+    """Leases are known by their whole key: an IPv4-only, a dual-stack and two IPv6-only peers
+    (whose IPv4 halves are all "none") are four peers, and removing one removes only it."""
+    v4 = SubnetKey(IPv4Network("10.5.1.0/24"))
+    dual = SubnetKey(IPv4Network("10.5.2.0/24"), IPv6Network("fc00:0:0:2::/64"))
+    only_a = SubnetKey(None, IPv6Network("fc00:0:0:3::/64"))
+    only_b = SubnetKey(None, IPv6Network("fc00:0:0:4::/64"))
+    leases = [Lease(k, ONLY6 if k.ipv4 is None else DUAL) for k in (v4, dual, only_a, only_b)]
+    t = tracker_with(*leases)
+    assert set(t.leases) == {v4, dual, only_a, only_b}
+    changes = t.apply(Events((removed(only_a),), revision=2))
+    assert [(c.kind, c.subnet) for c in changes] == [(EventKind.REMOVED, only_a)]
+    assert set(t.leases) == {v4, dual, only_b}
 
 
 # --- tracker ------------------------------------------------------------------------------------

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import json
 import random
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address
 
 import pytest
 
-from pyflannel.config import parse_network_config
+from pyflannel.config import parse_network_config, read_network_config
 from pyflannel.errors import AlreadyExists, LeaseLost, PyflannelError
-from pyflannel.ipnet import SubnetKey
-from pyflannel.lease import Lease, LeaseAttrs
+from pyflannel.ipnet import SubnetKey, ipv6_text
+from pyflannel.lease import NO_PUBLIC_IP, Lease, LeaseAttrs, Snapshot
 from pyflannel.registry import LEASE_TTL
 from pyflannel.subnet import RACE_RETRIES, LeaseManager
 from pyflannel.testing import FakeClock, MemoryRegistry
@@ -21,17 +21,15 @@ ME = IPv4Address("10.0.1.3")
 OTHER = IPv4Address("10.0.2.3")
 MY_ATTRS = LeaseAttrs(ME, "vxlan", "02:aa:00:00:00:01", 1)
 OTHER_ATTRS = LeaseAttrs(OTHER, "vxlan", "02:bb:00:00:00:02", 1)
-CFG = parse_network_config(
-    json.dumps(
-        {
-            "Network": "172.16.0.0/16",
-            "SubnetLen": 24,
-            "SubnetMin": "172.16.10.0",
-            "SubnetMax": "172.16.99.0",
-            "Backend": {"Type": "vxlan", "Port": 8472},
-        }
-    )
-)
+OTHER_MAC6 = "02:bb:00:00:00:06"
+CFG_FIELDS = {
+    "Network": "172.16.0.0/16",
+    "SubnetLen": 24,
+    "SubnetMin": "172.16.10.0",
+    "SubnetMax": "172.16.99.0",
+    "Backend": {"Type": "vxlan", "Port": 8472},
+}
+CFG = parse_network_config(json.dumps(CFG_FIELDS))
 #: Three /30 subnets: 10.0.0.4, 10.0.0.8, 10.0.0.12.
 TINY = parse_network_config('{"Network":"10.0.0.0/28","Backend":{"Type":"vxlan"}}')
 
@@ -256,3 +254,115 @@ def test_create_conflict_is_already_exists(registry: MemoryRegistry) -> None:
     registry.create_subnet(net("172.16.42.0/24"), OTHER_ATTRS, LEASE_TTL)
     with pytest.raises(AlreadyExists):
         registry.create_subnet(net("172.16.42.0/24"), MY_ATTRS, LEASE_TTL)
+
+
+# --- IPv6 -----------------------------------------------------------------------------------------
+
+ME6 = IPv6Address("fd00::3")
+DUAL_CFG = read_network_config(
+    json.dumps({**CFG_FIELDS, "EnableIPv6": True, "IPv6Network": "fc00::/48"})
+)
+ONLY6_CFG = read_network_config(
+    '{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fc00::/48","Backend":{"Type":"vxlan"}}'
+)
+MY_DUAL = LeaseAttrs(ME, "vxlan", "02:aa:00:00:00:01", 1, ME6, "02:aa:00:00:00:06", 1)
+MY_ONLY6 = LeaseAttrs(NO_PUBLIC_IP, "vxlan", None, None, ME6, "02:aa:00:00:00:06", 1)
+
+
+def manager6(registry: MemoryRegistry, public_ip: IPv4Address = ME, seed: int = 0) -> LeaseManager:
+    """A LeaseManager for a host with IPv6 address ME6 (and *public_ip*)."""
+    return LeaseManager(registry, public_ip, public_ipv6=ME6, rng=random.Random(seed))
+
+
+def test_dual_stack_acquire_writes_flanneld_key_and_bytes(registry: MemoryRegistry) -> None:
+    """A dual-stack lease is stored under ``<v4>-<len>&<v6>-<len>`` with exactly the bytes
+    flanneld writes, and read back as the same lease."""
+    lease = manager6(registry).acquire(DUAL_CFG, MY_DUAL)
+    assert lease.key.ipv4 is not None and lease.key.ipv6 is not None
+    name = lease.key.name
+    assert name == (
+        f"{lease.key.ipv4.network_address}-24&{ipv6_text(lease.key.ipv6.network_address)}-64"
+    )
+    assert registry.get_raw(f"{PREFIX}/subnets/{name}") == MY_DUAL.encode()
+    assert registry.get_subnet(lease.key) == lease
+    assert [x.key for x in registry.list_subnets().leases] == [lease.key]
+
+
+def test_ipv6_only_acquire_and_restart(registry: MemoryRegistry) -> None:
+    """An IPv6-only host leases ``0.0.0.0-0&<v6>-<len>``; after a restart it finds its lease by
+    PublicIPv6, not the lease of another IPv6-only host (both say PublicIP 0.0.0.0)."""
+    other = LeaseAttrs(NO_PUBLIC_IP, "vxlan", None, None, IPv6Address("fd00::9"), OTHER_MAC6, 1)
+    theirs = LeaseManager(registry, NO_PUBLIC_IP, public_ipv6=IPv6Address("fd00::9"))
+    their_lease = theirs.acquire(ONLY6_CFG, other)
+    lease = manager6(registry, NO_PUBLIC_IP, seed=1).acquire(ONLY6_CFG, MY_ONLY6)
+    assert lease.key.ipv4 is None and lease.key.name.startswith("0.0.0.0-0&fc00:0:0:")
+    assert lease.key != their_lease.key
+    again = manager6(registry, NO_PUBLIC_IP, seed=2).acquire(ONLY6_CFG, MY_ONLY6)
+    assert again.key == lease.key
+    assert registry.get_subnet(their_lease.key) == their_lease
+
+
+def test_renew_and_reacquire_address_the_whole_key(registry: MemoryRegistry) -> None:
+    """Renewal and re-acquisition write the dual-stack key itself, never an IPv4-only key
+    for its IPv4 half."""
+    mgr = manager6(registry)
+    lease = mgr.acquire(DUAL_CFG, MY_DUAL)
+    mgr.renew(lease, MY_DUAL)
+    registry.delete_subnet(lease.key)
+    mgr.reacquire(lease, MY_DUAL)
+    assert [x.key for x in registry.list_subnets().leases] == [lease.key]
+
+
+def test_ipv6_only_reacquire_lost_to_another_ipv6_only_host(registry: MemoryRegistry) -> None:
+    """An IPv6-only holder is judged by its IPv6 half: another host's lease is a takeover
+    (LeaseLost naming its PublicIPv6), not garbage to overwrite."""
+    mgr = manager6(registry, NO_PUBLIC_IP)
+    lease = mgr.acquire(ONLY6_CFG, MY_ONLY6)
+    registry.delete_subnet(lease.key)
+    other = LeaseAttrs(NO_PUBLIC_IP, "vxlan", None, None, IPv6Address("fd00::9"), OTHER_MAC6, 1)
+    registry.create_subnet(lease.key, other, LEASE_TTL)
+    with pytest.raises(LeaseLost, match="fd00::9"):
+        mgr.reacquire(lease, MY_ONLY6)
+
+
+class HalfRacingRegistry(MemoryRegistry):
+    """A rival IPv4-only host creates a key holding the IPv4 half of our first create, just
+    before it: compare-and-set cannot see it (the keys differ)."""
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(PREFIX, **kwargs)  # type: ignore[arg-type]
+        self.attempts: list[SubnetKey] = []
+
+    def create_subnet(self, subnet: SubnetKey, attrs: LeaseAttrs, ttl: int) -> Lease:
+        self.attempts.append(subnet)
+        if len(self.attempts) == 1 and subnet.ipv4 is not None:
+            super().create_subnet(SubnetKey(subnet.ipv4), OTHER_ATTRS, ttl)
+        return super().create_subnet(subnet, attrs, ttl)
+
+
+def test_race_lost_on_one_half_is_given_up(clock: FakeClock) -> None:
+    """Two keys sharing an IPv4 half both pass compare-and-set: the later one (ours) sees the
+    earlier, deletes itself and takes other subnets; the rival keeps its lease."""
+    registry = HalfRacingRegistry(clock=clock)
+    lease = manager6(registry).acquire(DUAL_CFG, MY_DUAL)
+    first = registry.attempts[0]
+    assert len(registry.attempts) == 2 and lease.key == registry.attempts[1]
+    assert lease.key.ipv4 != first.ipv4
+    keys = {x.key for x in registry.list_subnets().leases}
+    assert keys == {SubnetKey(first.ipv4), lease.key}
+
+
+def test_ipv4_only_keyspace_lists_once(clock: FakeClock) -> None:
+    """Among IPv4-only keys, compare-and-set is the whole story: no second listing."""
+
+    class Counting(MemoryRegistry):
+        lists = 0
+
+        def list_subnets(self) -> Snapshot:
+            Counting.lists += 1
+            return super().list_subnets()
+
+    registry = Counting(PREFIX, clock=clock)
+    registry.create_subnet(net("172.16.50.0/24"), OTHER_ATTRS, LEASE_TTL)
+    manager(registry).acquire(CFG, MY_ATTRS)
+    assert Counting.lists == 1
