@@ -20,8 +20,10 @@ _Net = TypeVar("_Net", IPv4Network, IPv6Network)
 # "$" would also take a trailing newline, so a key such as "10.5.1.0-24\n" would alias (and its
 # deletion remove) the real lease on 10.5.1.0/24.  The IPv6 part is lowercase hex and colons, as
 # in flanneld's own pattern (no dots: a dotted IPv6 key is not a subnet to flanneld either).
+# Prefix lengths without leading zeros ("-08" would be a second spelling of "-8"); Python's
+# IPv4Network refuses leading zeros in octets itself.
 _KEY_RE = re.compile(
-    r"(\d{1,3}(?:\.\d{1,3}){3})-(\d{1,2})(?:&([0-9a-f:]{2,39})-(\d{1,3}))?", re.ASCII
+    r"(\d{1,3}(?:\.\d{1,3}){3})-(0|[1-9]\d?)(?:&([0-9a-f:]{2,39})-(0|[1-9]\d{0,2}))?", re.ASCII
 )
 #: The longest key parse_subnet_key looks at; a dual-stack name is under 70 characters, and
 #: etcd keys under a prefix stay far below this unless someone writes garbage.
@@ -153,10 +155,12 @@ def parse_subnet_key(key: str) -> SubnetKey | None:
             if int(m.group(4)) > MAX_KEY_IPV6_PREFIX:
                 return None
             ipv6 = IPv6Network(f"{m.group(3)}/{m.group(4)}", strict=True)
-        parsed = SubnetKey(None if ipv4 == NO_IPV4 else ipv4, ipv6)
+            # The one IPv6 spelling flanneld writes (the IPv4 half is canonical once parsed).
+            if ipv6_text(ipv6.network_address) != m.group(3):
+                return None
+        return SubnetKey(None if ipv4 == NO_IPV4 else ipv4, ipv6)
     except ValueError:
         return None
-    return parsed if parsed.name == name else None
 
 
 def _walk(cls: type[_Net], bits: int, first: int, last: int, prefixlen: int) -> Iterator[_Net]:

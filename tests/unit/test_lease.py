@@ -294,6 +294,17 @@ def test_flanneld_dual_stack_records_round_trip(key: str, value: str) -> None:
         assert lease.subnet == IPv4Network("10.5.34.0/24") and lease.attrs.vtep_mac == MAC
 
 
+def test_v015_dual_stack_value_under_an_ipv4_key() -> None:
+    """flanneld v0.15-v0.16 in etcd mode never store an IPv6 subnet (keys stay IPv4, leases are
+    forced IPv4-only), yet with EnableIPv6 they write the dual-stack value under the IPv4 key
+    (and then fail configuring flannel-v6, code-derived).  Such a record is an IPv4 lease whose
+    value also says PublicIPv6/BackendV6Data; it is read exactly."""
+    ev = decode_record("/coreos.com/network/subnets/10.5.34.0-24", GO["dual_v0.17"], None, 5)
+    assert ev.lease is not None and ev.lease.exact
+    assert ev.lease.key == SubnetKey(IPv4Network("10.5.34.0/24"))
+    assert ev.lease.attrs == DUAL
+
+
 def test_lease_needs_a_subnet_key() -> None:
     """A bare IPv4Network is refused as a lease's key: for a dual-stack lease it would address
     another etcd key."""

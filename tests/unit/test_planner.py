@@ -24,6 +24,7 @@ from pyflannel.kernel.plan import (
 )
 from pyflannel.kernel.records import Fdb, KernelState, Neigh, PeerEntries, Route, RouteEntry
 from pyflannel.lease import NO_PUBLIC_IP, Lease, LeaseAttrs
+from pyflannel.peersync import PeerSync
 
 DEV = 7
 S1 = IPv4Network("10.5.51.0/24")
@@ -571,3 +572,34 @@ def test_apply_is_two_batches() -> None:
     )
     apply(plan_states(many, programmed((S1, P1, M1))), w)
     assert w.batches == 2
+
+
+class _Kernel:
+    """What PeerSync asks of a KernelSync when a lease changes: the wanted entries per subnet
+    (the real Desired index, no kernel behind it)."""
+
+    def __init__(self, dev: int) -> None:
+        self.dev = dev
+        self.desired = Desired()
+
+    def set_peer(self, subnet: IPv4Network, entries: PeerEntries | None) -> Keys:
+        return self.desired.set(subnet, entries)
+
+    def route_is_onlink(self, _ip: IPv4Address) -> bool:
+        return False
+
+
+def test_peer_sync_takes_only_the_ipv4_half() -> None:
+    """The IPv4 device is told about a dual-stack peer's IPv4 half; an IPv6-only key changes
+    nothing on it (and is no skipped peer to warn about)."""
+    kernel = _Kernel(DEV)
+    sync = PeerSync(lambda dev, _own: kernel, DEV, SCOPE)  # type: ignore[arg-type,return-value]
+    only6 = SubnetKey(None, IPv6Network("fc00:0:0:7::/64"))
+    attrs6 = LeaseAttrs(NO_PUBLIC_IP, "vxlan", None, None, IPv6Address("fd00::7"), M2, 1)
+    assert not sync.update(only6, Lease(only6, attrs6))
+    assert kernel.desired.peers == {}
+    dual = SubnetKey(S1, IPv6Network("fc00:0:0:8::/64"))
+    assert sync.update(dual, Lease(dual, LeaseAttrs(P1, "vxlan", M1, 1)))
+    assert set(kernel.desired.peers) == {S1}
+    sync.update(dual, None)
+    assert kernel.desired.peers == {}
