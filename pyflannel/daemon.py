@@ -535,7 +535,9 @@ class Daemon:
             dirty, self._dirty = self._dirty, set()
             leases = {s: self._tracker.leases.get(s) for s in dirty}
         keys = Keys()
-        for subnet, lease in leases.items():
+        # Removals first: two keys can share an IPv4 half (a host moving from 10.5.1.0-24 to
+        # 10.5.1.0-24&fc00:…), and the new key's entries must not be undone by the old one's.
+        for subnet, lease in sorted(leases.items(), key=lambda item: item[1] is not None):
             keys.add(self.peers.update(subnet, lease))
         note = self.peers.poll()
         if note.device:
