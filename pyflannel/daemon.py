@@ -33,7 +33,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, replace
-from ipaddress import IPv4Interface, IPv4Network
+from ipaddress import IPv4Interface
 from types import FrameType
 from typing import TYPE_CHECKING, TypeVar
 
@@ -55,6 +55,7 @@ from pyflannel.errors import (
     UnsupportedBackend,
 )
 from pyflannel.iface import ExternalInterface, choose_external, underlay_overlaps
+from pyflannel.ipnet import SubnetKey
 from pyflannel.kernel.netlink import Netlink
 from pyflannel.kernel.plan import Keys
 from pyflannel.kernel.records import Link, VxlanSpec
@@ -175,7 +176,7 @@ class Daemon:
         self.stop = threading.Event()
         self._wake = Waker()
         self._resync: Iterator[None] | None = None  # a periodic resync under way
-        self._dirty: set[IPv4Network] = set()  # subnets whose lease changed, for the main loop
+        self._dirty: set[SubnetKey] = set()  # subnets whose lease changed, for the main loop
         self._lock = threading.Lock()
         self._tracker = LeaseTracker()
         self._synced = False
@@ -399,10 +400,10 @@ class Daemon:
         backoff, once = Backoff(initial=0.25, maximum=1.0), OnceFilter()
         revision: int | None = None
         first, self.manager.snapshot = self.manager.snapshot, None
-        own = self.lease.subnet
+        own = self.lease.key
         if first is not None:  # acquire's listing: the watch goes on from there
             # It predates our own write, which the watch delivers next: take our key from that.
-            self._ingest(replace(first, leases=tuple(x for x in first.leases if x.subnet != own)))
+            self._ingest(replace(first, leases=tuple(x for x in first.leases if x.key != own)))
             revision = first.revision
         relist = "start"
         while not self.stop.is_set():
@@ -464,7 +465,7 @@ class Daemon:
         if first:
             # The first listing is one state change, not one per peer (10,000 lines at start).
             for ch in changes:
-                if ch.kind is EventKind.INVALID or ch.subnet == self.lease.subnet:
+                if ch.kind is EventKind.INVALID or ch.subnet == self.lease.key:
                     self._log_change(ch)
             log.info("peers_listed", leases=known)
         else:
@@ -474,7 +475,7 @@ class Daemon:
 
     def _log_change(self, ch: Change) -> None:
         if ch.kind is EventKind.INVALID:
-            if ch.subnet is not None and ch.subnet == self.lease.subnet:
+            if ch.subnet is not None and ch.subnet == self.lease.key:
                 # Garbage over our own key hides us from every host that starts now: rewrite.
                 self._own.stale = True
             if self._warned_records.first_time((ch.key, ch.reason)):
@@ -485,7 +486,7 @@ class Daemon:
                     effect="ignored; no peer is removed for it",
                 )
             return
-        if ch.subnet == self.lease.subnet:
+        if ch.subnet == self.lease.key:
             self._own_change(ch)
             return
         if ch.kind is EventKind.REMOVED:
@@ -613,7 +614,9 @@ class Daemon:
             dirty, self._dirty = self._dirty, set()
             leases = {s: self._tracker.leases.get(s) for s in dirty}
         keys = Keys()
-        for subnet, lease in leases.items():
+        # Removals first: two keys can share an IPv4 half (a host moving from 10.5.1.0-24 to
+        # 10.5.1.0-24&fc00:…), and the new key's entries must not be undone by the old one's.
+        for subnet, lease in sorted(leases.items(), key=lambda item: item[1] is not None):
             keys.add(self.peers.update(subnet, lease))
         note = self.peers.poll()
         if note.device:

@@ -16,6 +16,7 @@ from ipaddress import IPv4Network
 import structlog
 
 from pyflannel.backend.vxlan import PeerScope, peer_entries
+from pyflannel.ipnet import SubnetKey
 from pyflannel.kernel.plan import Keys, Ownership
 from pyflannel.kernel.records import RouteEntry
 from pyflannel.kernel.sync import KernelSync, Notified, SyncResult, describe_route
@@ -56,8 +57,15 @@ class PeerSync:
         direct = (self.scope.network, self.scope.subnet_len) if self._direct else None
         return Ownership(dev, direct)
 
-    def update(self, subnet: IPv4Network, lease: Lease | None) -> Keys:
-        """The lease on *subnet* is now *lease* (None: gone); returns the keys to sync."""
+    def update(self, key: SubnetKey, lease: Lease | None) -> Keys:
+        """The lease on *key* is now *lease* (None: gone); returns the keys to sync.
+
+        Only the IPv4 half is this device's: a key without one (an IPv6-only peer) changes
+        nothing here.
+        """
+        subnet = key.ipv4
+        if subnet is None:
+            return Keys()
         if lease is None or subnet == self.scope.own_subnet:
             self._skipped.pop(subnet, None)
             self._conflicts.pop(subnet, None)
@@ -86,7 +94,7 @@ class PeerSync:
         """Recompute every peer's entries (start, a re-created device, DirectRouting resync)."""
         self.kernel.desired.clear()
         for lease in leases:
-            self.update(lease.subnet, lease)
+            self.update(lease.key, lease)
 
     def poll(self) -> Notified:
         """Fold queued kernel notifications; see :meth:`KernelSync.poll`."""

@@ -14,7 +14,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from ipaddress import IPv4Network
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -29,6 +28,7 @@ from pyflannel.errors import (
     RegistryRefused,
     RegistryUnavailable,
 )
+from pyflannel.ipnet import SubnetKey
 from pyflannel.lease import Events, Lease, LeaseAttrs, LeaseEvent, Snapshot
 from pyflannel.registry import (
     EtcdOptions,
@@ -332,7 +332,7 @@ class EtcdV2Registry:
             raise _unavailable("listing", exc) from None
         return parse_listing(res, key)
 
-    def get_subnet(self, subnet: IPv4Network) -> Lease | None:
+    def get_subnet(self, subnet: SubnetKey) -> Lease | None:
         """Read one lease."""
         key = subnets_key(self._opts.prefix, subnet)
         try:
@@ -344,24 +344,26 @@ class EtcdV2Registry:
         ev = node_event(node, subnets_key(self._opts.prefix))
         return None if ev is None else ev.lease
 
-    def _write(self, subnet: IPv4Network, attrs: LeaseAttrs, ttl: int, **cond: Any) -> Lease:
+    def _write(self, subnet: SubnetKey, attrs: LeaseAttrs, ttl: int, **cond: Any) -> Lease:
         key = subnets_key(self._opts.prefix, subnet)
         value = attrs.encode()
         node = self._call(lambda c: c.write(key, value, ttl=ttl or None, **cond))
-        return Lease(subnet, attrs, time.time() + ttl if ttl else None, int(node.modifiedIndex))
+        return Lease(
+            SubnetKey.of(subnet), attrs, time.time() + ttl if ttl else None, int(node.modifiedIndex)
+        )
 
-    def create_subnet(self, subnet: IPv4Network, attrs: LeaseAttrs, ttl: int) -> Lease:
+    def create_subnet(self, subnet: SubnetKey, attrs: LeaseAttrs, ttl: int) -> Lease:
         """``PUT ?prevExist=false`` with the TTL."""
         try:
             return self._write(subnet, attrs, ttl, prevExist=False)
         except etcd.EtcdAlreadyExist:
             raise AlreadyExists(f"subnet {subnet} is already leased") from None
 
-    def update_subnet(self, subnet: IPv4Network, attrs: LeaseAttrs, ttl: int) -> Lease:
+    def update_subnet(self, subnet: SubnetKey, attrs: LeaseAttrs, ttl: int) -> Lease:
         """A plain set with the full value and a fresh TTL (watchers see it, as in flanneld)."""
         return self._write(subnet, attrs, ttl)
 
-    def delete_subnet(self, subnet: IPv4Network) -> None:
+    def delete_subnet(self, subnet: SubnetKey) -> None:
         """Delete; an absent key is fine."""
         key = subnets_key(self._opts.prefix, subnet)
         with contextlib.suppress(etcd.EtcdKeyNotFound):

@@ -42,7 +42,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from ipaddress import IPv4Network
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -59,6 +58,7 @@ from pyflannel.errors import (
     RegistryRefused,
     RegistryUnavailable,
 )
+from pyflannel.ipnet import SubnetKey
 from pyflannel.lease import EXPIRY_NOT_READ, Events, Lease, LeaseAttrs, LeaseEvent, Snapshot
 from pyflannel.registry import (
     EtcdOptions,
@@ -414,12 +414,12 @@ class EtcdV3Registry:
         res = self._range(subnets_key(self._prefix), prefix=True)
         return parse_range(res, _not_read)
 
-    def get_subnet(self, subnet: IPv4Network) -> Lease | None:
+    def get_subnet(self, subnet: SubnetKey) -> Lease | None:
         """Read one lease."""
         kvs = range_kvs(self._range(subnets_key(self._prefix, subnet)))
         return parse_kv(kvs[0], self._lookup()).lease if kvs else None
 
-    def create_subnet(self, subnet: IPv4Network, attrs: LeaseAttrs, ttl: int) -> Lease:
+    def create_subnet(self, subnet: SubnetKey, attrs: LeaseAttrs, ttl: int) -> Lease:
         """Lease grant, then a transaction that puts only if the key has no version yet."""
         key = _b64(subnets_key(self._prefix, subnet).encode())
         value = attrs.encode()
@@ -452,7 +452,7 @@ class EtcdV3Registry:
             raise AlreadyExists(f"subnet {subnet} is already leased")
         return Lease(subnet, attrs, time.time() + ttl if ttl else None, revision)
 
-    def update_subnet(self, subnet: IPv4Network, attrs: LeaseAttrs, ttl: int) -> Lease:
+    def update_subnet(self, subnet: SubnetKey, attrs: LeaseAttrs, ttl: int) -> Lease:
         """A new lease and a plain put (flanneld never keeps a lease alive: it re-grants)."""
         key = _b64(subnets_key(self._prefix, subnet).encode())
         value = _b64(attrs.encode().encode())
@@ -466,7 +466,7 @@ class EtcdV3Registry:
         revision = self._call(update)
         return Lease(subnet, attrs, time.time() + ttl if ttl else None, revision)
 
-    def delete_subnet(self, subnet: IPv4Network) -> None:
+    def delete_subnet(self, subnet: SubnetKey) -> None:
         """Delete; absent is fine."""
         key = subnets_key(self._prefix, subnet).encode()
         self._call(lambda c: c.delete(key))
