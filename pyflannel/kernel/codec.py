@@ -3,7 +3,9 @@
 Encoders build one request (``nlmsghdr`` + fixed header + attributes) with NLM_F_REQUEST|ACK and
 the given ``seq``; the layouts match what iproute2 sends for the same command (checked against
 captured bytes in tests/unit/test_codec.py).  Decoders split a receive buffer into messages and
-parse the kinds pyflannel reads (neighbour/FDB, route, link, address, error/ack).  Addresses stay
+parse the kinds pyflannel reads (neighbour/FDB, route, link, address, error/ack).  Both address
+families: a request's family is its address's (an FDB entry's remote is 4 or 16 bytes; an IPv6
+neighbour or route is AF_INET6 with 16-byte addresses, as iproute2 sends them).  Addresses stay
 raw ``bytes`` in the parsed records (converting 30,000 of them to ``ipaddress`` objects would cost
 more than the parsing itself); the properties and helpers convert on demand.
 
@@ -15,10 +17,10 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import ClassVar
 
-from pyflannel.kernel.records import Route
+from pyflannel.kernel.records import IPAddress, IPNetwork, Route
 
 # --- protocol constants (linux/netlink.h, linux/rtnetlink.h, linux/neighbour.h) -------------
 
@@ -97,6 +99,11 @@ def _u32(kind: int, value: int) -> bytes:
     return _RTA.pack(8, kind) + _U32.pack(value)
 
 
+def family_of(addr: IPAddress | IPNetwork) -> int:
+    """AF_INET or AF_INET6, after *addr*'s version."""
+    return AF_INET6 if addr.version == 6 else AF_INET
+
+
 def _msg(kind: int, flags: int, seq: int, body: bytes) -> bytes:
     return _HDR.pack(_HDR_LEN + len(body), kind, flags, seq & 0xFFFFFFFF, 0) + body
 
@@ -113,23 +120,23 @@ _WRITE = NLM_F_REQUEST | NLM_F_ACK
 _REPLACE = _WRITE | NLM_F_CREATE | NLM_F_REPLACE
 
 
-def encode_neigh_replace(ifindex: int, ip: IPv4Address, mac: str, seq: int = 0) -> bytes:
-    """``ip neigh replace IP lladdr MAC dev IFINDEX nud permanent``."""
+def encode_neigh_replace(ifindex: int, ip: IPAddress, mac: str, seq: int = 0) -> bytes:
+    """``ip neigh replace IP lladdr MAC dev IFINDEX nud permanent`` (``ip -6`` for IPv6)."""
     body = (
-        _NDMSG.pack(AF_INET, ifindex, NUD_PERMANENT, 0, 0)
+        _NDMSG.pack(family_of(ip), ifindex, NUD_PERMANENT, 0, 0)
         + _attr(NDA_DST, ip.packed)
         + _attr(NDA_LLADDR, mac_bytes(mac))
     )
     return _msg(RTM_NEWNEIGH, _REPLACE, seq, body)
 
 
-def encode_neigh_delete(ifindex: int, ip: IPv4Address, seq: int = 0) -> bytes:
+def encode_neigh_delete(ifindex: int, ip: IPAddress, seq: int = 0) -> bytes:
     """``ip neigh del IP dev IFINDEX`` (ENOENT when absent)."""
-    body = _NDMSG.pack(AF_INET, ifindex, NUD_PERMANENT, 0, 0) + _attr(NDA_DST, ip.packed)
+    body = _NDMSG.pack(family_of(ip), ifindex, NUD_PERMANENT, 0, 0) + _attr(NDA_DST, ip.packed)
     return _msg(RTM_DELNEIGH, _WRITE, seq, body)
 
 
-def _fdb_body(ifindex: int, mac: str, dst: IPv4Address) -> bytes:
+def _fdb_body(ifindex: int, mac: str, dst: IPAddress) -> bytes:
     return (
         _NDMSG.pack(AF_BRIDGE, ifindex, NUD_PERMANENT | NUD_NOARP, NTF_SELF, 0)
         + _attr(NDA_LLADDR, mac_bytes(mac))
@@ -137,12 +144,12 @@ def _fdb_body(ifindex: int, mac: str, dst: IPv4Address) -> bytes:
     )
 
 
-def encode_fdb_replace(ifindex: int, mac: str, dst: IPv4Address, seq: int = 0) -> bytes:
+def encode_fdb_replace(ifindex: int, mac: str, dst: IPAddress, seq: int = 0) -> bytes:
     """``bridge fdb replace MAC dev IFINDEX dst DST self permanent``."""
     return _msg(RTM_NEWNEIGH, _REPLACE, seq, _fdb_body(ifindex, mac, dst))
 
 
-def encode_fdb_delete(ifindex: int, mac: str, dst: IPv4Address, seq: int = 0) -> bytes:
+def encode_fdb_delete(ifindex: int, mac: str, dst: IPAddress, seq: int = 0) -> bytes:
     """``bridge fdb del MAC dev IFINDEX dst DST self``: only that remote (ENOENT when absent)."""
     return _msg(RTM_DELNEIGH, _WRITE, seq, _fdb_body(ifindex, mac, dst))
 
@@ -151,15 +158,17 @@ def _route_attrs(r: Route, table: int) -> bytes:
     attrs = _attr(RTA_DST, r.dst.network_address.packed)
     if r.gateway is not None:  # a route seen on our device may have none (deleting it)
         attrs += _attr(RTA_GATEWAY, r.gateway.packed)
+    if r.priority:  # 0: the family's default (IPv4 0, IPv6 1024); a delete then takes any
+        attrs += _u32(RTA_PRIORITY, r.priority)
     if r.oif is not None:
         attrs += _u32(RTA_OIF, r.oif)
     return attrs + _u32(RTA_TABLE, table)
 
 
 def encode_route_replace(r: Route, seq: int = 0, table: int = RT_TABLE_MAIN) -> bytes:
-    """``ip route replace DST via GW [dev OIF] [onlink] proto boot`` in *table*."""
+    """``ip route replace DST via GW [dev OIF] [onlink] [metric M] proto boot`` in *table*."""
     head = _RTMSG.pack(
-        AF_INET,
+        family_of(r.dst),
         r.dst.prefixlen,
         0,
         0,
@@ -175,9 +184,12 @@ def encode_route_replace(r: Route, seq: int = 0, table: int = RT_TABLE_MAIN) -> 
 def encode_route_delete(r: Route, seq: int = 0, table: int = RT_TABLE_MAIN) -> bytes:
     """``ip route del DST via GW [dev OIF] table T``: the kernel deletes only a route matching
     dst/len, table, gateway and (when given) oif, so a same-dst route on another device stays
-    (ESRCH when none matches).  Protocol 0, scope NOWHERE and type UNSPEC mean "any"."""
+    (ESRCH when none matches).  Protocol 0, scope NOWHERE and type UNSPEC mean "any"; so does
+    a metric of 0, else only the route with that metric goes.  IPv6 has no route scope:
+    iproute2 sends 0 there, and so do we."""
+    scope = RT_SCOPE_UNIVERSE if r.dst.version == 6 else RT_SCOPE_NOWHERE
     head = _RTMSG.pack(
-        AF_INET, r.dst.prefixlen, 0, 0, table if table < 256 else 0, 0, RT_SCOPE_NOWHERE, 0, 0
+        family_of(r.dst), r.dst.prefixlen, 0, 0, table if table < 256 else 0, 0, scope, 0, 0
     )
     return _msg(RTM_DELROUTE, _WRITE, seq, head + _route_attrs(r, table))
 
@@ -216,16 +228,16 @@ def encode_link_get(index: int, seq: int = 0) -> bytes:
     return _msg(RTM_GETLINK, NLM_F_REQUEST, seq, _IFINFO.pack(0, 0, index, 0, 0))
 
 
-def encode_route_get(dst: IPv4Address, seq: int = 0) -> bytes:
+def encode_route_get(dst: IPAddress, seq: int = 0) -> bytes:
     """``ip route get DST``: the route the kernel would use (its reply, or an error, answers;
     no NLM_F_ACK)."""
-    head = _RTMSG.pack(AF_INET, 32, 0, 0, 0, 0, 0, 0, 0)
+    head = _RTMSG.pack(family_of(dst), dst.max_prefixlen, 0, 0, 0, 0, 0, 0, 0)
     return _msg(RTM_GETROUTE, NLM_F_REQUEST, seq, head + _attr(RTA_DST, dst.packed))
 
 
-def encode_addr_dump(seq: int = 0, index: int = 0) -> bytes:
-    """Dump IPv4 addresses (*index* filters on a strict-checking socket)."""
-    return _msg(RTM_GETADDR, _DUMP, seq, _IFADDR.pack(AF_INET, 0, 0, 0, index))
+def encode_addr_dump(seq: int = 0, index: int = 0, family: int = AF_INET) -> bytes:
+    """Dump the addresses of *family* (*index* filters on a strict-checking socket)."""
+    return _msg(RTM_GETADDR, _DUMP, seq, _IFADDR.pack(family, 0, 0, 0, index))
 
 
 def with_seq(msg: bytes | bytearray, seq: int) -> bytes:
@@ -300,12 +312,14 @@ class RouteMsg:
     priority: int
 
     @property
-    def network(self) -> IPv4Network | None:
-        """The IPv4 destination as a network (0.0.0.0/0 for a default route)."""
-        if self.family != AF_INET:
-            return None
-        raw = self.dst or b"\0\0\0\0"
-        return IPv4Network((int.from_bytes(raw, "big"), self.dst_len))
+    def network(self) -> IPNetwork | None:
+        """The destination as a network (0.0.0.0/0 or ::/0 for a default route)."""
+        value = int.from_bytes(self.dst or b"", "big")
+        if self.family == AF_INET:
+            return IPv4Network((value, self.dst_len))
+        if self.family == AF_INET6:
+            return IPv6Network((value, self.dst_len))
+        return None
 
 
 @dataclass(slots=True)
@@ -549,3 +563,12 @@ def ip4(raw: bytes | None) -> IPv4Address | None:
     if len(raw) != 4:
         raise CodecError(f"not an IPv4 address: {raw.hex()}")
     return IPv4Address(raw)
+
+
+def ip6(raw: bytes | None) -> IPv6Address | None:
+    """Sixteen raw bytes as an IPv6Address (None for None)."""
+    if raw is None:
+        return None
+    if len(raw) != 16:
+        raise CodecError(f"not an IPv6 address: {raw.hex()}")
+    return IPv6Address(raw)

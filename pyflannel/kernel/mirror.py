@@ -1,11 +1,13 @@
 """A mirror of the kernel state that concerns the VXLAN device, kept current by notifications
 (pure: it folds parsed messages from :mod:`pyflannel.kernel.codec`, it never reads the kernel).
 
-It holds, on device index ``dev``: permanent neighbours (IPv4 -> MAC) and permanent ``self``
-FDB entries without port/VNI overrides (MAC -> remote IPs); and every IPv4 route of the main
-table, whatever its device, so that a route on another device to a subnet we would route is
-seen as a conflict, never replaced or deleted.  Storage is ints and bytes in dicts (no message
-objects); records are built on request.
+It holds, on device index ``dev``: permanent neighbours (IP -> MAC) and permanent ``self``
+FDB entries without port/VNI overrides (MAC -> remote IPs); and every route of the main table,
+whatever its device, so that a route on another device to a subnet we would route is seen as a
+conflict, never replaced or deleted.  Neighbours, FDB remotes and routes are of the device's
+address family (IPv4 for ``flannel.<VNI>``, IPv6 for ``flannel-v6.<VNI>``); messages of the
+other family are not its business.  Storage is ints and bytes in dicts (no message objects);
+records are built on request.
 
 Protocol facts it relies on (shared/reference/kernel-notifications.md):
 * A link going down drops its routes without RTM_DELROUTE, so any change of the device (down,
@@ -21,12 +23,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
 from pyflannel.kernel.codec import (
     AF_BRIDGE,
     AF_INET,
+    AF_INET6,
     NTF_SELF,
     NUD_PERMANENT,
     RT_TABLE_MAIN,
@@ -42,8 +44,8 @@ from pyflannel.kernel.codec import (
     RouteMsg,
     mac_bytes,
 )
-from pyflannel.kernel.plan import Desired, Keys, Ownership
-from pyflannel.kernel.records import Fdb, RouteEntry
+from pyflannel.kernel.plan import Desired, Keys, Ownership, address_type, network_type
+from pyflannel.kernel.records import Fdb, IPAddress, IPNetwork, RouteEntry
 
 _RTPROT_KERNEL = 2
 
@@ -56,9 +58,9 @@ _LinkKey = tuple[str, bool, int, str]
 class Touched:
     """What one notification changed in the mirror."""
 
-    neighs: tuple[IPv4Address, ...] = ()
+    neighs: tuple[IPAddress, ...] = ()
     fdb: tuple[str, ...] = ()  # MACs
-    routes: tuple[IPv4Network, ...] = ()
+    routes: tuple[IPNetwork, ...] = ()
     device: bool = False  # our device changed or went away: re-dump everything
     resync: bool = False  # the mirror cannot tell what the kernel holds: re-dump
 
@@ -71,8 +73,9 @@ class Touched:
 NOTHING = Touched()
 
 
-def _ip(raw: bytes | None) -> int | None:
-    return int.from_bytes(raw, "big") if raw is not None and len(raw) == 4 else None
+def _ip(raw: bytes | None, size: int = 4) -> int | None:
+    """*raw* as an int if it is an address of *size* bytes (4: IPv4, 16: IPv6), else None."""
+    return int.from_bytes(raw, "big") if raw is not None and len(raw) == size else None
 
 
 def _mac(raw: bytes) -> str:
@@ -80,15 +83,22 @@ def _mac(raw: bytes) -> str:
 
 
 def _keys(
-    kind: str, raw: list[Any], mirror: Mirror | None = None, owner: Ownership | None = None
+    kind: str,
+    raw: list[Any],
+    version: int,
+    mirror: Mirror | None = None,
+    owner: Ownership | None = None,
 ) -> Keys:
-    """Raw keys of one *kind* as :class:`Keys`; with *mirror* and *owner*, only the route keys
-    whose held routes are ours (a key held but not wanted: foreign routes are not suspects)."""
+    """Raw keys of one *kind* as :class:`Keys` of IP *version*; with *mirror* and *owner*, only
+    the route keys whose held routes are ours (a key held but not wanted: foreign routes are
+    not suspects)."""
     if kind == "neighs":
-        return Keys(neighs={IPv4Address(ip) for ip in raw})
+        addr = address_type(version)
+        return Keys(neighs={addr(ip) for ip in raw})
     if kind == "macs":
         return Keys(macs={_mac(m) for m in raw})
-    nets = {IPv4Network(k) for k in raw}
+    net = network_type(version)
+    nets = {net(k) for k in raw}
     if mirror is not None and owner is not None:
         nets = {n for n in nets if any(owner.owns(e) for e in mirror.routes_to(n))}
     return Keys(routes=nets)
@@ -105,10 +115,16 @@ def _route_is(v: _RVal, oif: int | None, gw: int | None, onlink: bool) -> bool:
 
 
 class Mirror:
-    """The kernel's entries for VXLAN device index *dev* (and the main table's other routes)."""
+    """The kernel's entries for VXLAN device index *dev* (and the main table's other routes),
+    of IP *version* 4 or 6 (by default *canon*'s)."""
 
-    def __init__(self, dev: int, canon: Desired | None = None) -> None:
+    def __init__(self, dev: int, canon: Desired | None = None, version: int | None = None) -> None:
         self.dev = dev
+        self.version = version or (canon.version if canon is not None else 4)
+        self.family = AF_INET6 if self.version == 6 else AF_INET
+        self._size = 16 if self.version == 6 else 4  # bytes of an address
+        self._addr = address_type(self.version)
+        self._net = network_type(self.version)
         # When the kernel holds what the leases want (nearly always, for nearly every key), the
         # value folded is stored as the very object *canon* holds for that key: equal values
         # shared, not copied (about 2 MB at 10,000 peers, and as much less garbage per re-read).
@@ -137,14 +153,15 @@ class Mirror:
         self._fdb.clear()
         self._routes.clear()
         self._fdb_n = self._dev_routes = 0
+        family = self.family
         for m in neighs:
-            if m.ifindex == self.dev and m.family == AF_INET:
+            if m.ifindex == self.dev and m.family == family:
                 self._fold_ip_neigh(m)
         for m in fdb:
             if m.ifindex != self.dev or m.family != AF_BRIDGE or m.lladdr is None:
                 continue
             have = self._fdb.get(m.lladdr)
-            dst = _ip(m.dst)
+            dst = _ip(m.dst, self._size)
             if not have:
                 self._fold_fdb(m)
             elif dst is not None and dst not in have and self._fdb_ours(m):
@@ -160,7 +177,7 @@ class Mirror:
             return self._fold_neigh(msg)
         if isinstance(msg, RouteMsg):
             key = self._fold_route(msg)
-            return Touched(routes=(IPv4Network(key),)) if key is not None else NOTHING
+            return Touched(routes=(self._net(key),)) if key is not None else NOTHING
         if isinstance(msg, LinkMsg):
             return self._fold_link(msg)
         return NOTHING
@@ -188,9 +205,9 @@ class Mirror:
     def _fold_neigh(self, m: NeighMsg) -> Touched:
         if m.ifindex != self.dev:
             return NOTHING
-        if m.family == AF_INET:
+        if m.family == self.family:
             ip = self._fold_ip_neigh(m)
-            return Touched(neighs=(IPv4Address(ip),)) if ip is not None else NOTHING
+            return Touched(neighs=(self._addr(ip),)) if ip is not None else NOTHING
         if m.family == AF_BRIDGE:
             changed = self._fold_fdb(m)
             if changed is None:
@@ -202,7 +219,7 @@ class Mirror:
     # building records: load() folds tens of thousands of entries.
 
     def _fold_ip_neigh(self, m: NeighMsg) -> int | None:
-        ip = _ip(m.dst)
+        ip = _ip(m.dst, self._size)
         if ip is None:
             return None
         ours = m.type == RTM_NEWNEIGH and m.state & NUD_PERMANENT and m.lladdr
@@ -222,7 +239,7 @@ class Mirror:
         mac = m.lladdr
         if mac is None:
             return None
-        dst = _ip(m.dst)
+        dst = _ip(m.dst, self._size)  # a remote of the other family: none of ours
         have = self._fdb.get(mac, ())
         resync = False
         if m.type == RTM_DELNEIGH:
@@ -255,14 +272,15 @@ class Mirror:
         return bool(m.state & NUD_PERMANENT and m.flags & NTF_SELF and not m.odd)
 
     def _fold_route(self, m: RouteMsg) -> tuple[int, int] | None:
-        if m.family != AF_INET or m.table != RT_TABLE_MAIN:
+        if m.family != self.family or m.table != RT_TABLE_MAIN:
             return None
-        key = (_ip(m.dst) or 0, m.dst_len)
+        size = self._size
+        key = (_ip(m.dst, size) or 0, m.dst_len)
         val: _RVal = (
             m.priority,
             m.tos,
             m.oif,
-            _ip(m.gateway),
+            _ip(m.gateway, size),
             m.protocol,
             m.scope,
             m.kind,
@@ -297,25 +315,24 @@ class Mirror:
         """Whether the device is up (None: unknown or gone)."""
         return self._link[1] if self._link is not None else None
 
-    def neighs(self) -> dict[IPv4Address, str]:
+    def neighs(self) -> dict[IPAddress, str]:
         """Permanent neighbours on the device: IP -> MAC."""
-        return {IPv4Address(ip): _mac(mac) for ip, mac in self._neighs.items()}
+        return {self._addr(ip): _mac(mac) for ip, mac in self._neighs.items()}
 
     def fdb(self) -> set[Fdb]:
         """Permanent ``self`` FDB entries on the device (one per remote)."""
-        return {Fdb(_mac(mac), IPv4Address(d)) for mac, dsts in self._fdb.items() for d in dsts}
+        return {Fdb(_mac(mac), self._addr(d)) for mac, dsts in self._fdb.items() for d in dsts}
 
-    @staticmethod
-    def _entry(net: IPv4Network, v: _RVal) -> RouteEntry:
+    def _entry(self, net: IPNetwork, v: _RVal) -> RouteEntry:
         prio, _, oif, gw, proto, scope, kind, flags = v
-        gateway = IPv4Address(gw) if gw is not None else None
+        gateway = self._addr(gw) if gw is not None else None
         onlink = bool(flags & RTNH_F_ONLINK)
         return RouteEntry(net, gateway, oif, proto, scope, kind, prio, onlink)
 
     def dev_routes(self) -> list[RouteEntry]:
         """Every main-table route on the device (any prefix, with or without a gateway)."""
         return [
-            self._entry(IPv4Network(key), v)
+            self._entry(self._net(key), v)
             for key, vals in self._routes.items()
             for v in vals
             if v[2] == self.dev
@@ -323,16 +340,16 @@ class Mirror:
 
     # --- the planner's view, by key (kernel.plan.View) -----------------------------------
 
-    def neigh(self, ip: IPv4Address) -> str | None:
+    def neigh(self, ip: IPAddress) -> str | None:
         """The MAC of the permanent neighbour *ip* on the device, or None."""
         mac = self._neighs.get(int(ip))
         return _mac(mac) if mac is not None else None
 
-    def fdb_dsts(self, mac: str) -> tuple[IPv4Address, ...]:
+    def fdb_dsts(self, mac: str) -> tuple[IPAddress, ...]:
         """The remotes of the permanent ``self`` FDB entry *mac* on the device."""
-        return tuple(IPv4Address(d) for d in self._fdb.get(mac_bytes(mac), ()))
+        return tuple(self._addr(d) for d in self._fdb.get(mac_bytes(mac), ()))
 
-    def routes_to(self, dst: IPv4Network) -> list[RouteEntry]:
+    def routes_to(self, dst: IPNetwork) -> list[RouteEntry]:
         """Every main-table route to exactly *dst*, on any device."""
         key = (int(dst.network_address), dst.prefixlen)
         return [self._entry(dst, v) for v in self._routes.get(key, ())]
@@ -343,11 +360,11 @@ class Mirror:
         for (addr, plen), vals in self._routes.items():
             # Cheap filter first: most main-table routes at scale are ours, on the device.
             if any(v[2] == self.dev for v in vals) or owner.direct is not None:
-                net = IPv4Network((addr, plen))
+                net = self._net((addr, plen))
                 if any(owner.owns(self._entry(net, v)) for v in vals):
                     routes.add(net)
         return Keys(
-            {IPv4Address(ip) for ip in self._neighs},
+            {self._addr(ip) for ip in self._neighs},
             {_mac(m) for m in self._fdb},
             routes,
         )
@@ -379,18 +396,18 @@ class Mirror:
             items = list(want.items())  # a snapshot: the dict may change between steps
             for start in range(0, len(items), chunk):
                 part = [k for k, v in items[start : start + chunk] if held.get(k) != v]
-                yield _keys(kind, part)
+                yield _keys(kind, part, self.version)
             stray = held.keys() - want.keys()
             if kind == "routes":
                 stray -= desired.raw_direct.keys()  # compared below
-            yield _keys(kind, list(stray), self, owner)
+            yield _keys(kind, list(stray), self.version, self, owner)
         direct = desired.raw_direct
         part = [
             k
             for k, gw in list(direct.items())
             if len(vals := self._routes.get(k, ())) != 1 or not _route_is(vals[0], None, gw, False)
         ]
-        yield _keys("routes", part)
+        yield _keys("routes", part, self.version)
 
     def entry_counts(self) -> tuple[int, int, int]:
         """(routes, neighbours, FDB remotes) on the device, routes not the kernel's own; O(1)

@@ -18,7 +18,7 @@ import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from ipaddress import IPv4Interface, IPv4Network
+from ipaddress import IPv4Interface, IPv4Network, IPv6Interface, IPv6Network
 from typing import Any
 
 from pyroute2 import IPRoute
@@ -26,11 +26,15 @@ from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netns import setns
 
 from pyflannel.errors import KernelError
-from pyflannel.kernel.plan import Ownership
-from pyflannel.kernel.records import Link, VxlanSpec
-from pyflannel.kernel.sync import KernelSync
+from pyflannel.kernel.monitor import Monitor
+from pyflannel.kernel.plan import Ownership, address_in
+from pyflannel.kernel.records import IPNetwork, Link, VxlanSpec
+from pyflannel.kernel.sync import KernelSync, open_monitor
 
 RT_TABLE_MAIN = 254
+#: ifaddrmsg flags (linux/if_addr.h): an address being withdrawn is not one to choose.
+IFA_F_DEPRECATED = 0x20
+RT_SCOPE_HOST = 254
 
 
 def random_vtep_mac() -> str:
@@ -60,25 +64,46 @@ class Netlink:
         """Close the netlink socket."""
         self._ipr.close()
 
-    def peer_sync(self, dev: int, owner: Ownership) -> KernelSync:
-        """The engine that keeps the peer entries on device *dev* (same namespace as this)."""
-        return KernelSync(dev, owner, self._netns)
+    def peer_sync(
+        self, dev: int, owner: Ownership, *, version: int = 4, monitor: Monitor | None = None
+    ) -> KernelSync:
+        """The engine that keeps the peer entries on device *dev* of IP *version* (same
+        namespace as this); *monitor*: a notification socket shared between the devices."""
+        return KernelSync(dev, owner, self._netns, version=version, monitor=monitor)
+
+    def monitor(self, versions: tuple[int, ...]) -> Monitor:
+        """One notification socket for the devices of IP *versions* (the caller closes it)."""
+        return open_monitor(versions, self._netns)
 
     # --- links and addresses -------------------------------------------------------------
 
-    def links(self) -> list[Link]:
-        """Every link with its IPv4 addresses."""
+    def links(self, *, ipv6: bool = False) -> list[Link]:
+        """Every link with its IPv4 addresses (and, with *ipv6*, its usable IPv6 ones: global
+        and link-local, not deprecated, in the kernel's order)."""
         addrs: dict[int, list[IPv4Interface]] = {}
         for msg in self._ipr.get_addr(family=socket.AF_INET):
             addrs.setdefault(msg["index"], []).append(
                 IPv4Interface(f"{msg.get_attr('IFA_ADDRESS')}/{msg['prefixlen']}")
             )
+        addrs6: dict[int, list[IPv6Interface]] = {}
+        for msg in self._ipr.get_addr(family=socket.AF_INET6) if ipv6 else ():
+            flags = msg.get_attr("IFA_FLAGS") or msg["flags"]
+            if flags & IFA_F_DEPRECATED or msg["scope"] == RT_SCOPE_HOST:
+                continue  # withdrawn, or ::1
+            addrs6.setdefault(msg["index"], []).append(
+                IPv6Interface(f"{msg.get_attr('IFA_ADDRESS')}/{msg['prefixlen']}")
+            )
         return [
-            self._link(msg, tuple(addrs.get(msg["index"], ()))) for msg in self._ipr.get_links()
+            self._link(msg, tuple(addrs.get(msg["index"], ())), tuple(addrs6.get(msg["index"], ())))
+            for msg in self._ipr.get_links()
         ]
 
     @staticmethod
-    def _link(msg: Any, addresses: tuple[IPv4Interface, ...] = ()) -> Link:
+    def _link(
+        msg: Any,
+        addresses: tuple[IPv4Interface, ...] = (),
+        addresses6: tuple[IPv6Interface, ...] = (),
+    ) -> Link:
         return Link(
             index=msg["index"],
             name=msg.get_attr("IFLA_IFNAME"),
@@ -86,6 +111,7 @@ class Netlink:
             mtu=msg.get_attr("IFLA_MTU") or 0,
             up=bool(msg["flags"] & 1),
             addresses=addresses,
+            addresses6=addresses6,
         )
 
     def set_mtu(self, link: Link, mtu: int) -> None:
@@ -102,19 +128,26 @@ class Netlink:
             msg = self._ipr.link("get", index=found[0])[0]
         return self._link(msg)
 
-    def default_route_link(self) -> int | None:
-        """The output interface of the first IPv4 default route in the main table."""
-        for msg in self._ipr.route("dump", family=socket.AF_INET, table=RT_TABLE_MAIN):
+    def default_route_link(self, version: int = 4) -> int | None:
+        """The output interface of the first default route of IP *version* in the main table."""
+        family = socket.AF_INET6 if version == 6 else socket.AF_INET
+        for msg in self._ipr.route("dump", family=family, table=RT_TABLE_MAIN):
             if msg["dst_len"] == 0 and msg.get_attr("RTA_OIF"):
                 return int(msg.get_attr("RTA_OIF"))
         return None
 
-    def connected_routes(self, index: int) -> list[IPv4Network]:
-        """Main-table routes through link *index* without a gateway (what it reaches directly)."""
-        out = []
-        for msg in self._ipr.route("dump", family=socket.AF_INET, table=RT_TABLE_MAIN):
+    def connected_routes(self, index: int, version: int = 4) -> list[IPNetwork]:
+        """Main-table routes of IP *version* through link *index* without a gateway (what it
+        reaches directly)."""
+        family, net, any_ = (
+            (socket.AF_INET6, IPv6Network, "::")
+            if version == 6
+            else (socket.AF_INET, IPv4Network, "0.0.0.0")
+        )
+        out: list[IPNetwork] = []
+        for msg in self._ipr.route("dump", family=family, table=RT_TABLE_MAIN):
             if msg.get_attr("RTA_OIF") == index and not msg.get_attr("RTA_GATEWAY"):
-                out.append(IPv4Network(f"{msg.get_attr('RTA_DST') or '0.0.0.0'}/{msg['dst_len']}"))
+                out.append(net(f"{msg.get_attr('RTA_DST') or any_}/{msg['dst_len']}"))
         return out
 
     def ensure_vxlan(self, spec: VxlanSpec) -> tuple[Link, bool]:
@@ -140,7 +173,7 @@ class Netlink:
             "kind": "vxlan",
             "vxlan_id": spec.vni,
             "vxlan_link": spec.underlay_index,
-            "vxlan_local": str(spec.local),
+            "vxlan_local6" if spec.local.version == 6 else "vxlan_local": str(spec.local),
             "vxlan_learning": int(spec.learning),
             "vxlan_port": spec.port,
             "mtu": spec.mtu,
@@ -164,12 +197,18 @@ class Netlink:
         if data is None:
             return False
         gbp = data.get_attr("IFLA_VXLAN_GBP") is not None
+        # A local address of the other family is a different local address (flanneld's test).
+        local4, local6 = data.get_attr("IFLA_VXLAN_LOCAL"), data.get_attr("IFLA_VXLAN_LOCAL6")
+        local = local6 if local6 is not None else local4
+        if local is not None and spec.local.version == 6:
+            local = str(IPv6Network(local).network_address)  # the kernel's spelling, compressed
         return bool(
             data.get_attr("IFLA_VXLAN_ID") == spec.vni
             and data.get_attr("IFLA_VXLAN_LINK") in (None, 0, spec.underlay_index)
-            and data.get_attr("IFLA_VXLAN_LOCAL") in (None, str(spec.local))
+            and local in (None, str(spec.local))
             and data.get_attr("IFLA_VXLAN_PORT") in (None, 0, spec.port)
             and data.get_attr("IFLA_VXLAN_GROUP") is None
+            and data.get_attr("IFLA_VXLAN_GROUP6") is None
             and not data.get_attr("IFLA_VXLAN_L2MISS")
             and gbp == spec.gbp
         )
@@ -194,14 +233,22 @@ class Netlink:
         worker.start()
         worker.join()
 
-    def ensure_address(self, link: Link, addr: IPv4Interface, network: IPv4Network) -> None:
-        """Make *addr* the device's only IPv4 address inside *network*, then set the link up."""
+    def ensure_address(
+        self, link: Link, addr: IPv4Interface | IPv6Interface, network: IPNetwork
+    ) -> None:
+        """Make *addr* the device's only address of its family inside *network*, then set the
+        link up."""
+        family, iface = (
+            (socket.AF_INET6, IPv6Interface)
+            if addr.version == 6
+            else (socket.AF_INET, IPv4Interface)
+        )
         have = [
-            IPv4Interface(f"{m.get_attr('IFA_ADDRESS')}/{m['prefixlen']}")
-            for m in self._ipr.get_addr(family=socket.AF_INET, index=link.index)
+            iface(f"{m.get_attr('IFA_ADDRESS')}/{m['prefixlen']}")
+            for m in self._ipr.get_addr(family=family, index=link.index)
         ]
         for a in have:
-            if a != addr and a.ip in network:
+            if a != addr and address_in(a.ip, network):
                 with _kernel("addr.del", a):
                     self._ipr.addr(
                         "del", index=link.index, address=str(a.ip), prefixlen=a.network.prefixlen

@@ -10,6 +10,9 @@ Order: neighbours, then FDB entries, then routes when adding (a route must never
 VTEP address that does not resolve); routes first when removing.  A peer whose neighbour or FDB
 entry could not be written does not get its route.
 
+Both families: one Desired (and one mirror) per device, of the device's address family; the
+keys are then IPv4 or IPv6 addresses and networks, held as ints of 32 or 128 bits.
+
 Ownership: only entries on our device (and, with DirectRouting, our "boot" routes via a gateway
 to SubnetLen subnets of the Network) are ever replaced or deleted.  A wanted route whose
 destination the kernel already routes some other way (a connected route of the underlay, a
@@ -21,11 +24,21 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Protocol
 
 from pyflannel.errors import KernelError
-from pyflannel.kernel.records import Fdb, KernelState, Neigh, PeerEntries, Route, RouteEntry
+from pyflannel.kernel.records import (
+    IPV6_ROUTE_METRIC,
+    Fdb,
+    IPAddress,
+    IPNetwork,
+    KernelState,
+    Neigh,
+    PeerEntries,
+    Route,
+    RouteEntry,
+)
 
 RTPROT_KERNEL = 2
 #: flanneld's routes carry proto "boot"; ours do too, so either daemon can take over the other's.
@@ -36,9 +49,9 @@ RTPROT_BOOT = 3
 class Keys:
     """Kernel keys to compare: neighbour IPs, FDB MACs and route destinations."""
 
-    neighs: set[IPv4Address] = field(default_factory=set)
+    neighs: set[IPAddress] = field(default_factory=set)
     macs: set[str] = field(default_factory=set)
-    routes: set[IPv4Network] = field(default_factory=set)
+    routes: set[IPNetwork] = field(default_factory=set)
 
     def add(self, other: Keys) -> None:
         """Merge *other* into these keys."""
@@ -70,8 +83,24 @@ _Peer = tuple[
 ]
 
 
+def address_type(version: int) -> type[IPv4Address] | type[IPv6Address]:
+    """IPv4Address or IPv6Address, for addresses held as ints."""
+    return IPv6Address if version == 6 else IPv4Address
+
+
+def network_type(version: int) -> type[IPv4Network] | type[IPv6Network]:
+    """IPv4Network or IPv6Network, for networks held as (int, prefix length)."""
+    return IPv6Network if version == 6 else IPv4Network
+
+
+def default_metric(version: int) -> int:
+    """The metric of a route pyflannel writes without one, as the kernel reports it."""
+    return IPV6_ROUTE_METRIC if version == 6 else 0
+
+
 class Desired:
-    """The entries the peer leases want, indexed by kernel key and updated peer by peer.
+    """The entries the peer leases want, indexed by kernel key and updated peer by peer, for
+    a device of IP *version* 4 or 6 (every address and network is of that family).
 
     Only the compact form (ints and bytes, as the mirror holds the kernel's entries) is kept:
     at 10,000 peers objects per entry would cost several megabytes more, and a full comparison
@@ -79,8 +108,11 @@ class Desired:
     :meth:`neigh`, :meth:`fdb_dst` and :meth:`route`.
     """
 
-    def __init__(self) -> None:
-        self.peers: dict[IPv4Network, _Peer] = {}
+    def __init__(self, version: int = 4) -> None:
+        self.version = version
+        self._addr = address_type(version)
+        self._net = network_type(version)
+        self.peers: dict[IPNetwork, _Peer] = {}
         self.raw_neighs: dict[int, bytes] = {}
         self.raw_fdb: dict[bytes, tuple[int]] = {}
         # Routes on a device, exactly as the mirror will hold them once written; direct routes
@@ -88,7 +120,7 @@ class Desired:
         self.raw_routes: dict[tuple[int, int], tuple[RawRoute]] = {}
         self.raw_direct: dict[tuple[int, int], int | None] = {}
 
-    def set(self, subnet: IPv4Network, entries: PeerEntries | None) -> Keys:
+    def set(self, subnet: IPNetwork, entries: PeerEntries | None) -> Keys:
         """Make *entries* (None: nothing) the wanted entries of *subnet*; return the keys of
         its old and new entries, which are what to compare with the kernel now."""
         keys = Keys()
@@ -99,7 +131,7 @@ class Desired:
             # Only what this peer put there: two peers sharing a VTEP MAC is a misconfiguration
             # the last writer wins, but removing one must not take the other's entry away.
             if nip is not None:
-                keys.neighs.add(IPv4Address(nip))
+                keys.neighs.add(self._addr(nip))
                 if self.raw_neighs.get(nip) == mac:
                     del self.raw_neighs[nip]
             if mac is not None:
@@ -145,33 +177,33 @@ class Desired:
 
     # --- what the planner looks up ---------------------------------------------------------
 
-    def neigh(self, ip: IPv4Address) -> str | None:
+    def neigh(self, ip: IPAddress) -> str | None:
         """The VTEP MAC wanted for neighbour *ip*, or None."""
         mac = self.raw_neighs.get(int(ip))
         return None if mac is None else mac.hex(":")
 
-    def fdb_dst(self, mac: str) -> IPv4Address | None:
+    def fdb_dst(self, mac: str) -> IPAddress | None:
         """The remote wanted for VTEP *mac*, or None."""
         val = self.raw_fdb.get(_raw_mac(mac))
-        return None if val is None else IPv4Address(val[0])
+        return None if val is None else self._addr(val[0])
 
-    def route(self, dst: IPv4Network) -> Route | None:
+    def route(self, dst: IPNetwork) -> Route | None:
         """The route wanted to *dst*, or None."""
         key = _raw_dst(dst)
         held = self.raw_routes.get(key)
         if held is not None:
-            _prio, _tos, oif, gw, _proto, _scope, _type, flags = held[0]
-            gateway = None if gw is None else IPv4Address(gw)
-            return Route(dst, gateway, oif, bool(flags & _RTNH_F_ONLINK))
+            prio, _tos, oif, gw, _proto, _scope, _type, flags = held[0]
+            gateway = None if gw is None else self._addr(gw)
+            return Route(dst, gateway, oif, bool(flags & _RTNH_F_ONLINK), prio)
         if key in self.raw_direct:
             gw = self.raw_direct[key]
-            return Route(dst, None if gw is None else IPv4Address(gw), None, False)
+            return Route(dst, None if gw is None else self._addr(gw), None, False)
         return None
 
     @classmethod
-    def of(cls, state: KernelState) -> Desired:
+    def of(cls, state: KernelState, version: int = 4) -> Desired:
         """The entries of *state*, not grouped by peer (for tests and tools)."""
-        d = cls()
+        d = cls(version)
         for ip, mac in state.neighs.items():
             d._put(Neigh(ip, mac), None, None)
         for f in state.fdb:
@@ -182,9 +214,9 @@ class Desired:
 
     def keys(self) -> Keys:
         """Every key some peer wants."""
-        routes = {IPv4Network((n, plen)) for n, plen in (*self.raw_routes, *self.raw_direct)}
+        routes = {self._net((n, plen)) for n, plen in (*self.raw_routes, *self.raw_direct)}
         return Keys(
-            {IPv4Address(ip) for ip in self.raw_neighs},
+            {self._addr(ip) for ip in self.raw_neighs},
             {mac.hex(":") for mac in self.raw_fdb},
             routes,
         )
@@ -213,15 +245,31 @@ def raw_route(r: Route) -> RawRoute:
 
 def _raw_route(r: Route, gw: int | None) -> RawRoute:
     flags = _RTNH_F_ONLINK if r.onlink else 0
-    return (0, 0, r.oif, gw, RTPROT_BOOT, _RT_SCOPE_UNIVERSE, _RTN_UNICAST, flags)
+    return (r.priority, 0, r.oif, gw, RTPROT_BOOT, _RT_SCOPE_UNIVERSE, _RTN_UNICAST, flags)
 
 
 def _raw_mac(mac: str) -> bytes:
     return bytes.fromhex(mac.replace(":", ""))
 
 
-def _raw_dst(dst: IPv4Network) -> tuple[int, int]:
+def _raw_dst(dst: IPNetwork) -> tuple[int, int]:
     return int(dst.network_address), dst.prefixlen
+
+
+def contains(net: IPNetwork, sub: IPNetwork) -> bool:
+    """True when *sub* is inside *net* (same family).  Ints only: subnet_of() and overlaps()
+    would cache a broadcast address and a host mask in each network they touch (about 160
+    bytes per lease subnet)."""
+    if sub.version != net.version or sub.prefixlen < net.prefixlen:
+        return False
+    shift = net.max_prefixlen - net.prefixlen
+    return int(sub.network_address) >> shift == int(net.network_address) >> shift
+
+
+def address_in(ip: IPAddress, net: IPNetwork) -> bool:
+    """True when address *ip* is inside *net* (same family; ``in`` does not check that)."""
+    shift = net.max_prefixlen - net.prefixlen
+    return ip.version == net.version and int(ip) >> shift == int(net.network_address) >> shift
 
 
 @dataclass(frozen=True)
@@ -231,7 +279,7 @@ class Ownership:
     SubnetLen subnets of the Network on any device."""
 
     dev: int
-    direct: tuple[IPv4Network, int] | None = None
+    direct: tuple[IPNetwork, int] | None = None
 
     def owns(self, e: RouteEntry) -> bool:
         """True for a route pyflannel may replace or delete."""
@@ -242,21 +290,21 @@ class Ownership:
         if self.direct is None or e.protocol != RTPROT_BOOT or e.gateway is None:
             return False
         network, subnet_len = self.direct
-        return e.dst.prefixlen == subnet_len and e.dst.subnet_of(network)
+        return e.dst.prefixlen == subnet_len and contains(network, e.dst)
 
 
 class View(Protocol):
     """What the kernel holds, by key (the mirror, or a :class:`KernelState` in tests)."""
 
-    def neigh(self, ip: IPv4Address) -> str | None:
+    def neigh(self, ip: IPAddress) -> str | None:
         """The MAC of the permanent neighbour *ip* on our device, or None."""
         ...
 
-    def fdb_dsts(self, mac: str) -> tuple[IPv4Address, ...]:
+    def fdb_dsts(self, mac: str) -> tuple[IPAddress, ...]:
         """The remotes of the permanent ``self`` FDB entry *mac* on our device."""
         ...
 
-    def routes_to(self, dst: IPv4Network) -> Sequence[RouteEntry]:
+    def routes_to(self, dst: IPNetwork) -> Sequence[RouteEntry]:
         """Every main-table route to exactly *dst*, on any device."""
         ...
 
@@ -279,7 +327,7 @@ class Plan:
     conflicts: tuple[tuple[Route, RouteEntry], ...] = ()
     #: VTEP address -> MAC of the desired neighbours of the routes to set, so a route can be
     #: held back when its peer's FDB entry failed even though the neighbour needed no change.
-    vtep_macs: dict[IPv4Address, str] = field(default_factory=dict)
+    vtep_macs: dict[IPAddress, str] = field(default_factory=dict)
 
     @property
     def empty(self) -> bool:
@@ -338,7 +386,7 @@ def plan(desired: Desired, actual: View, owner: Ownership, keys: Keys | None = N
     set_routes: list[Route] = []
     del_routes: list[Route] = []
     conflicts: list[tuple[Route, RouteEntry]] = []
-    vtep_macs: dict[IPv4Address, str] = {}
+    vtep_macs: dict[IPAddress, str] = {}
     for dst in sorted(keys.routes, key=_raw_dst):
         route = desired.route(dst)
         entries = actual.routes_to(dst)
@@ -356,7 +404,7 @@ def plan(desired: Desired, actual: View, owner: Ownership, keys: Keys | None = N
                     vtep_macs[route.gateway] = vtep_mac
             # Another metric of the same destination (added by hand) is not backed by a lease;
             # a replace rewrites only the entry with our metric.
-            ours = [e for e in ours if e is not keep and e.priority != 0]
+            ours = [e for e in ours if e is not keep and e.priority != route.priority]
         del_routes.extend(e.route for e in ours)
     return Plan(
         tuple(set_neighs),
@@ -444,34 +492,34 @@ class StateView:
 
     def __init__(self, state: KernelState) -> None:
         self._state = state
-        self._fdb: dict[str, tuple[IPv4Address, ...]] = {}
+        self._fdb: dict[str, tuple[IPAddress, ...]] = {}
         for f in state.fdb:
             self._fdb[f.mac] = (*self._fdb.get(f.mac, ()), f.dst)
-        self._routes: dict[IPv4Network, list[RouteEntry]] = {}
+        self._routes: dict[IPNetwork, list[RouteEntry]] = {}
         for r in state.routes.values():
             self._routes.setdefault(r.dst, []).append(
-                RouteEntry(r.dst, r.gateway, r.oif, RTPROT_BOOT, 0, 1, onlink=r.onlink)
+                RouteEntry(r.dst, r.gateway, r.oif, RTPROT_BOOT, 0, 1, r.priority, r.onlink)
             )
         for r in state.foreign.values():
             self._routes.setdefault(r.dst, []).append(
-                RouteEntry(r.dst, r.gateway, r.oif, RTPROT_KERNEL, 0, 1, onlink=r.onlink)
+                RouteEntry(r.dst, r.gateway, r.oif, RTPROT_KERNEL, 0, 1, r.priority, r.onlink)
             )
 
-    def neigh(self, ip: IPv4Address) -> str | None:
+    def neigh(self, ip: IPAddress) -> str | None:
         """See :class:`View`."""
         return self._state.neighs.get(ip)
 
-    def fdb_dsts(self, mac: str) -> tuple[IPv4Address, ...]:
+    def fdb_dsts(self, mac: str) -> tuple[IPAddress, ...]:
         """See :class:`View`."""
         return self._fdb.get(mac, ())
 
-    def routes_to(self, dst: IPv4Network) -> Sequence[RouteEntry]:
+    def routes_to(self, dst: IPNetwork) -> Sequence[RouteEntry]:
         """See :class:`View`."""
         return self._routes.get(dst, ())
 
     def keys(self, owner: Ownership) -> Keys:
         """See :class:`View`."""
-        owned: Iterable[IPv4Network] = (
+        owned: Iterable[IPNetwork] = (
             dst for dst, es in self._routes.items() if any(owner.owns(e) for e in es)
         )
         return Keys(set(self._state.neighs), set(self._fdb), set(owned))

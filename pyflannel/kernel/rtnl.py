@@ -16,7 +16,6 @@ import socket
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address
 from typing import Self, TypeVar
 
 from pyroute2.netns import setns
@@ -24,6 +23,7 @@ from pyroute2.netns import setns
 from pyflannel.errors import KernelError
 from pyflannel.kernel import codec
 from pyflannel.kernel.mirror import Mirror
+from pyflannel.kernel.records import IPAddress
 
 SOL_NETLINK = 270
 NETLINK_CAP_ACK = 10  # ACKs carry only the request's header, not the whole request back
@@ -336,16 +336,20 @@ class Rtnl(NetlinkSocket):
                     yield parsed
 
     def load_mirror(self, mirror: Mirror) -> None:
-        """Fill *mirror* from full dumps of its device's entries and the main table, streamed
-        into it (a 10,000-peer dump never exists as a list of messages)."""
-        dev = mirror.dev
+        """Fill *mirror* from full dumps of its device's entries and the main table of its
+        family, streamed into it (a 10,000-peer dump never exists as a list of messages)."""
+        dev, family = mirror.dev, mirror.family
         for _ in range(DUMP_TRIES):
             try:
                 mirror.load(
                     self.link(dev),
-                    self.stream(codec.encode_neigh_dump(dev), codec.NeighMsg, "neigh.dump"),
+                    self.stream(
+                        codec.encode_neigh_dump(dev, family=family), codec.NeighMsg, "neigh.dump"
+                    ),
                     self.stream(codec.encode_fdb_dump(dev), codec.NeighMsg, "fdb.dump"),
-                    self.stream(codec.encode_route_dump(), codec.RouteMsg, "route.dump"),
+                    self.stream(
+                        codec.encode_route_dump(family=family), codec.RouteMsg, "route.dump"
+                    ),
                 )
             except DumpInterrupted:
                 continue  # the dumps after it were never sent: nothing is left to read
@@ -354,9 +358,10 @@ class Rtnl(NetlinkSocket):
 
     # --- the dumps pyflannel uses ------------------------------------------------------------
 
-    def neighs(self, ifindex: int = 0) -> list[codec.NeighMsg]:
-        """IPv4 neighbours (of device *ifindex* only, when given)."""
-        found = self.dump(codec.encode_neigh_dump(ifindex), codec.NeighMsg, "neigh.dump")
+    def neighs(self, ifindex: int = 0, family: int = codec.AF_INET) -> list[codec.NeighMsg]:
+        """Neighbours of *family* (of device *ifindex* only, when given)."""
+        request = codec.encode_neigh_dump(ifindex, family=family)
+        found = self.dump(request, codec.NeighMsg, "neigh.dump")
         return [m for m in found if not ifindex or m.ifindex == ifindex]
 
     def fdb(self, ifindex: int = 0) -> list[codec.NeighMsg]:
@@ -364,25 +369,29 @@ class Rtnl(NetlinkSocket):
         found = self.dump(codec.encode_fdb_dump(ifindex), codec.NeighMsg, "fdb.dump")
         return [m for m in found if not ifindex or m.ifindex == ifindex]
 
-    def routes(self, table: int = codec.RT_TABLE_MAIN) -> list[codec.RouteMsg]:
-        """IPv4 routes of *table* (0: every table)."""
-        found = self.dump(codec.encode_route_dump(table), codec.RouteMsg, "route.dump")
+    def routes(
+        self, table: int = codec.RT_TABLE_MAIN, family: int = codec.AF_INET
+    ) -> list[codec.RouteMsg]:
+        """Routes of *family* in *table* (0: every table)."""
+        request = codec.encode_route_dump(table, family=family)
+        found = self.dump(request, codec.RouteMsg, "route.dump")
         return [m for m in found if not table or m.table == table]
 
     def links(self) -> list[codec.LinkMsg]:
         """Every link."""
         return self.dump(codec.encode_link_dump(), codec.LinkMsg, "link.dump")
 
-    def addresses(self, index: int = 0) -> list[codec.AddrMsg]:
-        """IPv4 addresses (of link *index* only, when given)."""
-        found = self.dump(codec.encode_addr_dump(0, index), codec.AddrMsg, "addr.dump")
+    def addresses(self, index: int = 0, family: int = codec.AF_INET) -> list[codec.AddrMsg]:
+        """Addresses of *family* (of link *index* only, when given)."""
+        request = codec.encode_addr_dump(0, index, family)
+        found = self.dump(request, codec.AddrMsg, "addr.dump")
         return [m for m in found if not index or m.index == index]
 
     def link(self, index: int) -> codec.LinkMsg | None:
         """The link with *index*, or None when there is none."""
         return self._get(codec.encode_link_get(index), codec.LinkMsg, "link.get", str(index))
 
-    def route_get(self, dst: IPv4Address) -> codec.RouteMsg | None:
+    def route_get(self, dst: IPAddress) -> codec.RouteMsg | None:
         """The route the kernel uses to reach *dst* (``ip route get``), or None (unreachable)."""
         return self._get(codec.encode_route_get(dst), codec.RouteMsg, "route.get", str(dst))
 

@@ -15,6 +15,12 @@ and kept current by netlink notifications), and the batched writer
 The notification socket is opened before the first dump: a notification queued while a dump
 runs is folded after it, and since notifications come in order the mirror ends at the latest
 state of every key.
+
+One KernelSync per device, of the device's address family (``flannel.<VNI>``: IPv4,
+``flannel-v6.<VNI>``: IPv6).  On a dual-stack host both share one notification socket (made by
+:func:`open_monitor` for both families' groups, read once per poll and folded into each): a
+second socket would receive, parse and buffer every neighbour and FDB notification twice.  An
+IPv4-only host subscribes to no IPv6 group at all.
 """
 
 from __future__ import annotations
@@ -24,13 +30,14 @@ import os
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from ipaddress import IPv4Address, IPv4Interface, IPv6Address, IPv6Interface
 
 from pyflannel.errors import KernelError
 from pyflannel.kernel import codec
 from pyflannel.kernel.mirror import Mirror
 from pyflannel.kernel.monitor import (
     RTNLGRP_IPV4_ROUTE,
+    RTNLGRP_IPV6_ROUTE,
     RTNLGRP_LINK,
     RTNLGRP_NEIGH,
     Monitor,
@@ -47,12 +54,32 @@ from pyflannel.kernel.plan import (
     plan,
     raw_route,
 )
-from pyflannel.kernel.records import Fdb, Link, Neigh, PeerEntries, Route
+from pyflannel.kernel.records import Fdb, IPAddress, IPNetwork, Link, Neigh, PeerEntries, Route
 from pyflannel.kernel.rtnl import Request, Rtnl
 
-#: Address changes (the VTEP address flushed by hand) come in this group.
+#: Address changes (the VTEP address flushed by hand) come in these groups.
 RTNLGRP_IPV4_IFADDR = 5
+RTNLGRP_IPV6_IFADDR = 9
 GROUPS = (RTNLGRP_LINK, RTNLGRP_NEIGH, RTNLGRP_IPV4_ROUTE, RTNLGRP_IPV4_IFADDR)
+#: The groups an IPv6 device adds (links and neighbours/FDB are shared by both families).
+GROUPS_IPV6 = (RTNLGRP_IPV6_ROUTE, RTNLGRP_IPV6_IFADDR)
+
+
+def groups_for(versions: Sequence[int]) -> tuple[int, ...]:
+    """The notification groups the devices of IP *versions* need."""
+    out: tuple[int, ...] = (RTNLGRP_LINK, RTNLGRP_NEIGH)
+    if 4 in versions:
+        out += (RTNLGRP_IPV4_ROUTE, RTNLGRP_IPV4_IFADDR)
+    if 6 in versions:
+        out += GROUPS_IPV6
+    return out
+
+
+def open_monitor(versions: Sequence[int], netns: str | None = None) -> Monitor:
+    """One notification socket for the devices of IP *versions* (see the module docstring)."""
+    return Monitor(netns, groups=groups_for(versions))
+
+
 #: Notifications folded per poll.
 POLL_LIMIT = 4096
 #: A delete of what is already gone is not a failure.
@@ -78,23 +105,42 @@ class SyncResult:
 
 
 class KernelSync:
-    """The peer entries of VXLAN device *dev*, in the current namespace or *netns*."""
+    """The peer entries of VXLAN device *dev* of IP *version* 4 or 6, in the current namespace
+    or *netns*.  *monitor*: a notification socket shared with the other family's KernelSync
+    (the caller reads it with :meth:`read_notifications` of either, hands the messages to
+    :meth:`poll` of both, and closes it); None: a socket of its own, for its family's groups.
+    """
 
-    def __init__(self, dev: int, owner: Ownership, netns: str | None = None) -> None:
-        self._monitor = Monitor(netns, groups=GROUPS)  # before any dump: see the docstring
+    def __init__(
+        self,
+        dev: int,
+        owner: Ownership,
+        netns: str | None = None,
+        *,
+        version: int = 4,
+        monitor: Monitor | None = None,
+    ) -> None:
+        # Before any dump: see the module docstring.
+        self._own_monitor = monitor is None
+        if monitor is None:
+            monitor = Monitor(netns, groups=groups_for((version,)))
+        self._monitor = monitor
         self._rtnl = Rtnl(netns)
         self._netns = netns
+        self.version = version
+        self.family = codec.AF_INET6 if version == 6 else codec.AF_INET
         self.dev = dev
         self.owner = owner
-        self.desired = Desired()
+        self.desired = Desired(version)
         self.mirror = Mirror(dev, self.desired)
         # A re-read in a helper thread (see start_reload), and the notifications folded while
         # it runs, to fold again into the mirror it builds.
         self._reload: _Reload | None = None
 
     def close(self) -> None:
-        """Close both netlink sockets."""
-        self._monitor.close()
+        """Close its netlink sockets (a shared notification socket is the caller's)."""
+        if self._own_monitor:
+            self._monitor.close()
         self._rtnl.close()
 
     def fileno(self) -> int:
@@ -109,7 +155,7 @@ class KernelSync:
         self.desired.clear()
         self._reload = None  # its mirror is of the old device
 
-    def set_peer(self, subnet: IPv4Network, entries: PeerEntries | None) -> Keys:
+    def set_peer(self, subnet: IPNetwork, entries: PeerEntries | None) -> Keys:
         """Want *entries* for the peer on *subnet* (None: nothing); returns the keys to sync."""
         return self.desired.set(subnet, entries)
 
@@ -134,19 +180,27 @@ class KernelSync:
         if self._reload is None:
             self._reload = _Reload(self.dev, self._netns, self.desired)
 
-    def poll(self) -> Notified:
-        """Fold the notifications queued now into the mirror; say what they touched."""
+    def read_notifications(self) -> list[codec.Parsed] | Overflow:
+        """The notifications queued now on its socket (shared or not), for :meth:`poll`.
+
+        A bounded helping (the rest stays queued, and select says so): after a bulk write tens
+        of thousands of echoes would otherwise be parsed into one list at once."""
+        return self._monitor.read(POLL_LIMIT)
+
+    def poll(self, msgs: list[codec.Parsed] | Overflow | None = None) -> Notified:
+        """Fold notifications into the mirror (*msgs*, read from a shared socket; None: those
+        queued now on its own); say what they touched."""
         out = Notified()
-        # A bounded helping (the rest stays queued, and select says so): after a bulk write
-        # tens of thousands of echoes would otherwise be parsed into one list at once.
-        msgs = self._monitor.read(POLL_LIMIT)
+        if msgs is None:
+            msgs = self.read_notifications()
         if isinstance(msgs, Overflow):
             out.resync = True
             self._reload = None  # what it would replay is incomplete: re-read for real
             return out
         for m in msgs:
             if isinstance(m, codec.AddrMsg):
-                out.device |= m.index == self.dev
+                # Only its family's: the IPv4 device's IPv6 link-local address is nothing to it.
+                out.device |= m.index == self.dev and m.family == self.family
                 continue
             if isinstance(m, codec.LinkMsg) and m.index != self.dev and self.owner.direct:
                 # A link going down drops its routes without a notification: with
@@ -177,18 +231,25 @@ class KernelSync:
         return True
 
     def device(self) -> Link | None:
-        """Our device as the kernel has it now, with its IPv4 addresses; None if it is gone."""
+        """Our device as the kernel has it now, with its addresses of our family; None if it
+        is gone."""
         link = self._rtnl.link(self.dev)
         if link is None:
             return None
-        addrs = tuple(
-            IPv4Interface((IPv4Address(a.local or a.address or b"\0\0\0\0"), a.prefixlen))
-            for a in self._rtnl.addresses(self.dev)
-            if a.family == codec.AF_INET and a.index == self.dev
-        )
+        found = [
+            (a.local or a.address, a.prefixlen)
+            for a in self._rtnl.addresses(self.dev, self.family)
+            if a.family == self.family and a.index == self.dev
+        ]
+        if self.version == 6:
+            addrs6 = tuple(
+                IPv6Interface((IPv6Address(raw or bytes(16)), plen)) for raw, plen in found
+            )
+            return Link(link.index, link.name, link.mac, link.mtu, link.up, addresses6=addrs6)
+        addrs = tuple(IPv4Interface((IPv4Address(raw or bytes(4)), plen)) for raw, plen in found)
         return Link(link.index, link.name, link.mac, link.mtu, link.up, addrs)
 
-    def route_is_onlink(self, ip: IPv4Address) -> bool:
+    def route_is_onlink(self, ip: IPAddress) -> bool:
         """True when the kernel reaches *ip* without a gateway (DirectRouting's test); a raw
         ``route get``: pyroute2's leaks some 300 bytes a call, and this runs per peer."""
         route = self._rtnl.route_get(ip)
@@ -241,7 +302,7 @@ class KernelSync:
         if isinstance(t, Neigh):
             kind = codec.RTM_NEWNEIGH if new else codec.RTM_DELNEIGH
             return codec.NeighMsg(
-                kind, codec.AF_INET, self.dev, codec.NUD_PERMANENT, 0, t.ip.packed,
+                kind, self.family, self.dev, codec.NUD_PERMANENT, 0, t.ip.packed,
                 codec.mac_bytes(t.mac) if new else None,
             )  # fmt: skip
         if isinstance(t, Fdb):
@@ -255,7 +316,7 @@ class KernelSync:
             return None
         raw = raw_route(t)
         return codec.RouteMsg(
-            codec.RTM_NEWROUTE if new else codec.RTM_DELROUTE, codec.AF_INET,
+            codec.RTM_NEWROUTE if new else codec.RTM_DELROUTE, self.family,
             t.dst.network_address.packed, t.dst.prefixlen, raw[1], codec.RT_TABLE_MAIN, raw[4],
             raw[5], raw[6], raw[7], t.gateway.packed if t.gateway is not None else None,
             t.oif, raw[0],
@@ -277,7 +338,8 @@ class KernelSync:
 
 
 class _Reload:
-    """Dumps into a new mirror in a thread of its own, on a socket of its own."""
+    """Dumps into a new mirror (of *canon*'s family) in a thread of its own, on a socket of
+    its own."""
 
     def __init__(self, dev: int, netns: str | None, canon: Desired) -> None:
         self.mirror: Mirror | None = None
@@ -324,4 +386,12 @@ def describe_route(r: Route, names: dict[int, str] | None = None) -> str:
     return " ".join(parts)
 
 
-__all__ = ["GROUPS", "KernelSync", "Notified", "SyncResult", "describe_route"]
+__all__ = [
+    "GROUPS",
+    "KernelSync",
+    "Notified",
+    "SyncResult",
+    "describe_route",
+    "groups_for",
+    "open_monitor",
+]

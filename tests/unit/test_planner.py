@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import errno
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 import pytest
@@ -550,8 +550,9 @@ def test_plan_for_keys_looks_at_nothing_else() -> None:
 
 
 def test_plan_extra_metric_on_device_is_removed() -> None:
-    """A second route to a peer's subnet on our device (another metric, added by hand) goes;
-    the one the lease backs stays."""
+    """A second route to a peer's subnet on our device (another metric, added by hand) goes,
+    deleted by its metric (without one the kernel would delete the first match: ours); the one
+    the lease backs stays."""
 
     class View(StateView):
         def routes_to(self, dst: IPv4Network) -> list[RouteEntry]:
@@ -565,7 +566,7 @@ def test_plan_extra_metric_on_device_is_removed() -> None:
     d = desired_of(programmed((S1, P1, M1)))
     p = plan(d, View(programmed((S1, P1, M1))), Ownership(DEV), Keys(routes={S1}))
     assert p.set_routes == ()
-    assert p.del_routes == (onlink(S1),)
+    assert p.del_routes == (replace(onlink(S1), priority=100),)
 
 
 def test_apply_is_two_batches() -> None:
