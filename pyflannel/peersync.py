@@ -1,6 +1,9 @@
 """From peer leases to kernel entries, one peer at a time: the VXLAN backend's per-peer entries
 fed to :class:`~pyflannel.kernel.sync.KernelSync`, with the warnings an operator needs.
 
+One PeerSync per VXLAN device: ``flannel.<VNI>`` takes each lease's IPv4 half,
+``flannel-v6.<VNI>`` its IPv6 half (the scope's Network says which); both see every lease event.
+
 The daemon tells it which peers changed (a lease event), and it plans only their keys; kernel
 notifications touch only the keys they name; a full sync (start, resync, a device change)
 compares everything.  Each problem (a lease skipped as unsafe, a route that conflicts with one
@@ -11,14 +14,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
-from ipaddress import IPv4Network
 
 import structlog
 
 from pyflannel.backend.vxlan import PeerScope, peer_entries
 from pyflannel.ipnet import SubnetKey
+from pyflannel.kernel.codec import Parsed
+from pyflannel.kernel.monitor import Overflow
 from pyflannel.kernel.plan import Keys, Ownership
-from pyflannel.kernel.records import RouteEntry
+from pyflannel.kernel.records import IPNetwork, RouteEntry
 from pyflannel.kernel.sync import KernelSync, Notified, SyncResult, describe_route
 from pyflannel.lease import Lease
 from pyflannel.stats import Stats
@@ -44,8 +48,8 @@ class PeerSync:
         self.kernel = open_kernel(dev, self.ownership(dev))
         # The last warning per subnet (skipped lease, route conflict): one line per distinct
         # problem; bounded by the keys under subnets/ (an entry goes when its lease goes).
-        self._skipped: dict[IPv4Network, str] = {}
-        self._conflicts: dict[IPv4Network, RouteEntry] = {}
+        self._skipped: dict[IPNetwork, str] = {}
+        self._conflicts: dict[IPNetwork, RouteEntry] = {}
 
     @property
     def peers(self) -> int:
@@ -60,10 +64,10 @@ class PeerSync:
     def update(self, key: SubnetKey, lease: Lease | None) -> Keys:
         """The lease on *key* is now *lease* (None: gone); returns the keys to sync.
 
-        Only the IPv4 half is this device's: a key without one (an IPv6-only peer) changes
-        nothing here.
+        Only one half is this device's (the scope's family): a key without one (an IPv6-only
+        peer on the IPv4 device, an IPv4-only one on the IPv6 device) changes nothing here.
         """
-        subnet = key.ipv4
+        subnet = self.scope.half(key)
         if subnet is None:
             return Keys()
         if lease is None or subnet == self.scope.own_subnet:
@@ -96,9 +100,10 @@ class PeerSync:
         for lease in leases:
             self.update(lease.key, lease)
 
-    def poll(self) -> Notified:
-        """Fold queued kernel notifications; see :meth:`KernelSync.poll`."""
-        return self.kernel.poll()
+    def poll(self, msgs: list[Parsed] | Overflow | None = None) -> Notified:
+        """Fold kernel notifications (*msgs* read from a shared socket, or those queued on the
+        device's own); see :meth:`KernelSync.poll`."""
+        return self.kernel.poll(msgs)
 
     def sync(self, keys: Keys | None, reason: str, *, reload: bool = False) -> SyncResult:
         """Compare and fix *keys* (None: every key); with *reload*, re-read the kernel first."""

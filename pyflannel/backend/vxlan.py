@@ -18,6 +18,12 @@ Design notes (why it looks like this):
   its public IP is a unicast address that is not ours, and its VTEP MAC is unicast and non-zero.
   Anything else could make the kernel route the underlay, our own subnet or the whole Network
   into the overlay, or ask it for FDB entries it refuses on every reconcile.
+* IPv6 (``flannel-v6.<VNI>``) is the same per family: a :class:`PeerScope` of the IPv6Network
+  takes each lease's IPv6 half, ``PublicIPv6`` and ``BackendV6Data``'s MAC, under the same
+  checks (IPv6SubnetLen, inside the IPv6Network, not overlapping our IPv6 subnet, a unicast
+  PublicIPv6 that is not ours, a unicast non-zero MAC).  A lease without the half of a
+  device's family is nothing to that device: a dual-stack peer is programmed on both, an
+  IPv4-only peer on the IPv4 device only, as flanneld does.
 
 :func:`desired_state` is pure; the kernel query DirectRouting needs is passed in.
 """
@@ -26,20 +32,42 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv6Address, IPv6Network
 
-from pyflannel.kernel.records import Fdb, KernelState, Neigh, PeerEntries, Route
+from pyflannel.ipnet import SubnetKey
+from pyflannel.kernel.plan import contains
+from pyflannel.kernel.records import (
+    IPV6_ROUTE_METRIC,
+    Fdb,
+    IPAddress,
+    IPNetwork,
+    KernelState,
+    Neigh,
+    PeerEntries,
+    Route,
+)
 from pyflannel.lease import NO_PUBLIC_IP, Lease, LeaseAttrs
 
 
 @dataclass(frozen=True)
 class PeerScope:
-    """What a peer lease must fit to be programmed: our Network and our own lease."""
+    """What a peer lease must fit to be programmed on one device: that family's Network and
+    SubnetLen, our own subnet and public address of that family.  The Network's version says
+    which half of a lease the device takes."""
 
-    network: IPv4Network
+    network: IPNetwork
     subnet_len: int
-    own_subnet: IPv4Network | None = None
-    own_public_ip: IPv4Address | None = None
+    own_subnet: IPNetwork | None = None
+    own_public_ip: IPAddress | None = None
+
+    @property
+    def version(self) -> int:
+        """4 or 6: the device's address family."""
+        return self.network.version
+
+    def half(self, lease_key: SubnetKey) -> IPNetwork | None:
+        """The subnet of *lease_key* this device programs (None: the key has no such half)."""
+        return lease_key.ipv6 if self.version == 6 else lease_key.ipv4
 
 
 def _mac_reason(mac: str) -> str | None:
@@ -57,15 +85,19 @@ def _ip_reason(ip: IPv4Address) -> str | None:
     return None
 
 
+def _ipv6_reason(ip: IPv6Address) -> str | None:
+    # An IPv4-mapped address (a dotted PublicIPv6, which Go parses so) is no IPv6 VXLAN remote.
+    if ip.is_unspecified or ip.is_loopback or ip.is_multicast or ip.ipv4_mapped is not None:
+        return f"PublicIPv6 {ip} is not a unicast IPv6 address"
+    return None
+
+
 def holder_reason(attrs: LeaseAttrs) -> str | None:
     """Why *attrs* cannot be a real host's lease (not a unicast PublicIP, a bad VTEP MAC), or
     None.  Garbage written over our key is repaired; only a plausible lease is a takeover.
     An IPv6-only host's lease (PublicIP 0.0.0.0 and a PublicIPv6) is judged by its IPv6 half."""
     if attrs.public_ip == NO_PUBLIC_IP and attrs.public_ipv6 is not None:
-        ip6 = attrs.public_ipv6
-        bad = ip6.is_unspecified or ip6.is_loopback or ip6.is_multicast
-        reason = f"PublicIPv6 {ip6} is not a unicast address" if bad else None
-        mac = attrs.v6_vtep_mac
+        reason, mac = _ipv6_reason(attrs.public_ipv6), attrs.v6_vtep_mac
     else:
         reason, mac = _ip_reason(attrs.public_ip), attrs.vtep_mac
     if reason is None and mac is not None:
@@ -73,28 +105,37 @@ def holder_reason(attrs: LeaseAttrs) -> str | None:
     return reason
 
 
-def _contains(net: IPv4Network, sub: IPv4Network) -> bool:
-    # subnet_of()/overlaps() would cache a broadcast address and a host mask in every lease's
-    # IPv4Network (about 160 bytes each, 1.6 MB at 10,000 peers); `in` and ints cache nothing.
-    return sub.prefixlen >= net.prefixlen and sub.network_address in net
-
-
 def unsafe_reason(lease: Lease, scope: PeerScope) -> str | None:
-    """Why *lease* must not be programmed, or None when it is safe (see the module docstring)."""
-    subnet = lease.key.ipv4
+    """Why *lease* must not be programmed on *scope*'s device, or None when it is safe (see the
+    module docstring)."""
+    v6 = scope.version == 6
+    subnet = scope.half(lease.key)
+    sub, net = ("IPv6 subnet", "IPv6Network") if v6 else ("subnet", "Network")
     if subnet is None:
-        return "lease has no IPv4 subnet (an IPv6-only peer)"
-    if subnet.prefixlen != scope.subnet_len or not _contains(scope.network, subnet):
-        return f"subnet is not a /{scope.subnet_len} inside the Network {scope.network}"
+        other = "an IPv4-only" if v6 else "an IPv6-only"
+        return f"lease has no IPv{scope.version} subnet ({other} peer)"
+    # contains() and ints: subnet_of()/overlaps() would cache a broadcast address and a host
+    # mask in every lease's network (about 160 bytes each, 1.6 MB at 10,000 peers).
+    if subnet.prefixlen != scope.subnet_len or not contains(scope.network, subnet):
+        return f"{sub} is not a /{scope.subnet_len} inside the {net} {scope.network}"
     own = scope.own_subnet
-    if own is not None and (_contains(own, subnet) or _contains(subnet, own)):
-        return f"subnet overlaps our own subnet {scope.own_subnet}"
+    if own is not None and (contains(own, subnet) or contains(subnet, own)):
+        return f"{sub} overlaps our own {sub} {scope.own_subnet}"
     attrs = lease.attrs
     if attrs.backend_type.lower() != "vxlan":
         return f"backend type {attrs.backend_type or '(none)'!r} is not vxlan"
-    if attrs.public_ip == scope.own_public_ip:
-        return f"PublicIP {attrs.public_ip} is our own"
-    return holder_reason(attrs)
+    public = attrs.public_ipv6 if v6 else attrs.public_ip
+    if public is None:
+        return "lease has no PublicIPv6"
+    if public == scope.own_public_ip:
+        return f"{'PublicIPv6' if v6 else 'PublicIP'} {public} is our own"
+    if not v6:
+        return holder_reason(attrs)
+    assert isinstance(public, IPv6Address)
+    reason = _ipv6_reason(public)
+    if reason is None and attrs.v6_vtep_mac is not None:
+        reason = _mac_reason(attrs.v6_vtep_mac)
+    return reason
 
 
 @dataclass
@@ -102,7 +143,7 @@ class DesiredState:
     """The entries the kernel should hold, and the leases skipped with the reason why."""
 
     state: KernelState = field(default_factory=KernelState)
-    skipped: dict[IPv4Network, str] = field(default_factory=dict)
+    skipped: dict[IPNetwork, str] = field(default_factory=dict)
 
 
 def peer_entries(
@@ -111,13 +152,15 @@ def peer_entries(
     scope: PeerScope,
     *,
     direct_routing: bool = False,
-    is_onlink: Callable[[IPv4Address], bool] = lambda _ip: False,
+    is_onlink: Callable[[IPAddress], bool] = lambda _ip: False,
 ) -> PeerEntries | str:
-    """The entries for one peer lease, or the reason it is skipped."""
+    """The entries for one peer lease on *scope*'s device, or the reason it is skipped."""
     why = unsafe_reason(lease, scope)
     if why is not None:
         return why
     attrs = lease.attrs
+    if scope.version == 6:
+        return _ipv6_entries(lease, dev, direct_routing, is_onlink)
     if direct_routing and is_onlink(attrs.public_ip):
         return PeerEntries(Route(lease.subnet, attrs.public_ip, None, False))
     if attrs.vtep_mac is None:
@@ -130,26 +173,48 @@ def peer_entries(
     )
 
 
+def _ipv6_entries(
+    lease: Lease, dev: int, direct_routing: bool, is_onlink: Callable[[IPAddress], bool]
+) -> PeerEntries | str:
+    """The IPv6 device's entries for a lease :func:`unsafe_reason` passed."""
+    attrs = lease.attrs
+    subnet, public = lease.key.ipv6, attrs.public_ipv6
+    assert isinstance(subnet, IPv6Network) and public is not None  # unsafe_reason checked
+    if direct_routing and is_onlink(public):
+        return PeerEntries(Route(subnet, public, None, False))
+    mac = attrs.v6_vtep_mac
+    if mac is None:
+        return "lease has no IPv6 VtepMAC (BackendV6Data)"
+    vtep_ip = subnet.network_address
+    return PeerEntries(
+        Route(subnet, vtep_ip, dev, True, IPV6_ROUTE_METRIC),
+        Neigh(vtep_ip, mac),
+        Fdb(mac, public),
+    )
+
+
 def desired_state(
     peers: Iterable[Lease],
     dev: int,
     scope: PeerScope,
     *,
     direct_routing: bool = False,
-    is_onlink: Callable[[IPv4Address], bool] = lambda _ip: False,
+    is_onlink: Callable[[IPAddress], bool] = lambda _ip: False,
 ) -> DesiredState:
-    """Compute the kernel entries for *peers*; unsafe leases (and our own) are skipped."""
+    """Compute the kernel entries for *peers* on *scope*'s device; unsafe leases (and our own)
+    are skipped."""
     out = DesiredState()
     for lease in peers:
-        if lease.key.ipv4 is None or lease.subnet == scope.own_subnet:
-            continue  # our own, or an IPv6-only peer: nothing on the IPv4 device
+        subnet = scope.half(lease.key)
+        if subnet is None or subnet == scope.own_subnet:
+            continue  # our own, or a peer without this family's half: nothing on this device
         entries = peer_entries(
             lease, dev, scope, direct_routing=direct_routing, is_onlink=is_onlink
         )
         if isinstance(entries, str):
-            out.skipped[lease.subnet] = entries
+            out.skipped[subnet] = entries
             continue
-        out.state.routes[lease.subnet] = entries.route
+        out.state.routes[subnet] = entries.route
         if entries.neigh is not None:
             out.state.neighs[entries.neigh.ip] = entries.neigh.mac
         if entries.fdb is not None:
