@@ -40,6 +40,16 @@ def _ip(text: str) -> IPv4Address:
     return IPv4Address(text)
 
 
+def _ip6(text: str) -> IPv6Address:
+    # No zone ("%eth0"): a lease value cannot carry one.
+    if "%" in text:
+        raise ValueError("not an IPv6 address (no zone allowed)")
+    try:
+        return IPv6Address(text)
+    except ValueError:
+        raise ValueError("not an IPv6 address") from None
+
+
 def _margin(text: str) -> int:
     v = int(text)
     if not 1 <= v <= 1439:
@@ -140,6 +150,12 @@ FLAGS: tuple[_Flag, ...] = (
         repeat=True,
     ),
     _Flag("public-ip", _ip, None, "IP accessible by other nodes for inter-host communication"),
+    _Flag(
+        "public-ipv6",
+        _ip6,
+        None,
+        "IPv6 accessible by other nodes for inter-host communication (with EnableIPv6)",
+    ),
     _Flag(
         "subnet-file",
         Path,
@@ -367,6 +383,7 @@ def parse_args(argv: Sequence[str], env: Mapping[str, str]) -> DaemonOptions:
         ifaces=values["iface"],
         iface_regexes=values["iface-regex"],
         public_ip=values["public-ip"],
+        public_ipv6=values["public-ipv6"],
         subnet_file=values["subnet-file"],
         renew_margin_minutes=values["subnet-lease-renew-margin"],
         lease_ttl=values["subnet-lease-ttl"],

@@ -24,6 +24,7 @@ class DaemonOptions:
     ifaces: tuple[str, ...] = ()
     iface_regexes: tuple[str, ...] = ()
     public_ip: IPv4Address | None = None
+    public_ipv6: IPv6Address | None = None
     subnet_file: Path = Path("/run/flannel/subnet.env")
     renew_margin_minutes: int = 60
     lease_ttl: int = 86400
