@@ -5,9 +5,7 @@ value of the wrong JSON type is an error.  Error texts are flanneld's, so that o
 for them.  Pure: no I/O.
 
 Both families are parsed and validated (``EnableIPv4``/``Network``/``Subnet*`` and
-``EnableIPv6``/``IPv6Network``/``IPv6Subnet*``), but the daemon does not program IPv6 yet:
-:func:`parse_network_config` refuses a config that enables it, in one place
-(:func:`refuse_unwired`), and :func:`read_network_config` is the parser without that refusal.
+``EnableIPv6``/``IPv6Network``/``IPv6Subnet*``): dual-stack and IPv6-only networks are served.
 """
 
 from __future__ import annotations
@@ -206,24 +204,9 @@ def parse_backend(raw: Any) -> VxlanConfig:
 
 
 def parse_network_config(text: str | bytes) -> NetworkConfig:
-    """Parse and validate the JSON stored at ``<prefix>/config`` for the daemon as it is now:
-    :func:`read_network_config`, then :func:`refuse_unwired`.
-
-    Raises:
-        ConfigError: as :func:`read_network_config`, or the config enables IPv6.
-    """
-    cfg = read_network_config(text)
-    refuse_unwired(cfg)
-    return cfg
-
-
-# --- The one switch: remove this refusal once the daemon programs IPv6 (issue 10). ----------
-# Everything below and beside it (config, keys, lease values, allocation, subnet.env) already
-# handles dual-stack and IPv6-only networks; the daemon, the device and the peers do not yet.
-def refuse_unwired(cfg: NetworkConfig) -> None:
-    """Refuse a config the daemon cannot serve yet: one that enables IPv6 (IPv6-only too)."""
-    if cfg.ipv6 is not None:
-        raise ConfigError("EnableIPv6: IPv6 networks are not supported by pyflannel yet")
+    """Parse and validate the JSON stored at ``<prefix>/config`` (:func:`read_network_config`:
+    the daemon serves every config it reads, IPv6 included)."""
+    return read_network_config(text)
 
 
 def read_network_config(text: str | bytes) -> NetworkConfig:

@@ -14,6 +14,11 @@ then the steady state, run by two threads (and a third that keeps the iptables r
 Nothing is torn down on exit: device, entries, iptables rules and lease stay, so a restart is
 hitless.
 
+There is one VXLAN device per address family the network enables (:mod:`pyflannel.overlay`:
+``flannel.<VNI>``, ``flannel-v6.<VNI>``); each takes its half of every lease event, keeps its
+own desired entries and mirror, and both are served by the same loop from one notification
+socket.  A lease names our subnets of every family, and carries each device's MAC.
+
 The main thread reports its progress as it goes (:meth:`Daemon._tick`): ``WATCHDOG=1`` when
 systemd asks for it (only from this loop, so a wedged loop gets restarted), ``STATUS=``, and
 the numbers a ``/metrics`` scrape reads (:class:`~pyflannel.stats.Stats`).  While it waits for
@@ -33,15 +38,15 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, replace
-from ipaddress import IPv4Interface
+from ipaddress import IPv4Network, IPv6Network
 from types import FrameType
 from typing import TYPE_CHECKING, TypeVar
 
 import structlog
 
 from pyflannel import __version__, memory, systemd
-from pyflannel.backend.vxlan import PeerScope, holder_reason
-from pyflannel.config import VXLAN_OVERHEAD, NetworkConfig, parse_network_config
+from pyflannel.backend.vxlan import holder_reason
+from pyflannel.config import NetworkConfig, parse_network_config
 from pyflannel.errors import (
     Compacted,
     ConfigError,
@@ -54,19 +59,36 @@ from pyflannel.errors import (
     RegistryUnavailable,
     UnsupportedBackend,
 )
-from pyflannel.iface import ExternalInterface, choose_external, underlay_overlaps
+from pyflannel.iface import (
+    ExternalInterface,
+    choose_external,
+    choose_external_ipv6,
+    underlay_overlaps,
+    underlay_overlaps6,
+    with_ipv6,
+)
 from pyflannel.ipnet import SubnetKey
+from pyflannel.kernel.monitor import Monitor
 from pyflannel.kernel.netlink import Netlink
-from pyflannel.kernel.plan import Keys
-from pyflannel.kernel.records import Link, VxlanSpec
-from pyflannel.lease import Change, EventKind, Lease, LeaseAttrs, LeaseTracker, WatchBatch
+from pyflannel.kernel.plan import Keys, Ownership
+from pyflannel.kernel.sync import KernelSync
+from pyflannel.lease import (
+    NO_PUBLIC_IP,
+    Change,
+    EventKind,
+    Lease,
+    LeaseAttrs,
+    LeaseTracker,
+    WatchBatch,
+)
 from pyflannel.options import DaemonOptions
+from pyflannel.overlay import Overlay
 from pyflannel.peersync import PeerSync
 from pyflannel.registry import Registry, join_key, open_registry
 from pyflannel.retry import Backoff, OnceFilter, Waiting
 from pyflannel.rulekeeper import Iptables, find_iptables, keep_rules
 from pyflannel.stats import Stats
-from pyflannel.subnet import LeaseManager
+from pyflannel.subnet import LeaseManager, is_ours
 from pyflannel.subnetenv import (
     check_writable,
     read_cidr,
@@ -189,12 +211,12 @@ class Daemon:
         self._iptables: Iptables | None
         self.cfg: NetworkConfig
         self.ext: ExternalInterface
-        self.dev: Link
-        self.spec: VxlanSpec
+        self.fams: list[Overlay] = []  # one per address family: IPv4 first
+        self._monitor: Monitor | None = None  # one notification socket for every device
         self.attrs: LeaseAttrs
         self.lease: Lease
         self.manager: LeaseManager
-        self.peers: PeerSync
+        self._serving_peers = False  # the devices' PeerSyncs are open
 
     # --- signals ------------------------------------------------------------------------------
 
@@ -281,68 +303,116 @@ class Daemon:
         return parse_network_config(text)
 
     def start(self) -> None:
-        """Config, interface, device, lease, address, subnet.env; raises on fatal problems."""
+        """Config, interface, devices, lease, addresses, subnet.env; raises on fatal problems."""
         check_writable(self.opts.subnet_file)  # before anything is leased or created
         self._iptables = find_iptables(self.opts)  # likewise: --ip-masq without iptables
         self._set_phase("reading the network config")
-        self.cfg = self._retry("network_config", self._fetch_config)
-        log.info(
-            "network_config",
-            network=str(self.cfg.network),
-            subnet_len=self.cfg.subnet_len,
-            subnet_min=str(self.cfg.subnet_min),
-            subnet_max=str(self.cfg.subnet_max),
-            vni=self.cfg.backend.vni,
-            port=self.cfg.backend.udp_port,
-        )
-        self.ext = choose_external(
-            self.nl.links(),
-            self.nl.default_route_link(),
-            ifaces=self.opts.ifaces,
-            iface_regexes=self.opts.iface_regexes,
-            public_ip=self.opts.public_ip,
-        )
-        log.info(
-            "external_interface",
-            iface=self.ext.link.name,
-            iface_ip=str(self.ext.iface_ip),
-            public_ip=str(self.ext.public_ip),
-            mtu=self.ext.link.mtu,
-        )
-        overlaps = underlay_overlaps(
-            self.cfg.network, self.ext, self.nl.connected_routes(self.ext.link.index)
-        )
-        if overlaps:
-            raise ConfigError(
-                f"Network {self.cfg.network} overlaps the underlay ({'; '.join(overlaps)}): "
-                "routing it into the overlay would cut this host off; choose another Network"
-            )
-        self._ensure_device()
+        self.cfg = cfg = self._retry("network_config", self._fetch_config)
+        log.info("network_config", **_config_fields(cfg))
+        self.ext = self._choose_external()
+        log.info("external_interface", **_iface_fields(self.ext, cfg))
+        self._check_underlay()
+        self.fams = [Overlay(v, cfg, self.ext) for v in _versions(cfg)]
+        for fam in self.fams:
+            self._ensure_device(fam)
+        self._set_attrs()
         hint = read_subnet_hint(self.opts.subnet_file)
         self.manager = LeaseManager(
-            self.registry, self.ext.public_ip, hint=hint, ttl=self.opts.lease_ttl
+            self.registry,
+            self.ext.public_ip,
+            public_ipv6=self.ext.public_ipv6,
+            hint=hint,
+            ttl=self.opts.lease_ttl,
         )
         self._set_phase("acquiring a lease")
         self.lease = self._retry("lease", lambda: self.manager.acquire(self.cfg, self.attrs))
         self.stats.lease_expiry = self.lease.expiration
-        self._set_phase(f"programming the peers of {self.lease.subnet}")
-        self._ensure_address()
-        if self._iptables is not None:
+        self._set_phase(f"programming the peers of {self.lease.key}")
+        for fam in self.fams:
+            self._ensure_address(fam)
+        if self._iptables is not None and cfg.ipv4 is not None:
             # Before subnet.env, as flanneld: what attaches containers once it appears finds
             # the masquerade rules in place.  The old file names what a previous run installed.
             old = self.opts.subnet_file
             previous = (read_cidr(old, "FLANNEL_NETWORK"), read_cidr(old, "FLANNEL_SUBNET"))
             keep_rules(
-                self._iptables, self.opts, self.cfg.network, self.lease.subnet, previous, self.stop
+                self._iptables, self.opts, cfg.network, self.lease.subnet, previous, self.stop
             )
-        text = subnet_env_text(self.cfg.network, self.lease.subnet, self.dev.mtu, self.opts.ip_masq)
+        # One MTU for containers that get both families: the smaller device's.
+        mtu = min(fam.dev.mtu for fam in self.fams)
+        text = subnet_env_text(
+            cfg.ipv4.network if cfg.ipv4 is not None else None,
+            self.lease.key.ipv4,
+            mtu,
+            self.opts.ip_masq,
+            ipv6_network=cfg.ipv6.network if cfg.ipv6 is not None else None,
+            ipv6_subnet=self.lease.key.ipv6,
+        )
         write_subnet_env(self.opts.subnet_file, text)
         log.info(
             "subnet_env_written",
             path=str(self.opts.subnet_file),
-            subnet=str(self.lease.subnet),
-            mtu=self.dev.mtu,
+            subnet=str(self.lease.key),
+            mtu=mtu,
         )
+
+    def _choose_external(self) -> ExternalInterface:
+        """The underlay interface and our public addresses of each enabled family."""
+        opts, cfg = self.opts, self.cfg
+        if cfg.ipv4 is None:
+            if opts.public_ip is not None:
+                log.warning(
+                    "public_ip_ignored",
+                    public_ip=str(opts.public_ip),
+                    reason="the network has no IPv4 (EnableIPv4 is false)",
+                )
+            return choose_external_ipv6(
+                self.nl.links(ipv6=True),
+                self.nl.default_route_link(6),
+                ifaces=opts.ifaces,
+                iface_regexes=opts.iface_regexes,
+                public_ipv6=opts.public_ipv6,
+            )
+        ext = choose_external(
+            self.nl.links(ipv6=cfg.ipv6 is not None),
+            self.nl.default_route_link(),
+            ifaces=opts.ifaces,
+            iface_regexes=opts.iface_regexes,
+            public_ip=opts.public_ip,
+        )
+        if cfg.ipv6 is None:
+            return ext
+        return with_ipv6(
+            ext,
+            self.nl.default_route_link(6),
+            ifaces=opts.ifaces,
+            iface_regexes=opts.iface_regexes,
+            public_ipv6=opts.public_ipv6,
+        )
+
+    def _check_underlay(self) -> None:
+        """Refuse a Network (or IPv6Network) that overlaps the underlay."""
+        cfg, ext = self.cfg, self.ext
+        index = ext.link.index
+        if cfg.ipv4 is not None:
+            connected4 = [n for n in self.nl.connected_routes(index) if isinstance(n, IPv4Network)]
+            overlaps = underlay_overlaps(cfg.network, ext, connected4)
+            if overlaps:
+                raise ConfigError(
+                    f"Network {cfg.network} overlaps the underlay ({'; '.join(overlaps)}): "
+                    "routing it into the overlay would cut this host off; choose another Network"
+                )
+        if cfg.ipv6 is not None:
+            connected6 = [
+                n for n in self.nl.connected_routes(index, 6) if isinstance(n, IPv6Network)
+            ]
+            overlaps = underlay_overlaps6(cfg.ipv6.network, ext, connected6)
+            if overlaps:
+                raise ConfigError(
+                    f"IPv6Network {cfg.ipv6.network} overlaps the underlay "
+                    f"({'; '.join(overlaps)}): routing it into the overlay would cut this "
+                    "host off; choose another IPv6Network"
+                )
 
     def _set_phase(self, text: str) -> None:
         """What start-up does now: STATUS= and /readyz's reason until we serve."""
@@ -350,46 +420,51 @@ class Daemon:
         self.stats.set_blocker(text)
         self._tick(force=True)
 
-    def _ensure_device(self) -> None:
-        """Create or reuse flannel.<VNI>; our lease attributes follow its MAC."""
-        backend = self.cfg.backend
-        self.spec = spec = VxlanSpec(
-            name=backend.device_name,
-            vni=backend.vni,
-            port=backend.udp_port,
-            underlay_index=self.ext.link.index,
-            local=self.ext.vtep_local,
-            mtu=(backend.mtu or self.ext.link.mtu) - VXLAN_OVERHEAD,
-            learning=backend.learning,
-            gbp=backend.gbp,
-        )
-        self.dev, created = self.nl.ensure_vxlan(spec)
+    def _ensure_device(self, fam: Overlay) -> None:
+        """Create or reuse *fam*'s device; our lease attributes follow its MAC."""
+        spec = fam.spec
+        fam.dev, created = self.nl.ensure_vxlan(spec)
         log.info(
             "device_created" if created else "device_reused",
-            device=self.dev.name,
-            mac=self.dev.mac,
-            mtu=self.dev.mtu,
+            device=fam.dev.name,
+            mac=fam.dev.mac,
+            mtu=fam.dev.mtu,
             vni=spec.vni,
             local=str(spec.local),
         )
-        self.attrs = LeaseAttrs(self.ext.public_ip, "vxlan", self.dev.mac, backend.vni)
 
-    def _ensure_address(self) -> None:
-        vtep = IPv4Interface(f"{self.lease.subnet.network_address}/32")
-        self.nl.ensure_address(self.dev, vtep, self.cfg.network)
+    def _set_attrs(self) -> None:
+        """What our lease says: each family's public address, device MAC and VNI."""
+        v4 = next((f for f in self.fams if f.version == 4), None)
+        v6 = next((f for f in self.fams if f.version == 6), None)
+        vni = self.cfg.backend.vni
+        self.attrs = LeaseAttrs(
+            self.ext.public_ip if v4 is not None else NO_PUBLIC_IP,
+            "vxlan",
+            v4.dev.mac if v4 is not None else None,
+            vni if v4 is not None else None,
+            self.ext.public_ipv6 if v6 is not None else None,
+            v6.dev.mac if v6 is not None else None,
+            vni if v6 is not None else None,
+        )
 
-    def _restore_device(self) -> None:
-        """flannel.<VNI> vanished (deleted by hand): re-create it, republish a changed MAC in
+    def _ensure_address(self, fam: Overlay) -> None:
+        self.nl.ensure_address(fam.dev, fam.vtep(self.lease.key), fam.network)
+
+    def _restore_device(self, fam: Overlay) -> None:
+        """*fam*'s device vanished (deleted by hand): re-create it, republish a changed MAC in
         our lease so that peers follow, and let the next reconcile re-add every peer."""
-        old_mac = self.attrs.vtep_mac
-        self._ensure_device()
-        self._ensure_address()
-        if self.attrs.vtep_mac != old_mac:
+        old = self.attrs
+        self._ensure_device(fam)
+        self._ensure_address(fam)
+        self._set_attrs()
+        if self.attrs != old:
             self.lease = self.manager.renew(self.lease, self.attrs)
             log.info(
                 "lease_updated",
-                subnet=str(self.lease.subnet),
-                vtep_mac=self.attrs.vtep_mac,
+                subnet=str(self.lease.key),
+                vtep_mac=fam.dev.mac,
+                device=fam.name,
                 reason="device re-created with a new MAC",
             )
 
@@ -459,7 +534,7 @@ class Daemon:
             changes = self._tracker.apply(batch)
             self._dirty.update(ch.subnet for ch in changes if ch.subnet is not None)
             leases = self._tracker.leases
-            self.stats.peers_known = len(leases) - (self.lease.subnet in leases)
+            self.stats.peers_known = len(leases) - (self.lease.key in leases)
             self._synced = True
             known = len(self._tracker.leases)
         if first:
@@ -491,23 +566,15 @@ class Daemon:
             return
         if ch.kind is EventKind.REMOVED:
             assert ch.old is not None
-            log.info("peer_removed", subnet=str(ch.subnet), public_ip=str(ch.old.attrs.public_ip))
+            log.info("peer_removed", subnet=str(ch.subnet), **_peer_fields(ch.old.attrs))
             return
         assert ch.new is not None
         a = ch.new.attrs
         if ch.old is None:
-            log.info(
-                "peer_added", subnet=str(ch.subnet), public_ip=str(a.public_ip), vtep_mac=a.vtep_mac
-            )
+            log.info("peer_added", subnet=str(ch.subnet), **_peer_fields(a))
         elif ch.changed:
-            log.info(
-                "peer_changed",
-                subnet=str(ch.subnet),
-                public_ip=str(a.public_ip),
-                vtep_mac=a.vtep_mac,
-                old_public_ip=str(ch.old.attrs.public_ip),
-                old_vtep_mac=ch.old.attrs.vtep_mac,
-            )
+            old = {f"old_{k}": v for k, v in _peer_fields(ch.old.attrs).items()}
+            log.info("peer_changed", subnet=str(ch.subnet), **_peer_fields(a), **old)
         else:
             log.debug("peer_renewed", subnet=str(ch.subnet))
 
@@ -516,9 +583,12 @@ class Daemon:
             self._own.gone = True
         elif ch.new is not None and holder_reason(ch.new.attrs) is not None:
             self._own.stale = True  # garbage in lease form (PublicIP 0.0.0.0...): rewrite it
-        elif ch.new is not None and ch.new.attrs.public_ip != self.attrs.public_ip:
-            # Another host wrote our key.  (Our own older writes may still echo back with a
-            # previous VTEP MAC after the device was re-created: those are not a takeover.)
+        elif ch.new is not None and not is_ours(
+            ch.new.attrs, self.attrs.public_ip, self.attrs.public_ipv6
+        ):
+            # Another host wrote our key (an IPv6-only host is known by its PublicIPv6).  (Our
+            # own older writes may still echo back with a previous VTEP MAC after the device
+            # was re-created: those are not a takeover.)
             self._own.taken_by = ch.new
         elif ch.new is not None:
             # Same host but another VTEP MAC (hand-edited, or an older write of ours echoing
@@ -537,68 +607,81 @@ class Daemon:
 
     # --- the main loop ------------------------------------------------------------------------
 
-    def _check_device(self) -> str | None:
-        """Keep flannel.<VNI> as configured: re-create it if it is gone, bring it up, restore its
-        MTU and VTEP address.  Returns what was repaired, or None."""
-        current = self.peers.kernel.device()
-        if current is None or current.name != self.dev.name:
-            log.warning("device_missing", device=self.dev.name, action="re-creating")
-            self._restore_device()
-            self.peers.retarget(self.dev.index, self._all_leases())
+    def _check_device(self, fam: Overlay) -> str | None:
+        """Keep *fam*'s device as configured: re-create it if it is gone, bring it up, restore
+        its MTU and VTEP address.  Returns what was repaired, or None."""
+        current = fam.peers.kernel.device()
+        if current is None or current.name != fam.name:
+            log.warning("device_missing", device=fam.name, action="re-creating")
+            self._restore_device(fam)
+            fam.peers.retarget(fam.dev.index, self._all_leases())
             return "device re-created"
-        vtep = IPv4Interface(f"{self.lease.subnet.network_address}/32")
-        damage = []
-        if current.mtu != self.spec.mtu:
-            damage.append(f"mtu {current.mtu} (want {self.spec.mtu})")
-            self.nl.set_mtu(current, self.spec.mtu)
-        if vtep not in current.addresses:
-            damage.append(f"VTEP address {vtep} missing")
-        damage.extend(
-            f"stray address {a}"
-            for a in current.addresses
-            if a != vtep and a.ip in self.cfg.network
-        )
-        if not current.up:
-            damage.append("link down")
+        damage = fam.damage(current, self.lease.key)
         if not damage:
             return None
+        if current.mtu != fam.spec.mtu:
+            self.nl.set_mtu(current, fam.spec.mtu)
         # ensure_address also sets the link up; a link that was down lost its routes with no
         # notification, so the sync that follows re-reads everything.
-        self._ensure_address()
-        log.warning("device_repaired", device=self.dev.name, damage=", ".join(damage))
+        self._ensure_address(fam)
+        log.warning("device_repaired", device=fam.name, damage=", ".join(damage))
         return "device repaired"
 
-    def _scope(self) -> PeerScope:
-        return PeerScope(
-            network=self.cfg.network,
-            subnet_len=self.cfg.subnet_len,
-            own_subnet=self.lease.subnet,
-            own_public_ip=self.ext.public_ip,
-        )
-
     def _open_peers(self) -> None:
-        self.peers = PeerSync(
-            self.nl.peer_sync,
-            self.dev.index,
-            self._scope(),
-            direct_routing=self.cfg.backend.direct_routing,
-            stats=self.stats,
-        )
+        # One notification socket for every device: see pyflannel.kernel.sync.
+        self._monitor = self.nl.monitor(tuple(f.version for f in self.fams))
+        for fam in self.fams:
+            fam.peers = PeerSync(
+                self._kernel_opener(fam),
+                fam.dev.index,
+                fam.scope(self.lease.key),
+                direct_routing=self.cfg.backend.direct_routing,
+                stats=self.stats,
+            )
+        self._serving_peers = True
+
+    def _kernel_opener(self, fam: Overlay) -> Callable[[int, Ownership], KernelSync]:
+        def open_kernel(dev: int, owner: Ownership) -> KernelSync:
+            return self.nl.peer_sync(dev, owner, version=fam.version, monitor=self._monitor)
+
+        return open_kernel
+
+    @property
+    def peer_count(self) -> int:
+        """Peers programmed: on the device that has the most (a dual-stack peer is one)."""
+        return max((f.peers.peers for f in self.fams), default=0) if self._serving_peers else 0
 
     def full_sync(self, reason: str, *, reload: bool = True) -> None:
-        """Check the device and compare every key; with *reload*, re-read everything the
+        """Check the devices and compare every key; with *reload*, re-read everything the
         kernel holds first (else the mirror, kept by notifications, stands for it)."""
-        repaired = self._check_device()
+        leases = None
         if self.cfg.backend.direct_routing or reason == "start":
-            # Which peers are on-link can change with the underlay's routes: ask again.  Every
-            # lease is set now, so the changes waiting for the next step are too.
-            self.peers.set_all(self._all_leases(clear_dirty=True))
-        self.peers.sync(None, repaired or reason, reload=reload or repaired is not None)
-        if reason == "start" or repaired == "device re-created":
+            # Every lease is set now, on every device, so the changes waiting for the next
+            # step are too.
+            leases = self._all_leases(clear_dirty=True)
+        for fam in self.fams:
+            self._full_sync(fam, reason, reload=reload, leases=leases)
+        if reason == "start":
             # Tens of thousands of long-lived objects now exist (leases, entries): keep them
             # out of the cyclic collector's full passes, which would otherwise stall the loop
             # for tens of milliseconds at 10,000 peers.
             memory.release()  # the listing's and the dumps' temporaries
+            gc.freeze()
+
+    def _full_sync(
+        self, fam: Overlay, reason: str, *, reload: bool, leases: list[Lease] | None = None
+    ) -> None:
+        """:meth:`full_sync` of one device (*leases*: every lease, if already listed)."""
+        repaired = self._check_device(fam)
+        if leases is None and (self.cfg.backend.direct_routing or reason == "start"):
+            # Which peers are on-link can change with the underlay's routes: ask again.  The
+            # changes waiting for the next step stay for the other device, if any.
+            leases = self._all_leases(clear_dirty=len(self.fams) == 1)
+        if leases is not None:
+            fam.peers.set_all(leases)
+        fam.peers.sync(None, repaired or reason, reload=reload or repaired is not None)
+        if repaired == "device re-created":
+            memory.release()
             gc.freeze()
 
     def _all_leases(self, *, clear_dirty: bool = False) -> list[Lease]:
@@ -613,41 +696,48 @@ class Daemon:
         with self._lock:
             dirty, self._dirty = self._dirty, set()
             leases = {s: self._tracker.leases.get(s) for s in dirty}
-        keys = Keys()
-        # Removals first: two keys can share an IPv4 half (a host moving from 10.5.1.0-24 to
+        # Removals first: two keys can share a half (a host moving from 10.5.1.0-24 to
         # 10.5.1.0-24&fc00:…), and the new key's entries must not be undone by the old one's.
-        for subnet, lease in sorted(leases.items(), key=lambda item: item[1] is not None):
-            keys.add(self.peers.update(subnet, lease))
-        note = self.peers.poll()
-        if note.device:
-            self.full_sync("device changed")
-        elif note.resync:
-            self.full_sync("kernel notifications lost")
-        else:
-            keys.add(note.keys)
-            if keys:
-                self.peers.sync(keys, "event")
-            if note.reloaded:
-                memory.release()  # the old mirror and the dump's temporaries
-                self._resync = self._resync_steps()  # compare with the freshly re-read kernel
+        ordered = sorted(leases.items(), key=lambda item: item[1] is not None)
+        msgs = self.fams[0].peers.kernel.read_notifications()  # the shared socket, once
+        for fam in self.fams:
+            keys = Keys()
+            for subnet, lease in ordered:
+                keys.add(fam.peers.update(subnet, lease))
+            note = fam.peers.poll(msgs)
+            if note.device:
+                self._full_sync(fam, "device changed", reload=True)
+            elif note.resync:
+                self._full_sync(fam, "kernel notifications lost", reload=True)
+            else:
+                keys.add(note.keys)
+                if keys:
+                    fam.peers.sync(keys, "event")
+                if note.reloaded:
+                    memory.release()  # the old mirror and the dump's temporaries
+                    self._resync = self._resync_steps()  # compare with the re-read kernel
 
     def _resync_steps(self) -> Iterator[None]:
         """The periodic resync, in steps of a few milliseconds: the main loop serves lease
         events and notifications between them, so none waits behind a full comparison."""
+        for fam in self.fams:
+            yield from self._resync_device(fam)
+
+    def _resync_device(self, fam: Overlay) -> Iterator[None]:
         if self.cfg.backend.direct_routing:
-            self.full_sync("resync", reload=False)  # which peers are on-link: ask again
+            self._full_sync(fam, "resync", reload=False)  # which peers are on-link: ask again
             return
-        repaired = self._check_device()
+        repaired = self._check_device(fam)
         if repaired is not None:
             # A link that was down lost its routes without a notification: re-read it all.
-            self.peers.sync(None, repaired, reload=True)
+            fam.peers.sync(None, repaired, reload=True)
             return
-        kernel = self.peers.kernel
+        kernel = fam.peers.kernel
         keys = Keys()
         for part in kernel.mirror.iter_suspects(kernel.desired, kernel.owner):
             keys.add(part)
             yield
-        self.peers.sync(keys, "resync")
+        fam.peers.sync(keys, "resync")
 
     def _renew_due(self) -> float | None:
         if self.lease.expiration is None:
@@ -657,15 +747,15 @@ class Daemon:
     def _keep_lease(self, backoff: Backoff) -> float | None:
         """Handle lease loss, takeover and renewal; return when to look again (wall clock)."""
         if self._own.taken_by is not None:
-            who = self._own.taken_by.attrs.public_ip
-            raise LeaseLost(f"our lease {self.lease.subnet} was overwritten by {who}")
+            who = _holder(self._own.taken_by.attrs)
+            raise LeaseLost(f"our lease {self.lease.key} was overwritten by {who}")
         if self._own.gone:
             log.warning(
                 "lease_lost",
-                subnet=str(self.lease.subnet),
+                subnet=str(self.lease.key),
                 action="re-acquiring the same subnet; data path untouched",
             )
-            lost = f"lease {self.lease.subnet} lost; re-acquiring it"
+            lost = f"lease {self.lease.key} lost; re-acquiring it"
             self.stats.set_blocker(lost)
             if self._serving:
                 self._phase = lost
@@ -679,7 +769,7 @@ class Daemon:
             if self._serving:
                 self._phase = None
                 self.stats.set_blocker(None)
-            log.info("lease_reacquired", subnet=str(self.lease.subnet))
+            log.info("lease_reacquired", subnet=str(self.lease.key))
         due = self._renew_due()
         if self._own.stale or (due is not None and time.time() >= due):
             try:
@@ -692,7 +782,7 @@ class Daemon:
             self._own.stale = False
             log.info(
                 "lease_renewed",
-                subnet=str(self.lease.subnet),
+                subnet=str(self.lease.key),
                 expires=time.strftime(
                     "%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.lease.expiration or 0)
                 ),
@@ -735,7 +825,8 @@ class Daemon:
                             # a helper thread (the comparison starts when it is in).
                             resyncs += 1
                             if resyncs % REDUMP_EVERY == 0:
-                                self.peers.kernel.start_reload()
+                                for fam in self.fams:
+                                    fam.peers.kernel.start_reload()
                             else:
                                 self._resync = self._resync_steps()
                             next_resync = time.monotonic() + self.opts.resync_interval
@@ -750,7 +841,7 @@ class Daemon:
                         self._phase = None
                         self.stats.set_blocker(None)
                     self._tick(force=True, ready=True)
-                    log.info("ready", subnet=str(self.lease.subnet), peers=self.peers.peers)
+                    log.info("ready", subnet=str(self.lease.key), peers=self.peer_count)
                     if self.opts.test_wedge_after is not None:
                         wedge_at = time.monotonic() + self.opts.test_wedge_after
             timeout = next_resync - time.monotonic()
@@ -777,9 +868,11 @@ class Daemon:
         if now < self._next_status and not force:
             return
         self._next_status = now + STATUS_EVERY
-        if hasattr(self, "peers"):
-            self.stats.peers_programmed = self.peers.peers
-            self.stats.kernel_entries = self.peers.kernel.mirror.entry_counts()
+        if self._serving_peers:
+            self.stats.peers_programmed = self.peer_count
+            counts = [f.peers.kernel.mirror.entry_counts() for f in self.fams]
+            routes, neighs, fdb = (sum(c[i] for c in counts) for i in range(3))
+            self.stats.kernel_entries = (routes, neighs, fdb)
             self.stats.lease_expiry = self.lease.expiration
         text = self._status_text(now)
         if ready:
@@ -790,26 +883,26 @@ class Daemon:
 
     def _status_text(self, now: float) -> str:
         """``serving 10.5.3.0/24, 12 peers, etcd ok``, or what start-up waits for."""
-        if self._phase is not None or not hasattr(self, "peers"):
+        if self._phase is not None or not self._serving_peers:
             return self._phase or "starting"
         wait = self._etcd_wait
         etcd = f"etcd unreachable ({wait.summary(now)})" if wait.attempts else "etcd ok"
-        return f"serving {self.lease.subnet}, {self.peers.peers} peers, {etcd}"
+        return f"serving {self.lease.key}, {self.peer_count} peers, {etcd}"
 
     def _linger(self) -> None:
         """Another host took our lease.  With the health listener on, say so (/readyz 503
         with the reason, STATUS=) for LEASE_TAKEN_LINGER seconds before the exit, so that
         monitoring sees why; a signal ends the wait at once.  Without it: exit at once."""
         holder = self._own.taken_by
-        who = holder.attrs.public_ip if holder is not None else "another host"
-        reason = f"lease {self.lease.subnet} taken by {who}"
+        who = _holder(holder.attrs) if holder is not None else "another host"
+        reason = f"lease {self.lease.key} taken by {who}"
         self.stats.set_blocker(reason)
         if not self.opts.healthz_port:
             return
         self._phase = f"{reason}; exiting"
         log.error(
             "lease_taken",
-            subnet=str(self.lease.subnet),
+            subnet=str(self.lease.key),
             by=str(who),
             action=f"exiting in {LEASE_TAKEN_LINGER:.0f} s; /readyz answers 503 meanwhile",
         )
@@ -829,13 +922,61 @@ class Daemon:
     def _wait(self, timeout: float) -> None:
         """Sleep until a lease event, a kernel notification or *timeout*."""
         with contextlib.suppress(InterruptedError):
-            select.select([self._wake.fileno(), self.peers.kernel.fileno()], [], [], timeout)
+            kernel = self.fams[0].peers.kernel  # the notification socket every device shares
+            select.select([self._wake.fileno(), kernel.fileno()], [], [], timeout)
 
     def close(self) -> None:
         """Close what the daemon opened itself (the registry and netlink are the caller's)."""
-        if hasattr(self, "peers"):
-            self.peers.kernel.close()
+        if self._serving_peers:
+            for fam in self.fams:
+                fam.peers.kernel.close()
+        if self._monitor is not None:
+            self._monitor.close()
         self._wake.close()
+
+
+def _versions(cfg: NetworkConfig) -> list[int]:
+    """The IP versions the network enables: 4, 6 or both (IPv4 first)."""
+    return [v for v, rng in ((4, cfg.ipv4), (6, cfg.ipv6)) if rng is not None]
+
+
+def _config_fields(cfg: NetworkConfig) -> dict[str, object]:
+    """The network_config log line: each enabled family's range, and the backend."""
+    out: dict[str, object] = {}
+    for prefix, rng in (("", cfg.ipv4), ("ipv6_", cfg.ipv6)):
+        if rng is not None:
+            out[f"{prefix}network"] = str(rng.network)
+            out[f"{prefix}subnet_len"] = rng.subnet_len
+            out[f"{prefix}subnet_min"] = str(rng.subnet_min)
+            out[f"{prefix}subnet_max"] = str(rng.subnet_max)
+    out.update(vni=cfg.backend.vni, port=cfg.backend.udp_port)
+    return out
+
+
+def _iface_fields(ext: ExternalInterface, cfg: NetworkConfig) -> dict[str, object]:
+    """The external_interface log line: the addresses of each enabled family."""
+    out: dict[str, object] = {"iface": ext.link.name}
+    if cfg.ipv4 is not None:
+        out.update(iface_ip=str(ext.iface_ip), public_ip=str(ext.public_ip))
+    if cfg.ipv6 is not None:
+        out.update(iface_ipv6=str(ext.iface_ipv6), public_ipv6=str(ext.public_ipv6))
+    out["mtu"] = ext.link.mtu
+    return out
+
+
+def _peer_fields(attrs: LeaseAttrs) -> dict[str, object]:
+    """A peer's addresses and MACs for a log line (the IPv6 ones only when it has them)."""
+    out: dict[str, object] = {"public_ip": str(attrs.public_ip), "vtep_mac": attrs.vtep_mac}
+    if attrs.public_ipv6 is not None:
+        out.update(public_ipv6=str(attrs.public_ipv6), v6_vtep_mac=attrs.v6_vtep_mac)
+    return out
+
+
+def _holder(attrs: LeaseAttrs) -> str:
+    """Who holds a lease: its PublicIP, or its PublicIPv6 for an IPv6-only host."""
+    if attrs.public_ip == NO_PUBLIC_IP and attrs.public_ipv6 is not None:
+        return str(attrs.public_ipv6)
+    return str(attrs.public_ip)
 
 
 def run(opts: DaemonOptions) -> int:

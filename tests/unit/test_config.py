@@ -360,19 +360,18 @@ def test_bytes_accepted() -> None:
         {"EnableIPv4": False, "EnableIPv6": True, "IPv6Network": "fc00::/48"},
     ],
 )
-def test_ipv6_refused(fields: dict[str, Any]) -> None:
-    """Until the daemon programs IPv6, a config enabling it (dual stack or IPv6 only) is refused
-    clearly by parse_network_config, although read_network_config takes it."""
-    with pytest.raises(ConfigError, match="EnableIPv6: IPv6 networks are not supported"):
-        parse(fields)
-    assert read({**fields}).ipv6 is not None
+def test_ipv6_accepted(fields: dict[str, Any]) -> None:
+    """A config enabling IPv6 (dual stack or IPv6 only) is served: parse_network_config, what
+    the daemon calls, takes it as read_network_config does."""
+    assert parse(fields) == read(fields)
+    assert parse(fields).ipv6 is not None
 
 
-# --- IPv6 (read_network_config: everything is parsed; only the daemon refuses IPv6) -------------
+# --- IPv6 ----------------------------------------------------------------------------------------
 
 
 def read(obj: dict[str, Any]) -> NetworkConfig:
-    """Parse *obj* (with a vxlan backend) without the refusal of IPv6."""
+    """Parse *obj* (with a vxlan backend) with read_network_config."""
     return read_network_config(json.dumps({**obj, "Backend": VXLAN}))
 
 
