@@ -92,6 +92,7 @@ from pyflannel.subnet import LeaseManager, is_ours
 from pyflannel.subnetenv import (
     check_writable,
     read_cidr,
+    read_cidr6,
     read_subnet_hint,
     subnet_env_text,
     write_subnet_env,
@@ -309,6 +310,8 @@ class Daemon:
         self._set_phase("reading the network config")
         self.cfg = cfg = self._retry("network_config", self._fetch_config)
         log.info("network_config", **_config_fields(cfg))
+        # ip6tables too, if the network has IPv6; still before anything is leased.
+        ip6tables = find_iptables(self.opts, 6) if cfg.ipv6 is not None else None
         self.ext = self._choose_external()
         log.info("external_interface", **_iface_fields(self.ext, cfg))
         self._check_underlay()
@@ -330,13 +333,21 @@ class Daemon:
         self._set_phase(f"programming the peers of {self.lease.key}")
         for fam in self.fams:
             self._ensure_address(fam)
+        # Before subnet.env, as flanneld: what attaches containers once it appears finds the
+        # masquerade rules in place.  The old file names what a previous run installed.
+        old = self.opts.subnet_file
         if self._iptables is not None and cfg.ipv4 is not None:
-            # Before subnet.env, as flanneld: what attaches containers once it appears finds
-            # the masquerade rules in place.  The old file names what a previous run installed.
-            old = self.opts.subnet_file
             previous = (read_cidr(old, "FLANNEL_NETWORK"), read_cidr(old, "FLANNEL_SUBNET"))
             keep_rules(
                 self._iptables, self.opts, cfg.network, self.lease.subnet, previous, self.stop
+            )
+        if ip6tables is not None and cfg.ipv6 is not None and self.lease.key.ipv6 is not None:
+            previous6 = (
+                read_cidr6(old, "FLANNEL_IPV6_NETWORK"),
+                read_cidr6(old, "FLANNEL_IPV6_SUBNET"),
+            )
+            keep_rules(
+                ip6tables, self.opts, cfg.ipv6.network, self.lease.key.ipv6, previous6, self.stop
             )
         # One MTU for containers that get both families: the smaller device's.
         mtu = min(fam.dev.mtu for fam in self.fams)
@@ -637,6 +648,7 @@ class Daemon:
                 fam.scope(self.lease.key),
                 direct_routing=self.cfg.backend.direct_routing,
                 stats=self.stats,
+                name=fam.name,
             )
         self._serving_peers = True
 
@@ -966,7 +978,9 @@ def _iface_fields(ext: ExternalInterface, cfg: NetworkConfig) -> dict[str, objec
 
 def _peer_fields(attrs: LeaseAttrs) -> dict[str, object]:
     """A peer's addresses and MACs for a log line (the IPv6 ones only when it has them)."""
-    out: dict[str, object] = {"public_ip": str(attrs.public_ip), "vtep_mac": attrs.vtep_mac}
+    out: dict[str, object] = {}
+    if attrs.public_ip != NO_PUBLIC_IP or attrs.public_ipv6 is None:  # not IPv6-only
+        out.update(public_ip=str(attrs.public_ip), vtep_mac=attrs.vtep_mac)
     if attrs.public_ipv6 is not None:
         out.update(public_ipv6=str(attrs.public_ipv6), v6_vtep_mac=attrs.v6_vtep_mac)
     return out

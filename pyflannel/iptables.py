@@ -3,7 +3,9 @@
 
 The rules are flanneld v0.20+'s (``pkg/trafficmngr/iptables``), string for string: same
 chains (``FLANNEL-POSTRTG`` in nat, ``FLANNEL-FWD`` in filter), same comments, same order, so a
-host can switch between flanneld and pyflannel and find its rules, not a second copy.
+host can switch between flanneld and pyflannel and find its rules, not a second copy.  With an
+IPv6Network the same sets are made for ip6tables from the IPv6Network and our IPv6 subnet
+(multicast ``ff00::/8`` instead of ``224.0.0.0/4``), as flanneld's masqIP6Rules.
 
 Pure: no process is run here (see :mod:`pyflannel.rulekeeper` for that).
 """
@@ -13,7 +15,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from ipaddress import IPv4Network
+from ipaddress import IPv4Network, IPv6Network
 
 MASQ_CHAIN = "FLANNEL-POSTRTG"
 FORWARD_CHAIN = "FLANNEL-FWD"
@@ -23,6 +25,7 @@ FORWARD_COMMENT = "flanneld forward"
 KUBE_PROXY_MARK = "0x4000/0x4000"
 #: flanneld never masquerades multicast.
 MULTICAST = "224.0.0.0/4"
+MULTICAST6 = "ff00::/8"
 #: iptables got ``--random-fully`` (MASQUERADE) and ``iptables-restore --wait`` in 1.6.2.
 RANDOM_FULLY_SINCE = (1, 6, 2)
 RESTORE_WAIT_SINCE = (1, 6, 2)
@@ -59,8 +62,13 @@ class RuleSet:
     table: str
     chain: str
     rules: tuple[Rule, ...]
-    network: IPv4Network
-    subnet: IPv4Network | None = None  # masq: our lease's
+    network: IPv4Network | IPv6Network  # an IPv6 one: the set is ip6tables'
+    subnet: IPv4Network | IPv6Network | None = None  # masq: our lease's
+
+    @property
+    def version(self) -> int:
+        """4: iptables' rules, 6: ip6tables'."""
+        return self.network.version
 
     @property
     def random_fully(self) -> bool:
@@ -68,9 +76,16 @@ class RuleSet:
         return any(r.spec[-1] == "--random-fully" for r in self.rules)
 
 
-def masq_rules(network: IPv4Network, subnet: IPv4Network, *, random_fully: bool) -> RuleSet:
-    """flanneld's ``--ip-masq`` rules for overlay *network* and our lease *subnet*."""
+def masq_rules(
+    network: IPv4Network | IPv6Network,
+    subnet: IPv4Network | IPv6Network,
+    *,
+    random_fully: bool,
+) -> RuleSet:
+    """flanneld's ``--ip-masq`` rules for overlay *network* and our lease *subnet* (IPv6
+    ones: ip6tables' rules, which differ only in the multicast range)."""
     n, s = str(network), str(subnet)
+    multicast = MULTICAST6 if network.version == 6 else MULTICAST
     comment = ("-m", "comment", "--comment", MASQ_COMMENT)
     masquerade = ("-j", "MASQUERADE", "--random-fully") if random_fully else ("-j", "MASQUERADE")
 
@@ -92,7 +107,7 @@ def masq_rules(network: IPv4Network, subnet: IPv4Network, *, random_fully: bool)
             # From outside to our containers (e.g. a NodePort forwarded here): kept.
             rule("!", "-s", n, "-d", s, *comment, "-j", "RETURN"),
             # Leaving the overlay (not multicast): the host's address.
-            rule("-s", n, "!", "-d", MULTICAST, *comment, *masquerade),
+            rule("-s", n, "!", "-d", multicast, *comment, *masquerade),
             # From the host (outside the overlay) into the overlay: the host's overlay address.
             rule("!", "-s", n, "-d", n, *comment, *masquerade),
         ),
@@ -101,7 +116,7 @@ def masq_rules(network: IPv4Network, subnet: IPv4Network, *, random_fully: bool)
     )
 
 
-def forward_rules(network: IPv4Network) -> RuleSet:
+def forward_rules(network: IPv4Network | IPv6Network) -> RuleSet:
     """flanneld's ``--iptables-forward-rules``: accept the overlay's traffic in FORWARD (a
     host whose FORWARD policy is DROP, as Docker sets it, would drop it otherwise)."""
     n = str(network)
@@ -147,7 +162,8 @@ def remove_lines(rules: RuleSet, present: Sequence[bool]) -> list[str]:
 
 
 def parse_version(text: str) -> tuple[int, int, int] | None:
-    """``iptables v1.8.9 (nf_tables)`` -> (1, 8, 9); None when there is no version."""
+    """``iptables v1.8.9 (nf_tables)`` (or ``ip6tables v…``) -> (1, 8, 9); None when there is
+    no version."""
     m = re.search(r"v(\d+)\.(\d+)\.(\d+)", text)
     if m is None:
         return None

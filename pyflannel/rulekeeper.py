@@ -16,19 +16,23 @@ rules asked for one by one with ``iptables -C``, which decides: an iptables that
 differently costs the slow check, never a rule re-applied for nothing.
 
 The commands are the host's ``iptables`` and ``iptables-restore``: iptables-nft (Debian's
-default) and iptables-legacy both work.  A failing command is one log line, its stderr cut
-short; it is retried at the next check and logged again only when the problem changes.
+default) and iptables-legacy both work.  With an IPv6Network a second keeper does the same with
+``ip6tables`` and ``ip6tables-restore`` for the IPv6 rule sets, in a thread of its own (as
+flanneld keeps them apart); an IPv4-only host never runs ip6tables.  A failing command is one
+log line, its stderr cut short; it is retried at the next check and logged again only when the
+problem changes.
 """
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
-from ipaddress import IPv4Network
+from ipaddress import IPv4Network, IPv6Network
 
 import structlog
 
@@ -93,6 +97,7 @@ class Iptables:
     wait: bool
     restore_wait: bool
     random_fully: bool
+    name: str = "iptables"  # or "ip6tables": what error texts call it
 
     @classmethod
     def probe(cls, iptables: Sequence[str], restore: Sequence[str]) -> Iptables:
@@ -101,30 +106,34 @@ class Iptables:
         Raises:
             IptablesError: iptables does not run or prints no version.
         """
-        proc = _call([*iptables, "--version"], "iptables")
+        name = "ip6tables" if "ip6tables" in " ".join(iptables).rsplit("/", 1)[-1] else "iptables"
+        proc = _call([*iptables, "--version"], name)
         if proc.returncode != 0:
-            raise _failure("iptables --version", proc)
+            raise _failure(f"{name} --version", proc)
         version = parse_version(proc.stdout)
         if version is None:
-            raise IptablesError(f"iptables --version printed no version: {clip(proc.stdout, 80)}")
+            raise IptablesError(f"{name} --version printed no version: {clip(proc.stdout, 80)}")
         return cls(
             tuple(iptables),
             tuple(restore),
-            proc.stdout.strip().removeprefix("iptables").strip(),
+            re.sub(r"^ip6?tables\s*", "", proc.stdout.strip()),
             wait=version >= WAIT_SINCE,
             restore_wait=version >= RESTORE_WAIT_SINCE,
             random_fully=version >= RANDOM_FULLY_SINCE,
+            name=name,
         )
 
     @classmethod
-    def find(cls) -> Iptables:
-        """The ``iptables`` and ``iptables-restore`` on $PATH (else in /usr/sbin, /sbin).
+    def find(cls, version: int = 4) -> Iptables:
+        """The ``iptables`` and ``iptables-restore`` on $PATH (else in /usr/sbin, /sbin); for
+        IP *version* 6 ``ip6tables`` and ``ip6tables-restore``.
 
         Raises:
             IptablesError: one of them is missing or does not run.
         """
         paths = []
-        for name in ("iptables", "iptables-restore"):
+        tool = "ip6tables" if version == 6 else "iptables"
+        for name in (tool, f"{tool}-restore"):
             path = shutil.which(name) or shutil.which(name, path=SBIN)
             if path is None:
                 raise IptablesError(f"{name} not found (install the iptables package)")
@@ -133,9 +142,9 @@ class Iptables:
 
     def _query(self, args: Sequence[str]) -> subprocess.CompletedProcess[str]:
         """Run an iptables query: exit 0 is yes, 1 is no, anything else an error."""
-        proc = _call([*self.iptables, *(["--wait"] if self.wait else []), *args], "iptables")
+        proc = _call([*self.iptables, *(["--wait"] if self.wait else []), *args], self.name)
         if proc.returncode not in (0, 1):
-            raise _failure(f"iptables {' '.join(args[:4])}", proc)
+            raise _failure(f"{self.name} {' '.join(args[:4])}", proc)
         return proc
 
     def _check(self, args: Sequence[str]) -> bool:
@@ -158,9 +167,9 @@ class Iptables:
     def apply(self, table: str, lines: Sequence[str]) -> None:
         """Run *lines* on *table* as one ``iptables-restore --noflush`` transaction."""
         argv = [*self.restore, "--noflush", *(["--wait"] if self.restore_wait else [])]
-        proc = _call(argv, "iptables-restore", restore_payload(table, lines))
+        proc = _call(argv, f"{self.name}-restore", restore_payload(table, lines))
         if proc.returncode != 0:
-            raise _failure(f"iptables-restore ({table} table)", proc)
+            raise _failure(f"{self.name}-restore ({table} table)", proc)
 
 
 class RuleKeeper:
@@ -212,6 +221,7 @@ class RuleKeeper:
         log.info(
             "iptables_rules_removed",
             set=rs.name,
+            family=f"IPv{rs.version}",
             network=str(rs.network),
             subnet=str(rs.subnet),
             rules=sum(present),
@@ -230,6 +240,7 @@ class RuleKeeper:
             log.info(
                 "iptables_rules_installed",
                 set=rs.name,
+                family=f"IPv{rs.version}",
                 chain=f"{rs.table} {rs.chain}",
                 rules=len(rs.rules),
                 network=str(rs.network),
@@ -241,6 +252,7 @@ class RuleKeeper:
             log.info(
                 "iptables_rules_restored",
                 set=rs.name,
+                family=f"IPv{rs.version}",
                 missing=len(missing),
                 first_missing=missing[0].line() if chain else f"chain {rs.table} {rs.chain}",
             )
@@ -279,7 +291,11 @@ class RuleKeeper:
 
 
 def wanted_sets(
-    opts: DaemonOptions, network: IPv4Network, subnet: IPv4Network, *, random_fully: bool
+    opts: DaemonOptions,
+    network: IPv4Network | IPv6Network,
+    subnet: IPv4Network | IPv6Network,
+    *,
+    random_fully: bool,
 ) -> list[RuleSet]:
     """The rule sets *opts* ask for, masquerade first (flanneld's order)."""
     sets = []
@@ -290,8 +306,9 @@ def wanted_sets(
     return sets
 
 
-def find_iptables(opts: DaemonOptions) -> Iptables | None:
-    """The host's iptables if *opts* ask for rules; called before anything is leased.
+def find_iptables(opts: DaemonOptions, version: int = 4) -> Iptables | None:
+    """The host's iptables (ip6tables for IP *version* 6) if *opts* ask for rules; called
+    before anything is leased.
 
     Raises:
         IptablesError: ``--ip-masq`` is asked for and iptables is not installed or does not
@@ -299,15 +316,16 @@ def find_iptables(opts: DaemonOptions) -> Iptables | None:
     """
     if not (opts.ip_masq or opts.iptables_forward_rules):
         return None
+    tool = "ip6tables" if version == 6 else "iptables"
     try:
-        return Iptables.find()
+        return Iptables.find(version)
     except IptablesError as exc:
         if opts.ip_masq:
-            raise IptablesError(f"--ip-masq needs iptables: {exc}") from None
+            raise IptablesError(f"--ip-masq needs {tool}: {exc}") from None
         log.warning(
-            "iptables_unavailable",
+            f"{tool}_unavailable",
             error=str(exc),
-            effect="no FORWARD accept rules for the overlay (--iptables-forward-rules)",
+            effect=f"no {tool} FORWARD accept rules for the overlay (--iptables-forward-rules)",
         )
         return None
 
@@ -315,13 +333,14 @@ def find_iptables(opts: DaemonOptions) -> Iptables | None:
 def keep_rules(
     ipt: Iptables,
     opts: DaemonOptions,
-    network: IPv4Network,
-    subnet: IPv4Network,
-    previous: tuple[IPv4Network | None, IPv4Network | None],
+    network: IPv4Network | IPv6Network,
+    subnet: IPv4Network | IPv6Network,
+    previous: tuple[IPv4Network | IPv6Network | None, IPv4Network | IPv6Network | None],
     stop: threading.Event,
 ) -> RuleKeeper:
     """Install the rules *opts* ask for and start the thread that keeps them until *stop*;
-    *previous* is the (network, subnet) of the last run's subnet.env."""
+    *previous* is the (network, subnet) of the last run's subnet.env, of the same family
+    (*ipt* is ip6tables for an IPv6 *network*)."""
     random_fully = ipt.random_fully and not opts.ip_masq_random_fully_disable
     stale = None
     old_network, old_subnet = previous
@@ -329,12 +348,13 @@ def keep_rules(
         opts.ip_masq
         and old_network is not None
         and old_subnet is not None
+        and old_network.version == old_subnet.version == network.version
         and (old_network, old_subnet) != (network, subnet)
     ):
         stale = masq_rules(old_network, old_subnet, random_fully=random_fully)
     keeper = RuleKeeper(ipt, wanted_sets(opts, network, subnet, random_fully=random_fully), stale)
     keeper.ensure()
     threading.Thread(
-        target=keeper.run, args=(stop, opts.iptables_resync), name="iptables", daemon=True
+        target=keeper.run, args=(stop, opts.iptables_resync), name=ipt.name, daemon=True
     ).start()
     return keeper

@@ -159,3 +159,12 @@ def read_cidr(path: Path, key: str) -> IPv4Network | None:
     except (OSError, UnicodeDecodeError):
         return None
     return _cidr(env_pairs(text), key, lambda v: IPv4Network(v, strict=False))
+
+
+def read_cidr6(path: Path, key: str) -> IPv6Network | None:
+    """:func:`read_cidr` for an IPv6 CIDR (FLANNEL_IPV6_NETWORK, FLANNEL_IPV6_SUBNET)."""
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return _cidr(env_pairs(text), key, parse_ipv6_cidr)
