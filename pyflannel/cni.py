@@ -12,6 +12,12 @@ runs that plugin, found on ``$CNI_PATH``, with the same environment.  The render
               "ranges": [[{"subnet": <FLANNEL_SUBNET's network>, "gateway": <its address>}]],
               "routes": [<ipam.routes of ours>..., {"dst": FLANNEL_NETWORK, "gw": <gateway>}]}}
 
+With IPv6 (``FLANNEL_IPV6_SUBNET`` and ``FLANNEL_IPV6_NETWORK`` in ``subnet.env``: a dual-stack
+or IPv6-only network) ``ranges`` gets a second range set, ``[{"subnet": <FLANNEL_IPV6_SUBNET's
+network>, "gateway": <its address>}]``, and ``routes`` the IPv6 networks via that gateway, as
+flannel's plugin does (it names no gateways): the container gets an address of each family.
+An IPv6-only ``subnet.env`` has no IPv4 lines, and then no IPv4 range.
+
 Keys in our ``delegate`` object override the defaults (flannel's rule: ``name`` and ``ipam``
 are ours to set, so the delegate may not carry them); our ``ipam`` object may add keys for the
 IPAM plugin (``type``, ``dataDir``, extra ``routes``) but not the ranges, which come from
@@ -47,9 +53,16 @@ import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from ipaddress import (
+    IPv4Address,
+    IPv4Interface,
+    IPv4Network,
+    IPv6Address,
+    IPv6Interface,
+    IPv6Network,
+)
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pyflannel import __version__
 from pyflannel.subnetenv import atomic_write, env_pairs
@@ -101,6 +114,8 @@ ERR_DELEGATE = 101  # the delegate plugin is missing, failed without an error ob
 ERR_INTERNAL = 999  # a bug; libcni's ErrInternal uses the same number
 
 JSONObject = dict[str, Any]
+_N = TypeVar("_N", IPv4Network, IPv6Network)
+_I = TypeVar("_I", IPv4Interface, IPv6Interface)
 
 # Names that end up as file names or argv[0]: libcni's container-ID rule, also used for
 # network names and plugin types, so none of them can climb out of a directory.
@@ -161,12 +176,15 @@ class NetConf:
 
 @dataclass(frozen=True)
 class SubnetEnv:
-    """What flanneld wrote to ``subnet.env``."""
+    """What flanneld wrote to ``subnet.env``; each family's half is empty (``()``, None) when
+    the network does not have that family."""
 
     networks: tuple[IPv4Network, ...]
-    subnet: IPv4Interface  # FLANNEL_SUBNET: the bridge's address, with the node's prefix
+    subnet: IPv4Interface | None  # FLANNEL_SUBNET: the bridge's address, the node's prefix
     mtu: int
     ipmasq: bool
+    ipv6_networks: tuple[IPv6Network, ...] = ()
+    ipv6_subnet: IPv6Interface | None = None  # FLANNEL_IPV6_SUBNET
 
 
 _REQUIRED_ENV: dict[str, tuple[str, ...]] = {
@@ -322,39 +340,69 @@ def parse_netconf(data: bytes) -> NetConf:
 def parse_subnet_env(text: str, source: str = "subnet.env") -> SubnetEnv:
     """Parse ``subnet.env`` as flannel's plugin does; raises :class:`CniError` (code 100).
 
-    Unknown keys (``FLANNEL_IPV6_*`` among them: the overlay is IPv4) are ignored.
-    ``FLANNEL_NETWORK`` may list several networks, comma-separated.  ``FLANNEL_IPMASQ`` is true
-    only when it reads ``true``, as in Go.
+    Unknown keys are ignored.  ``FLANNEL_NETWORK`` (and ``FLANNEL_IPV6_NETWORK``) may list
+    several networks, comma-separated.  The IPv6 pair counts when ``FLANNEL_IPV6_SUBNET`` is
+    there (a network alone is not a lease); the IPv4 pair is needed unless it is, as in an
+    IPv6-only network's file.  ``FLANNEL_IPMASQ`` is true only when it reads ``true``, as in Go.
     """
     values = dict(env_pairs(text))
-    missing = [
-        k
-        for k in ("FLANNEL_NETWORK", "FLANNEL_SUBNET", "FLANNEL_MTU", "FLANNEL_IPMASQ")
-        if k not in values
-    ]
+    v6 = "FLANNEL_IPV6_SUBNET" in values
+    v4 = not v6 or "FLANNEL_NETWORK" in values or "FLANNEL_SUBNET" in values
+    wanted = ["FLANNEL_NETWORK", "FLANNEL_SUBNET"] if v4 else []
+    wanted += ["FLANNEL_IPV6_NETWORK", "FLANNEL_IPV6_SUBNET"] if v6 else []
+    missing = [k for k in (*wanted, "FLANNEL_MTU", "FLANNEL_IPMASQ") if k not in values]
     if missing:
         raise CniError(ERR_SUBNET_FILE, f"{source} is missing {', '.join(missing)}")
-    try:
-        networks = tuple(
-            IPv4Network(n.strip(), strict=False)
-            for n in values["FLANNEL_NETWORK"].split(",")
-            if n.strip()
+    networks, subnet = (
+        _family(values, source, "FLANNEL_NETWORK", "FLANNEL_SUBNET", IPv4Network, IPv4Interface)
+        if v4
+        else ((), None)
+    )
+    networks6, subnet6 = (
+        _family(
+            values,
+            source,
+            "FLANNEL_IPV6_NETWORK",
+            "FLANNEL_IPV6_SUBNET",
+            IPv6Network,
+            IPv6Interface,
         )
-        subnet = IPv4Interface(values["FLANNEL_SUBNET"])
-    except ValueError as exc:
-        raise CniError(ERR_SUBNET_FILE, f"{source}: invalid address", str(exc)) from None
-    if not networks:
-        raise CniError(ERR_SUBNET_FILE, f"{source}: FLANNEL_NETWORK is empty")
-    if not any(subnet.network.subnet_of(n) for n in networks):
-        raise CniError(
-            ERR_SUBNET_FILE,
-            f"{source}: FLANNEL_SUBNET is outside FLANNEL_NETWORK",
-            f"{subnet} not in {values['FLANNEL_NETWORK']}",
-        )
+        if v6
+        else ((), None)
+    )
     mtu_text = values["FLANNEL_MTU"]
     if not mtu_text.isdigit() or not 68 <= int(mtu_text) <= 65535:
         raise CniError(ERR_SUBNET_FILE, f"{source}: invalid FLANNEL_MTU", repr(mtu_text))
-    return SubnetEnv(networks, subnet, int(mtu_text), values["FLANNEL_IPMASQ"] == "true")
+    return SubnetEnv(
+        networks, subnet, int(mtu_text), values["FLANNEL_IPMASQ"] == "true", networks6, subnet6
+    )
+
+
+def _family(
+    values: dict[str, str],
+    source: str,
+    network_key: str,
+    subnet_key: str,
+    network: type[_N],
+    interface: type[_I],
+) -> tuple[tuple[_N, ...], _I]:
+    """One family's networks and subnet, checked: parsed, not empty, the subnet inside."""
+    try:
+        networks = tuple(
+            network(n.strip(), strict=False) for n in values[network_key].split(",") if n.strip()
+        )
+        subnet = interface(values[subnet_key])
+    except ValueError as exc:
+        raise CniError(ERR_SUBNET_FILE, f"{source}: invalid address", str(exc)) from None
+    if not networks:
+        raise CniError(ERR_SUBNET_FILE, f"{source}: {network_key} is empty")
+    if not any(subnet.network.subnet_of(n) for n in networks):  # type: ignore[arg-type]
+        raise CniError(
+            ERR_SUBNET_FILE,
+            f"{source}: {subnet_key} is outside {network_key}",
+            f"{subnet} not in {values[network_key]}",
+        )
+    return networks, subnet
 
 
 def read_subnet_env(path: Path) -> SubnetEnv:
@@ -376,11 +424,12 @@ def read_subnet_env(path: Path) -> SubnetEnv:
 # --- the delegate's config ---------------------------------------------------------------------
 
 
-def _gateway(subnet: IPv4Interface) -> IPv4Address | None:
+def _gateway(subnet: IPv4Interface | IPv6Interface) -> IPv4Address | IPv6Address | None:
     # FLANNEL_SUBNET names the bridge's address (network + 1).  If it names the network or
     # broadcast address instead, leave the choice to host-local (it picks network + 1).
     net = subnet.network
-    if net.prefixlen < 31 and subnet.ip in (net.network_address, net.broadcast_address):
+    reserved = (net.network_address, net.broadcast_address)
+    if net.prefixlen < net.max_prefixlen - 1 and subnet.ip in reserved:
         return None
     return subnet.ip
 
@@ -405,22 +454,31 @@ def delegate_config(conf: NetConf, env: SubnetEnv) -> JSONObject:
     ipam.setdefault("type", DEFAULT_IPAM)
     if ipam["type"] == "host-local":
         ipam.setdefault("dataDir", DEFAULT_IPAM_DATA_DIR)
-    subnet_range: JSONObject = {"subnet": str(env.subnet.network)}
-    gateway = _gateway(env.subnet)
-    if gateway is not None:
-        subnet_range["gateway"] = str(gateway)
-    ipam["ranges"] = [[subnet_range]]
+    ranges: list[list[JSONObject]] = []
     routes: list[JSONObject] = list(ipam.get("routes", []))
-    for net in env.networks:
-        if not any(r.get("dst") == str(net) for r in routes):
-            route: JSONObject = {"dst": str(net)}
-            if gateway is not None:
-                # The route goes via the gateway either way; naming it keeps CHECK working with
-                # plugins before v1.3.0, whose route check wrongly demands "no gateway" when
-                # the result's route has none (containernetworking/plugins#886; Debian 12
-                # ships 1.1.1).
-                route["gw"] = str(gateway)
-            routes.append(route)
+    families: list[tuple[IPv4Interface | IPv6Interface | None, tuple[object, ...]]] = [
+        (env.subnet, env.networks),
+        (env.ipv6_subnet, env.ipv6_networks),
+    ]
+    for subnet, networks in families:
+        if subnet is None:
+            continue
+        subnet_range: JSONObject = {"subnet": str(subnet.network)}
+        gateway = _gateway(subnet)
+        if gateway is not None:
+            subnet_range["gateway"] = str(gateway)
+        ranges.append([subnet_range])
+        for net in networks:
+            if not any(r.get("dst") == str(net) for r in routes):
+                route: JSONObject = {"dst": str(net)}
+                if gateway is not None:
+                    # The route goes via the gateway either way; naming it keeps CHECK working
+                    # with plugins before v1.3.0, whose route check wrongly demands "no
+                    # gateway" when the result's route has none (containernetworking/plugins
+                    # #886; Debian 12 ships 1.1.1).
+                    route["gw"] = str(gateway)
+                routes.append(route)
+    ipam["ranges"] = ranges
     ipam["routes"] = routes
     out["ipam"] = ipam
     if conf.runtime_config is not None:
