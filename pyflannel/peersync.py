@@ -41,8 +41,11 @@ class PeerSync:
         *,
         direct_routing: bool = False,
         stats: Stats | None = None,
+        name: str = "",
     ) -> None:
         self.scope = scope
+        # The device's name on every log line (two devices on a dual-stack host); bound once.
+        self._log = log.bind(device=name) if name else log
         self._stats = stats or Stats()
         self._direct = direct_routing
         self.kernel = open_kernel(dev, self.ownership(dev))
@@ -84,7 +87,7 @@ class PeerSync:
         if isinstance(entries, str):
             if self._skipped.get(subnet) != entries:
                 self._skipped[subnet] = entries
-                log.warning("peer_skipped", subnet=str(subnet), reason=entries)
+                self._log.warning("peer_skipped", subnet=str(subnet), reason=entries)
             return self.kernel.set_peer(subnet, None)
         self._skipped.pop(subnet, None)
         return self.kernel.set_peer(subnet, entries)
@@ -125,7 +128,7 @@ class PeerSync:
                 if have.oif is not None:
                     names[have.oif] = self.kernel.link_name(have.oif) or f"#{have.oif}"
                 existing = describe_route(have.route, names)
-                log.warning(
+                self._log.warning(
                     "route_conflict",
                     subnet=str(want.dst),
                     wanted=describe_route(want),
@@ -133,9 +136,9 @@ class PeerSync:
                     action="left alone; the peer is not routed through the overlay",
                 )
         if p.empty:
-            log.debug("reconciled", reason=reason, changes=0, peers=self.peers)
+            self._log.debug("reconciled", reason=reason, changes=0, peers=self.peers)
             return
-        log.info(
+        self._log.info(
             "reconciled",
             reason=reason,
             peers=self.peers,
@@ -150,11 +153,11 @@ class PeerSync:
         )
         # At most a few lines: a batch of 10,000 failures is one summary, not 10,000 lines.
         for err in report.errors[:5]:
-            log.warning(
+            self._log.warning(
                 "kernel_op_failed", op=err.op, target=err.target, errno=err.errno, error=str(err)
             )
         if report.failed > 5:
-            log.warning("kernel_ops_failed", more=report.failed - 5, reason=reason)
+            self._log.warning("kernel_ops_failed", more=report.failed - 5, reason=reason)
 
 
 __all__ = ["PeerSync"]

@@ -1,6 +1,7 @@
 """``pyflannel-lab``: the seed's two-cell VXLAN walkthrough on one machine, in seconds.
 
-    pyflannel-lab up [--api v2|v3] [--cells N]   build it: etcd, router, cells, containers
+    pyflannel-lab up [--api v2|v3] [--cells N] [--ipv6 | --ipv6-only]
+                                                 build it: etcd, router, cells, containers
     pyflannel-lab check                          curl across cells, pass/fail table with paths
     pyflannel-lab status                         leases, flannel.1 and programmed entries
     pyflannel-lab down                           remove everything (also after a crash)
@@ -16,10 +17,20 @@ import argparse
 import json
 import sys
 import time
-from ipaddress import IPv4Network
+from ipaddress import IPv4Network, IPv6Interface, IPv6Network
 from pathlib import Path
 
-from pyflannel.lab.topo import Cell, Container, Lab, prefixed_namespaces, read_env, run
+from pyflannel.lab.topo import (
+    ETCD_IP,
+    ETCD_IP6,
+    IPV6_NETWORK,
+    Cell,
+    Container,
+    Lab,
+    prefixed_namespaces,
+    read_env,
+    run,
+)
 
 DEFAULT_WORKDIR = Path("/run/pyflannel-lab")
 PREFIX = "pfl-"
@@ -33,17 +44,42 @@ def _up(args: argparse.Namespace) -> int:
         )
         return 1
     t0 = time.monotonic()
-    lab = Lab(args.workdir, prefix=args.prefix, cells=args.cells, api=args.api, resync_interval=10)
+    stack = "ipv6" if args.ipv6_only else "dual" if args.ipv6 else "ipv4"
+    lab = Lab(
+        args.workdir,
+        prefix=args.prefix,
+        cells=args.cells,
+        api=args.api,
+        resync_interval=10,
+        stack=stack,
+    )
+    underlay = {
+        "ipv4": "10.0.1.0/24 and 10.0.2.0/24",
+        "dual": "10.0.1.0/24 + fd00:1::/64 and 10.0.2.0/24 + fd00:2::/64",
+        "ipv6": "fd00:1::/64 and fd00:2::/64 (IPv6 only)",
+    }[stack]
+    etcd = f"[{ETCD_IP6}]" if stack == "ipv6" else ETCD_IP
+    network = {
+        "ipv4": "the seed's",
+        "dual": f"the seed's, with IPv6Network {IPV6_NETWORK}",
+        "ipv6": f"IPv6 only: IPv6Network {IPV6_NETWORK}",
+    }[stack]
     try:
-        step("underlay: router, 10.0.1.0/24 and 10.0.2.0/24", lab.build_underlay)
-        step(f"etcd at 10.0.1.2:2379 (serving the {args.api} API)", lab.start_etcd)
-        step("network config /coreos.com/network/config (the seed's)", lab.put_config)
+        step(f"underlay: router, {underlay}", lab.build_underlay)
+        step(f"etcd at {etcd}:2379 (serving the {args.api} API)", lab.start_etcd)
+        step(f"network config /coreos.com/network/config ({network})", lab.put_config)
         lab.start_cells(lab.cells, 2, cni=args.cni)
         for cell in lab.cells:
             env = read_env(lab.subnet_file(cell))
+            addrs = [str(a) for a in (cell.underlay_ip, cell.underlay_ip6) if a is not None]
+            leased = [
+                str(net) for net in (_subnet(lab, cell), _subnet6(lab, cell)) if net is not None
+            ]
+            if not lab.ipv4:
+                addrs = addrs[1:]
             print(
-                f"  {cell.name} ({cell.underlay_ip}): pyflannel leased "
-                f"{IPv4Network(env['FLANNEL_SUBNET'], strict=False)}, MTU {env['FLANNEL_MTU']}"
+                f"  {cell.name} ({', '.join(addrs)}): pyflannel leased "
+                f"{' and '.join(leased)}, MTU {env['FLANNEL_MTU']}"
             )
         lab.save_state()
         _wait_programmed(lab)
@@ -65,21 +101,33 @@ def step(what: str, fn: object) -> None:
 
 
 def _wait_programmed(lab: Lab) -> None:
-    """Wait until every cell routes to every other cell's subnet."""
-    subnets = {c.name: _subnet(lab, c) for c in lab.cells}
+    """Wait until every cell routes to every other cell's subnets (of each family)."""
+    wanted: list[tuple[str, str, dict[str, IPv4Network | IPv6Network | None]]] = [
+        ("-4", "flannel.1", {c.name: _subnet(lab, c) for c in lab.cells}),
+        ("-6", "flannel-v6.1", {c.name: _subnet6(lab, c) for c in lab.cells}),
+    ]
 
     def done() -> bool:
-        for cell in lab.cells:
-            have = run("ip", "-n", cell.ns, "-4", "route", "show", "dev", "flannel.1").stdout
-            if any(str(subnets[o.name]) not in have for o in lab.cells if o is not cell):
-                return False
+        for family, dev, subnets in wanted:
+            for cell in lab.cells:
+                if subnets[cell.name] is None:
+                    continue
+                have = run("ip", "-n", cell.ns, family, "route", "show", "dev", dev).stdout
+                if any(str(subnets[o.name]) not in have for o in lab.cells if o is not cell):
+                    return False
         return True
 
     lab.wait(done, 20, "peers programmed on every cell")
 
 
-def _subnet(lab: Lab, cell: Cell) -> IPv4Network:
-    return IPv4Network(read_env(lab.subnet_file(cell))["FLANNEL_SUBNET"], strict=False)
+def _subnet(lab: Lab, cell: Cell) -> IPv4Network | None:
+    value = read_env(lab.subnet_file(cell)).get("FLANNEL_SUBNET")
+    return IPv4Network(value, strict=False) if value else None
+
+
+def _subnet6(lab: Lab, cell: Cell) -> IPv6Network | None:
+    value = read_env(lab.subnet_file(cell)).get("FLANNEL_IPV6_SUBNET")
+    return IPv6Interface(value).network if value else None
 
 
 def _load(args: argparse.Namespace) -> Lab | None:
@@ -90,10 +138,12 @@ def _load(args: argparse.Namespace) -> Lab | None:
         return None
 
 
-def _path(lab: Lab, src: Cell, a: Container, dst: Cell, b: Container) -> str:
+def _path(src: Cell, a: Container, dst: Cell, b: Container, v6: bool = False) -> str:
+    dev = "flannel-v6.1" if v6 else "flannel.1"
+    there, back = (src.underlay_ip6, dst.underlay_ip6) if v6 else (src.underlay_ip, dst.underlay_ip)
     return (
-        f"{a.name} → br0@{src.name} → flannel.1 → UDP 8472 {src.underlay_ip} → "
-        f"{dst.underlay_ip} → flannel.1@{dst.name} → br0 → {b.name}"
+        f"{a.name} → br0@{src.name} → {dev} → UDP 8472 {there} → "
+        f"{back} → {dev}@{dst.name} → br0 → {b.name}"
     )
 
 
@@ -110,17 +160,21 @@ def _check(args: argparse.Namespace) -> int:
                 if dst is src:
                     continue
                 for b in dst.containers:
-                    code = lab.curl(a.ns, b.ip)
-                    ok = code == "200"
-                    failed += not ok
-                    rows.append(
-                        (
-                            f"{a.name} ({a.ip})",
-                            f"{b.name} ({b.ip})",
-                            "PASS" if ok else f"FAIL ({code})",
-                            _path(lab, src, a, dst, b),
+                    # Each family both containers have: IPv4, then IPv6.
+                    for v6, here, there in ((False, a.ip, b.ip), (True, a.ip6, b.ip6)):
+                        if here is None or there is None:
+                            continue
+                        code = lab.curl(a.ns, there)
+                        ok = code == "200"
+                        failed += not ok
+                        rows.append(
+                            (
+                                f"{a.name} ({here})",
+                                f"{b.name} ({there})",
+                                "PASS" if ok else f"FAIL ({code})",
+                                _path(src, a, dst, b, v6),
+                            )
                         )
-                    )
     w0 = max(len(r[0]) for r in rows)
     w1 = max(len(r[1]) for r in rows)
     print(f"{'from':<{w0}}  {'to (curl :8000)':<{w1}}  result  path")
@@ -142,25 +196,34 @@ def _status(args: argparse.Namespace) -> int:
         keys = lab.etcdctl("get", "--prefix", "--keys-only", "/coreos.com/network/subnets").split()
     for key in keys:
         print(f"  {key.rsplit('/', 1)[-1]:<18} {lab.get(key)}")
+    devices = [("-4", "flannel.1")] if lab.ipv4 else []
+    devices += [("-6", "flannel-v6.1")] if lab.ipv6 else []
     for cell in lab.cells:
-        print(f"\n{cell.name} ({cell.underlay_ip}), namespace {cell.ns}")
+        addrs = [str(a) for a in (cell.underlay_ip, cell.underlay_ip6) if a is not None]
+        print(f"\n{cell.name} ({', '.join(addrs if lab.ipv4 else addrs[1:])}), namespace {cell.ns}")
         sf = lab.subnet_file(cell)
         print("  subnet.env: " + (" ".join(sf.read_text().split()) if sf.exists() else "(none)"))
-        detail = run("ip", "-d", "-n", cell.ns, "link", "show", "flannel.1", check=False).stdout
-        words = detail.split()
-        mac = words[words.index("link/ether") + 1] if "link/ether" in words else "?"
-        vx = detail.split("vxlan", 1)[1].split("ageing")[0].strip() if "vxlan id" in detail else ""
-        print(f"  flannel.1: mac {mac} vxlan {vx}")
-        for title, cmd in (
-            ("routes", ("ip", "-n", cell.ns, "-4", "route", "show", "dev", "flannel.1")),
-            ("neighbours", ("ip", "-n", cell.ns, "neigh", "show", "dev", "flannel.1")),
-            ("fdb", ("bridge", "-n", cell.ns, "fdb", "show", "dev", "flannel.1")),
-        ):
-            out = run(*cmd, check=False).stdout.strip().splitlines()
-            print(f"  {title}:")
-            for line in out or ["(none)"]:
-                print(f"    {line}")
+        for family, dev in devices:
+            _status_device(cell, family, dev)
     return 0
+
+
+def _status_device(cell: Cell, family: str, dev: str) -> None:
+    """One device of *cell*: its MAC and VXLAN settings, routes, neighbours and FDB entries."""
+    detail = run("ip", "-d", "-n", cell.ns, "link", "show", dev, check=False).stdout
+    words = detail.split()
+    mac = words[words.index("link/ether") + 1] if "link/ether" in words else "?"
+    vx = detail.split("vxlan", 1)[1].split("ageing")[0].strip() if "vxlan id" in detail else ""
+    print(f"  {dev}: mac {mac} vxlan {vx}")
+    for title, cmd in (
+        ("routes", ("ip", "-n", cell.ns, family, "route", "show", "dev", dev)),
+        ("neighbours", ("ip", "-n", cell.ns, family, "neigh", "show", "dev", dev)),
+        ("fdb", ("bridge", "-n", cell.ns, "fdb", "show", "dev", dev)),
+    ):
+        out = run(*cmd, check=False).stdout.strip().splitlines()
+        print(f"  {title}:")
+        for line in out or ["(none)"]:
+            print(f"    {line}")
 
 
 def _down(args: argparse.Namespace) -> int:
@@ -200,6 +263,18 @@ def main(argv: list[str] | None = None) -> int:
         "--cni",
         action="store_true",
         help="attach the containers through pyflannel-cni and the bridge plugin",
+    )
+    family = up.add_mutually_exclusive_group()
+    family.add_argument(
+        "--ipv6",
+        action="store_true",
+        help="dual stack: an IPv6 underlay (fd00:1::/64, fd00:2::/64) too, IPv6Network "
+        f"{IPV6_NETWORK} next to the seed's Network, containers with both families",
+    )
+    family.add_argument(
+        "--ipv6-only",
+        action="store_true",
+        help=f"IPv6 only: an IPv6 underlay, IPv6Network {IPV6_NETWORK} and no IPv4 anywhere",
     )
     sub.add_parser("check", help="curl across cells and print a pass/fail table")
     sub.add_parser("status", help="show leases, devices and programmed entries")

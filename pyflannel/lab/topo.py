@@ -7,6 +7,13 @@ real ``pyflannel`` process, builds ``br0`` from its FLANNEL_SUBNET and attaches 
 by the end-to-end tests.  On request, an "outside" host sits behind the router on 203.0.113.0/24
 (an address outside the overlay, for masquerading tests), and a cell's daemon gets extra flags.
 
+IPv6 (*stack*): ``dual`` adds an IPv6 underlay of unique local addresses (fd00:1::/64 and
+fd00:2::/64, the router at ::1, etcd at fd00:1::2, cells at ::3, ::4...) and an IPv6Network
+(fd00:16::/48) to the config; the cells then run both devices and the containers get an
+address of each family.  ``ipv6`` is the same with IPv4 left out everywhere: an IPv6-only
+underlay (etcd reached at ``http://[fd00:1::2]:2379``), an IPv6-only network
+(``"EnableIPv4": false``) and IPv6-only containers.
+
 Everything is created inside namespaces named with one prefix, so the root namespace gets no
 link, and :meth:`Lab.down` (or :func:`remove_prefixed`) removes it all, even after a crash;
 only processes this lab started (by PID, recorded in its work directory) are killed.
@@ -25,7 +32,7 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Interface, ip_address
 from pathlib import Path
 
 from pyflannel.lab.whoami import PORT as WHOAMI_PORT
@@ -43,6 +50,38 @@ ETCD_URL = f"http://{ETCD_IP}:2379"
 #: The outside host (TEST-NET-3: documentation addresses, never routed on the internet).
 OUTSIDE_IP = IPv4Address("203.0.113.10")
 OUTSIDE_GW = IPv4Address("203.0.113.1")  # the router's side
+#: What a lab's underlay and network carry: IPv4 only (the seed), both, or IPv6 only.
+STACKS = ("ipv4", "dual", "ipv6")
+#: The IPv6 overlay of the dual-stack and IPv6-only labs.
+IPV6_NETWORK = "fd00:16::/48"
+#: The IPv6 underlay: fd00:<n>::/64 per switch; etcd and the outside host.
+ETCD_IP6 = "fd00:1::2"
+ETCD_URL6 = f"http://[{ETCD_IP6}]:2379"
+OUTSIDE_IP6 = IPv6Address("fd00:99::10")
+OUTSIDE_GW6 = IPv6Address("fd00:99::1")
+
+
+def config_for(stack: str) -> dict[str, object]:
+    """The network config of a lab of *stack*: the seed's, with the IPv6Network added (dual),
+    or instead of the IPv4 Network (ipv6)."""
+    if stack == "ipv4":
+        return dict(SEED_CONFIG)
+    if stack == "dual":
+        return {**SEED_CONFIG, "EnableIPv6": True, "IPv6Network": IPV6_NETWORK}
+    return {
+        "EnableIPv4": False,
+        "EnableIPv6": True,
+        "IPv6Network": IPV6_NETWORK,
+        "Backend": SEED_CONFIG["Backend"],
+    }
+
+
+def url_host(addr: IPv4Address | IPv6Address | str) -> str:
+    """*addr* as the host part of a URL (an IPv6 address in brackets)."""
+    text = str(addr)
+    return f"[{text}]" if ":" in text else text
+
+
 CONTAINER_NAMES = "abcdefghijklmnopqrstuvwxyz"
 #: What the lab writes in its work directory (besides one directory per cell).
 LAB_FILES = ("etcd-data", "etcd.log", "www", "state.json", "pids.json")
@@ -73,6 +112,7 @@ class Container:
     host_veth: str
     ip: IPv4Address | None = None
     cni_result: dict[str, object] | None = None  # what pyflannel-cni ADD returned
+    ip6: IPv6Address | None = None  # with an IPv6 network
 
 
 @dataclass
@@ -84,6 +124,7 @@ class Cell:
     underlay_ip: IPv4Address
     gateway: IPv4Address
     containers: list[Container] = field(default_factory=list)
+    underlay_ip6: IPv6Address | None = None  # with an IPv6 underlay
 
     @property
     def subnet_index(self) -> int:
@@ -109,10 +150,17 @@ class Lab:
         *,
         outside: bool = False,
         daemon_args: Mapping[str, Sequence[str]] | None = None,
+        stack: str = "ipv4",
     ) -> None:
+        if stack not in STACKS:
+            raise ValueError(f"stack {stack!r} is not one of {', '.join(STACKS)}")
         self.workdir = workdir
         self.prefix = prefix
         self.api = api
+        self.stack = stack
+        self.ipv4 = stack != "ipv6"  # the underlay and the network carry IPv4
+        self.ipv6 = stack != "ipv4"  # ... and IPv6
+        self.etcd_url = ETCD_URL if self.ipv4 else ETCD_URL6
         self.resync_interval = resync_interval
         self.etcd_ns = f"{prefix}etcd"
         self.router_ns = f"{prefix}router"
@@ -132,6 +180,7 @@ class Lab:
             f"{self.prefix}cell{i}",
             IPv4Address(f"10.0.{subnet}.{host}"),
             IPv4Address(f"10.0.{subnet}.1"),
+            underlay_ip6=IPv6Address(f"fd00:{subnet}::{host}") if self.ipv6 else None,
         )
 
     # --- processes ------------------------------------------------------------------------------
@@ -244,34 +293,55 @@ class Lab:
         r = self.router_ns
         for n in (1, 2):
             ip(r, "link", "add", f"sw{n}", "type", "bridge")
-            ip(r, "addr", "add", f"10.0.{n}.1/24", "dev", f"sw{n}")
+            if self.ipv4:
+                ip(r, "addr", "add", f"10.0.{n}.1/24", "dev", f"sw{n}")
+            if self.ipv6:
+                ip(r, "addr", "add", f"fd00:{n}::1/64", "dev", f"sw{n}", "nodad")
             ip(r, "link", "set", f"sw{n}", "up")
         run("sysctl", "-qw", "net.ipv4.ip_forward=1", ns=r)
-        hosts = [("etcd", self.etcd_ns, IPv4Address(ETCD_IP), 1)]
-        hosts += [
-            (f"c{i + 1}", c.ns, c.underlay_ip, c.subnet_index) for i, c in enumerate(self.cells)
+        if self.ipv6:
+            run("sysctl", "-qw", "net.ipv6.conf.all.forwarding=1", ns=r)
+        hosts: list[tuple[str, str, IPv4Address, IPv6Address | None, int]] = [
+            ("etcd", self.etcd_ns, IPv4Address(ETCD_IP), IPv6Address(ETCD_IP6), 1)
         ]
-        for tag, ns, addr, sub in hosts:
+        hosts += [
+            (f"c{i + 1}", c.ns, c.underlay_ip, c.underlay_ip6, c.subnet_index)
+            for i, c in enumerate(self.cells)
+        ]
+        for tag, ns, addr, addr6, sub in hosts:
             # Created inside the namespaces: nothing ever appears in the root namespace.
             ip(r, "link", "add", f"p-{tag}", "type", "veth", "peer", "name", "eth0", "netns", ns)
             ip(r, "link", "set", f"p-{tag}", "master", f"sw{sub}", "up")
-            ip(ns, "addr", "add", f"{addr}/24", "dev", "eth0")
+            if self.ipv4:
+                ip(ns, "addr", "add", f"{addr}/24", "dev", "eth0")
+            if self.ipv6:
+                # nodad: a lab address is unique by construction, and usable at once.
+                ip(ns, "addr", "add", f"{addr6}/64", "dev", "eth0", "nodad")
             ip(ns, "link", "set", "eth0", "up")
-            ip(ns, "route", "add", "default", "via", f"10.0.{sub}.1")
+            if self.ipv4:
+                ip(ns, "route", "add", "default", "via", f"10.0.{sub}.1")
+            if self.ipv6:
+                ip(ns, "-6", "route", "add", "default", "via", f"fd00:{sub}::1")
         if self.outside_ns is not None:
             # Knows no route to the overlay: only masqueraded traffic gets answers by default.
             out = self.outside_ns
             run("ip", "netns", "add", out)
             ip(out, "link", "set", "lo", "up")
             ip(r, "link", "add", "p-out", "type", "veth", "peer", "name", "eth0", "netns", out)
-            ip(r, "addr", "add", f"{OUTSIDE_GW}/24", "dev", "p-out")
             ip(r, "link", "set", "p-out", "up")
-            ip(out, "addr", "add", f"{OUTSIDE_IP}/24", "dev", "eth0")
             ip(out, "link", "set", "eth0", "up")
-            ip(out, "route", "add", "default", "via", str(OUTSIDE_GW))
+            if self.ipv4:
+                ip(r, "addr", "add", f"{OUTSIDE_GW}/24", "dev", "p-out")
+                ip(out, "addr", "add", f"{OUTSIDE_IP}/24", "dev", "eth0")
+                ip(out, "route", "add", "default", "via", str(OUTSIDE_GW))
+            if self.ipv6:
+                ip(r, "addr", "add", f"{OUTSIDE_GW6}/64", "dev", "p-out", "nodad")
+                ip(out, "addr", "add", f"{OUTSIDE_IP6}/64", "dev", "eth0", "nodad")
+                ip(out, "-6", "route", "add", "default", "via", str(OUTSIDE_GW6))
 
     def start_etcd(self, fresh: bool = True) -> None:
-        """etcd on 10.0.1.2:2379 inside the etcd namespace (v2 and v3 APIs both served).
+        """etcd on 10.0.1.2:2379 (IPv6-only lab: [fd00:1::2]:2379) inside the etcd namespace
+        (v2 and v3 APIs both served).
 
         *fresh* starts from an empty data directory; otherwise etcd restarts on its data.
         """
@@ -288,9 +358,9 @@ class Lab:
                 "--data-dir",
                 str(data),
                 "--listen-client-urls",
-                ETCD_URL,
+                self.etcd_url,
                 "--advertise-client-urls",
-                ETCD_URL,
+                self.etcd_url,
                 "--listen-peer-urls",
                 "http://127.0.0.1:2380",
                 "--initial-advertise-peer-urls",
@@ -309,7 +379,9 @@ class Lab:
         )
         self.wait(
             lambda: (
-                run("curl", "-sf", f"{ETCD_URL}/health", ns=self.etcd_ns, check=False).returncode
+                run(
+                    "curl", "-sf", f"{self.etcd_url}/health", ns=self.etcd_ns, check=False
+                ).returncode
                 == 0
             ),
             20,
@@ -320,7 +392,7 @@ class Lab:
         """Run etcdctl against the lab's etcd with the lab's API (or *api*)."""
         env = {"ETCDCTL_API": "2" if (api or self.api) == "v2" else "3"}
         res = subprocess.run(
-            ["ip", "netns", "exec", self.etcd_ns, "etcdctl", "--endpoints", ETCD_URL, *args],
+            ["ip", "netns", "exec", self.etcd_ns, "etcdctl", "--endpoints", self.etcd_url, *args],
             capture_output=True,
             text=True,
             env={**os.environ, **env},
@@ -355,7 +427,7 @@ class Lab:
             json.dumps([op[0], *(base64.b64encode(b).decode() for b in op[1:3]), *op[3:]]) + "\n"
             for op in ops
         )
-        cmd = [sys.executable, "-m", "pyflannel.lab.bulk", self.api, ETCD_URL, str(threads)]
+        cmd = [sys.executable, "-m", "pyflannel.lab.bulk", self.api, self.etcd_url, str(threads)]
         res = subprocess.run(
             ["ip", "netns", "exec", self.etcd_ns, *cmd],
             input=lines,
@@ -370,8 +442,8 @@ class Lab:
         return tally
 
     def put_config(self, config: dict[str, object] | None = None) -> None:
-        """Store the network config (the seed's by default)."""
-        self.put("/coreos.com/network/config", json.dumps(config or SEED_CONFIG))
+        """Store the network config (by default the seed's, with IPv6 as the stack says)."""
+        self.put("/coreos.com/network/config", json.dumps(config or config_for(self.stack)))
 
     # --- cells ----------------------------------------------------------------------------------
 
@@ -388,9 +460,10 @@ class Lab:
                 sys.executable,
                 "-m",
                 "pyflannel",
-                f"--etcd-endpoints={ETCD_URL}",
+                f"--etcd-endpoints={self.etcd_url}",
                 f"--etcd-api={self.api}",
-                f"--public-ip={cell.underlay_ip}",
+                *([f"--public-ip={cell.underlay_ip}"] if self.ipv4 else []),
+                *([f"--public-ipv6={cell.underlay_ip6}"] if self.ipv6 else []),
                 f"--subnet-file={self.subnet_file(cell)}",
                 f"--resync-interval={self.resync_interval}",
                 "--log-format=json",
@@ -406,22 +479,38 @@ class Lab:
         self.wait(path.exists, timeout, f"{path}")
         return read_env(path)
 
+    def _host_sysctls(self, ns: str) -> None:
+        """What a cell needs to route its containers: forwarding of each family (and for
+        IPv4 no reverse-path filter)."""
+        sysctls = []
+        if self.ipv4:
+            sysctls += [
+                "net.ipv4.ip_forward=1",
+                "net.ipv4.conf.all.rp_filter=0",
+                "net.ipv4.conf.default.rp_filter=0",
+            ]
+        if self.ipv6:
+            sysctls.append("net.ipv6.conf.all.forwarding=1")
+        for sysctl in sysctls:
+            run("sysctl", "-qw", sysctl, ns=ns)
+
     def attach_containers(self, cell: Cell, count: int = 2, start: int = 0) -> None:
-        """br0 from FLANNEL_SUBNET (MTU from FLANNEL_MTU) and *count* containers on veths."""
+        """br0 from FLANNEL_SUBNET and FLANNEL_IPV6_SUBNET (MTU from FLANNEL_MTU) and *count*
+        containers on veths, with an address of each family the network has."""
         env = read_env(self.subnet_file(cell))
-        gw = env["FLANNEL_SUBNET"]
-        net = IPv4Network(gw, strict=False)
+        gw = env.get("FLANNEL_SUBNET")
+        net = IPv4Network(gw, strict=False) if gw else None
+        gw6 = env.get("FLANNEL_IPV6_SUBNET")
+        net6 = IPv6Interface(gw6).network if gw6 else None
         mtu = env["FLANNEL_MTU"]
         ns = cell.ns
         ip(ns, "link", "add", "br0", "mtu", mtu, "type", "bridge")
-        ip(ns, "addr", "add", gw, "dev", "br0")
+        if gw:
+            ip(ns, "addr", "add", gw, "dev", "br0")
+        if gw6:
+            ip(ns, "addr", "add", gw6, "dev", "br0", "nodad")
         ip(ns, "link", "set", "br0", "up")
-        for sysctl in (
-            "net.ipv4.ip_forward=1",
-            "net.ipv4.conf.all.rp_filter=0",
-            "net.ipv4.conf.default.rp_filter=0",
-        ):
-            run("sysctl", "-qw", sysctl, ns=ns)
+        self._host_sysctls(ns)
         for k in range(count):
             idx = start + k
             letter = CONTAINER_NAMES[idx]
@@ -429,7 +518,8 @@ class Lab:
                 f"con_{letter}",
                 f"{self.prefix}con_{letter}",
                 f"veth{k + 1}0",
-                net.network_address + 2 + k,
+                net.network_address + 2 + k if net is not None else None,
+                ip6=net6.network_address + 2 + k if net6 is not None else None,
             )
             run("ip", "netns", "add", con.ns)
             ip(con.ns, "link", "set", "lo", "up")
@@ -450,9 +540,15 @@ class Lab:
             )
             ip(ns, "link", "set", con.host_veth, "master", "br0", "up")
             ip(con.ns, "link", "set", "eth0", "mtu", mtu)
-            ip(con.ns, "addr", "add", f"{con.ip}/{net.prefixlen}", "dev", "eth0")
+            if net is not None:
+                ip(con.ns, "addr", "add", f"{con.ip}/{net.prefixlen}", "dev", "eth0")
+            if net6 is not None:
+                ip(con.ns, "addr", "add", f"{con.ip6}/{net6.prefixlen}", "dev", "eth0", "nodad")
             ip(con.ns, "link", "set", "eth0", "up")
-            ip(con.ns, "route", "add", "default", "via", str(net.network_address + 1))
+            if net is not None:
+                ip(con.ns, "route", "add", "default", "via", str(net.network_address + 1))
+            if net6 is not None:
+                ip(con.ns, "-6", "route", "add", "default", "via", str(net6.network_address + 1))
             cell.containers.append(con)
 
     def cni_config(self, cell: Cell) -> dict[str, object]:
@@ -498,12 +594,7 @@ class Lab:
 
     def attach_containers_cni(self, cell: Cell, count: int = 2, start: int = 0) -> None:
         """Like :meth:`attach_containers`, but through pyflannel-cni and the bridge plugin."""
-        for sysctl in (
-            "net.ipv4.ip_forward=1",
-            "net.ipv4.conf.all.rp_filter=0",
-            "net.ipv4.conf.default.rp_filter=0",
-        ):
-            run("sysctl", "-qw", sysctl, ns=cell.ns)
+        self._host_sysctls(cell.ns)
         for k in range(count):
             letter = CONTAINER_NAMES[start + k]
             con = Container(f"con_{letter}", f"{self.prefix}con_{letter}", "")
@@ -512,7 +603,12 @@ class Lab:
             result = self.cni(cell, "ADD", con)
             ips = result.get("ips")
             assert isinstance(ips, list) and ips, result
-            con.ip = IPv4Address(str(ips[0]["address"]).split("/")[0])
+            for entry in ips:
+                addr = ip_address(str(entry["address"]).split("/")[0])
+                if isinstance(addr, IPv6Address):
+                    con.ip6 = addr
+                else:
+                    con.ip = addr
             con.cni_result = result
             cell.containers.append(con)
 
@@ -536,10 +632,11 @@ class Lab:
         root = self.workdir / "www" / con.name
         root.mkdir(parents=True, exist_ok=True)
         (root / "index.html").write_text(f"hello from {con.name}\n")
+        # --bind ::: one socket for both families (Python's dual-stack server).
         self.spawn(
             f"http-{con.name}",
             con.ns,
-            [sys.executable, "-m", "http.server", "8000"],
+            [sys.executable, "-m", "http.server", "8000", "--bind", "::"],
             self.workdir / "www" / f"{con.name}.log",
             cwd=root,
         )
@@ -559,10 +656,10 @@ class Lab:
         )
 
     @staticmethod
-    def whoami(src_ns: str, dst: IPv4Address | str, timeout: float = 5) -> str:
+    def whoami(src_ns: str, dst: IPv4Address | IPv6Address | str, timeout: float = 5) -> str:
         """The source address the whoami server at *dst* saw for a request from namespace
         *src_ns* ("" if it did not answer)."""
-        url = f"http://{dst}:{WHOAMI_PORT}/"
+        url = f"http://{url_host(dst)}:{WHOAMI_PORT}/"
         return run("curl", "-s", "-m", str(timeout), url, ns=src_ns, check=False).stdout.strip()
 
     def wait_http(self, con: Container, timeout: float = 10) -> None:
@@ -574,8 +671,9 @@ class Lab:
         )
 
     @staticmethod
-    def curl(src_ns: str, dst: IPv4Address | str | None, timeout: float = 5) -> str:
-        """The HTTP status of ``GET http://dst:8000/`` from namespace *src_ns* ("000" if none)."""
+    def curl(src_ns: str, dst: IPv4Address | IPv6Address | str | None, timeout: float = 5) -> str:
+        """The HTTP status of ``GET http://dst:8000/`` from namespace *src_ns* ("000" if none);
+        an IPv6 *dst* goes in brackets."""
         res = run(
             "curl",
             "-s",
@@ -585,7 +683,7 @@ class Lab:
             "/dev/null",
             "-w",
             "%{http_code}",
-            f"http://{dst}:8000/",
+            f"http://{url_host(str(dst))}:8000/",
             ns=src_ns,
             check=False,
         )
@@ -608,9 +706,12 @@ class Lab:
         state = {
             "prefix": self.prefix,
             "api": self.api,
+            "stack": self.stack,
             "cells": len(self.cells),
             "containers": {
-                c.name: [[k.name, k.ns, k.host_veth, str(k.ip)] for k in c.containers]
+                c.name: [
+                    [k.name, k.ns, k.host_veth, _text(k.ip), _text(k.ip6)] for k in c.containers
+                ]
                 for c in self.cells
             },
         }
@@ -621,10 +722,18 @@ class Lab:
     def load(cls, workdir: Path) -> Lab:
         """The lab recorded in *workdir* by :meth:`save_state`."""
         state = json.loads((workdir / "state.json").read_text())
-        lab = cls(workdir, prefix=state["prefix"], cells=state["cells"], api=state["api"])
+        lab = cls(
+            workdir,
+            prefix=state["prefix"],
+            cells=state["cells"],
+            api=state["api"],
+            stack=state.get("stack", "ipv4"),
+        )
         for cell in lab.cells:
-            for name, ns, veth, addr in state["containers"].get(cell.name, []):
-                cell.containers.append(Container(name, ns, veth, IPv4Address(addr)))
+            for name, ns, veth, addr, *rest in state["containers"].get(cell.name, []):
+                ip4 = IPv4Address(addr) if addr else None
+                ip6 = IPv6Address(rest[0]) if rest and rest[0] else None
+                cell.containers.append(Container(name, ns, veth, ip4, ip6=ip6))
         return lab
 
     # --- teardown -------------------------------------------------------------------------------
@@ -643,6 +752,10 @@ class Lab:
                 path.unlink(missing_ok=True)
         for cell in self.cells:
             shutil.rmtree(self.workdir / cell.name, ignore_errors=True)
+
+
+def _text(addr: IPv4Address | IPv6Address | None) -> str:
+    return str(addr) if addr is not None else ""
 
 
 def prefixed_namespaces(prefix: str) -> list[str]:

@@ -7,6 +7,7 @@ request on its way: the cell's underlay address, or the container's own.
 
 from __future__ import annotations
 
+import socket
 import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -14,9 +15,20 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 PORT = 8001
 
 
+class _DualStackServer(ThreadingHTTPServer):
+    """Both families on one socket (``::`` with IPV6_V6ONLY off): an IPv4 client shows as
+    ``::ffff:a.b.c.d`` to the socket, and is reported as ``a.b.c.d``."""
+
+    address_family = socket.AF_INET6
+
+    def server_bind(self) -> None:
+        self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        super().server_bind()
+
+
 class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
-        body = f"{self.client_address[0]}\n".encode()
+        body = f"{self.client_address[0].removeprefix('::ffff:')}\n".encode()
         self.send_response(200)
         self.send_header("Content-Type", "text/plain")
         self.send_header("Content-Length", str(len(body)))
@@ -28,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     """Serve on *PORT* (or the port given) on every address until killed."""
     args = sys.argv[1:] if argv is None else argv
     port = int(args[0]) if args else PORT
-    with ThreadingHTTPServer(("", port), _Handler) as server:
+    with _DualStackServer(("::", port), _Handler) as server:
         server.serve_forever()
     return 0
 

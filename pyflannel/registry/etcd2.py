@@ -62,7 +62,8 @@ def _client(endpoint: str, opts: EtcdOptions) -> Any:
     if url.scheme not in ("http", "https") or not url.hostname:
         raise RegistryRefused(f"invalid etcd endpoint {endpoint!r} (want http[s]://host:port)")
     kwargs: dict[str, Any] = {
-        "host": url.hostname,
+        # python-etcd pastes the host into its URLs as is: an IPv6 address needs its brackets.
+        "host": f"[{url.hostname}]" if ":" in url.hostname else url.hostname,
         "port": url.port or 2379,
         "protocol": url.scheme,
         "read_timeout": opts.timeout,
