@@ -1,7 +1,8 @@
 """Diagnostics: capture and decode VXLAN on the underlay with scapy (tests and troubleshooting).
 
 ``python -m pyflannel.diag capture --iface eth0 --timeout 5`` prints one JSON line per VXLAN
-packet seen: outer addresses and ports, the VNI, and the inner packet.  Run it inside the host's
+packet seen: outer addresses and ports, the VNI, and the inner packet (IPv4 or IPv6, outside and
+inside: ``family`` and ``inner_family`` say which).  Run it inside the host's
 network namespace (``ip netns exec …``).  scapy is imported only here: it is never on the data
 path, where the kernel does all encapsulation.
 """
@@ -25,6 +26,7 @@ def capture_vxlan(
     """Sniff *iface* for *timeout* seconds and return the VXLAN packets on UDP *port*;
     *on_start* is called once the capture socket is open."""
     from scapy.layers.inet import IP, UDP
+    from scapy.layers.inet6 import IPv6
     from scapy.layers.vxlan import VXLAN  # registers the layer; it decodes as Raw without it
     from scapy.packet import bind_layers
     from scapy.sendrecv import sniff
@@ -39,9 +41,12 @@ def capture_vxlan(
         iface=iface, timeout=timeout, count=count, lfilter=is_vxlan, started_callback=on_start
     )
     for p in packets:
+        # The frame's own network layer (an IPv6 underlay may carry IPv4 inside, and back).
+        outer = p.payload if isinstance(p.payload, (IP, IPv6)) else p[IP] if IP in p else p[IPv6]
         rec: dict[str, Any] = {
-            "src": p[IP].src,
-            "dst": p[IP].dst,
+            "family": 6 if isinstance(outer, IPv6) else 4,
+            "src": outer.src,
+            "dst": outer.dst,
             "sport": p[UDP].sport,
             "dport": p[UDP].dport,
             "vni": int(p[VXLAN].vni) if VXLAN in p else None,
@@ -49,7 +54,17 @@ def capture_vxlan(
         inner = p[VXLAN].payload if VXLAN in p else None
         if inner is not None and IP in inner:
             rec.update(
-                inner_src=inner[IP].src, inner_dst=inner[IP].dst, inner_proto=int(inner[IP].proto)
+                inner_family=4,
+                inner_src=inner[IP].src,
+                inner_dst=inner[IP].dst,
+                inner_proto=int(inner[IP].proto),
+            )
+        elif inner is not None and IPv6 in inner:
+            rec.update(
+                inner_family=6,
+                inner_src=inner[IPv6].src,
+                inner_dst=inner[IPv6].dst,
+                inner_proto=int(inner[IPv6].nh),
             )
         out.append(rec)
     return out

@@ -45,8 +45,10 @@ def running_lab(
     before_start: Callable[[Lab], None] | None = None,
     outside: bool = False,
     daemon_args: Mapping[str, Sequence[str]] | None = None,
+    stack: str = "ipv4",
 ) -> Iterator[Lab]:
-    """The lab's topology with etcd, the network config (*config*, else the seed's) and
+    """The lab's topology (IPv4, dual-stack or IPv6-only: *stack*) with etcd, the network
+    config (*config*, else the seed's of that stack) and
     *started* of its *cells* running with *containers* containers each; *before_start* runs
     once etcd is up; *outside* and *daemon_args* (extra flags by cell name) go to the Lab.
     Everything goes when the block ends, and the daemons' log tails are printed (a failing
@@ -60,6 +62,7 @@ def running_lab(
         resync_interval=resync_interval,
         outside=outside,
         daemon_args=daemon_args,
+        stack=stack,
     )
     try:
         lab.build_underlay()
