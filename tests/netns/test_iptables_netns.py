@@ -18,7 +18,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from ipaddress import IPv4Network
+from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 
 import pytest
@@ -39,7 +39,12 @@ def _require() -> None:
     tools = [
         "ip",
         "setpriv",
-        *(f"iptables-{b}{s}" for b in BACKENDS for s in ("", "-restore", "-save")),
+        *(
+            f"ip{v}tables-{b}{s}"
+            for v in ("", "6")
+            for b in BACKENDS
+            for s in ("", "-restore", "-save")
+        ),
     ]
     missing = [t for t in tools if shutil.which(t) is None]
     problems = (["not root"] if os.geteuid() != 0 else []) + [f"no {t}" for t in missing]
@@ -284,3 +289,46 @@ def test_ip_masq_without_iptables_is_fatal_at_once(nft_host: Host, tmp_path: Pat
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=30)
     assert proc.returncode == 0
+
+
+NET6 = IPv6Network("fd00:16::/48")
+SUB6 = IPv6Network("fd00:16:0:5::/64")
+OLD_SUB6 = IPv6Network("fd00:16:0:7::/64")
+
+
+def test_ip6tables_rules_as_flanneld_s_and_kept(host: Host) -> None:
+    """With an IPv6Network: flanneld's IPv6 rules in ip6tables (multicast ff00::/8), exactly
+    as ip6tables-save prints them, found by the fast listing check; a previous IPv6 subnet's
+    rules removed; a deleted rule put back in place; nothing in iptables (IPv4)."""
+    prefix = host.prefix
+    ipt6 = Iptables.probe(
+        [*prefix, f"ip6tables-{host.backend}"], [*prefix, f"ip6tables-{host.backend}-restore"]
+    )
+    assert ipt6.name == "ip6tables"
+    old = RuleKeeper(ipt6, [masq_rules(NET6, OLD_SUB6, random_fully=ipt6.random_fully)])
+    assert old.ensure()
+    sets = [masq_rules(NET6, SUB6, random_fully=ipt6.random_fully), forward_rules(NET6)]
+    stale = masq_rules(NET6, OLD_SUB6, random_fully=ipt6.random_fully)
+    k = RuleKeeper(ipt6, sets, stale)
+    with capture_logs() as logs:
+        assert k.ensure()
+    assert [(e["event"], e["family"]) for e in logs] == [
+        ("iptables_rules_removed", "IPv6"),
+        ("iptables_rules_installed", "IPv6"),
+        ("iptables_rules_installed", "IPv6"),
+    ]
+
+    def save(table: str) -> list[str]:
+        out = _run(*prefix, f"ip6tables-{host.backend}-save", "-t", table)
+        return [ln for ln in out.splitlines() if ln.startswith(("-A", ":FLANNEL"))]
+
+    nat = [":FLANNEL-POSTRTG - [0:0]", *(r.line() for r in sets[0].rules)]
+    assert save("nat") == nat
+    assert "-A FLANNEL-POSTRTG -s fd00:16::/48 ! -d ff00::/8" in "\n".join(nat)
+    assert save("filter") == [":FLANNEL-FWD - [0:0]", *(r.line() for r in sets[1].rules)]
+    slow = k.slow_checks
+    assert k.ensure() and k.slow_checks == slow
+    _run(*prefix, f"ip6tables-{host.backend}", "-t", "nat", "-D", "FLANNEL-POSTRTG", "3")
+    assert k.ensure()
+    assert save("nat") == nat
+    assert host.save("nat") == []  # IPv4's tables untouched
