@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections.abc import Mapping
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
 
 import pytest
@@ -213,6 +213,10 @@ def test_bool_forms(argv: list[str], env: dict[str, str], expected: bool) -> Non
         (["--bogus"], {}, "--bogus"),
         (["--public-ip=banana"], {}, "public-ip"),
         (["--public-ip=fd00::1"], {}, "public-ip"),
+        (["--public-ipv6=10.0.1.3"], {}, "public-ipv6"),
+        (["--public-ipv6=fe80::1%eth0"], {}, "public-ipv6"),
+        (["--public-ipv6=banana"], {}, "public-ipv6"),
+        ([], {"FLANNELD_PUBLIC_IPV6": "fd00::1::2"}, "FLANNELD_PUBLIC_IPV6"),
         (["--ip-masq=maybe"], {}, "ip-masq"),
         (["--subnet-lease-renew-margin=abc"], {}, "subnet-lease-renew-margin"),
         (["--subnet-lease-renew-margin=0"], {}, "subnet-lease-renew-margin"),
@@ -411,3 +415,12 @@ def test_real_process_healthz_cannot_listen() -> None:
     lines = proc.stdout.splitlines()
     assert len(lines) == 1, proc.stdout
     assert '"fatal"' in lines[0] and "192.0.2.123:8471" in lines[0]
+
+
+def test_public_ipv6_flag_and_variable() -> None:
+    """--public-ipv6 (flanneld ≥ 0.15) and FLANNELD_PUBLIC_IPV6; the flag wins."""
+    assert opts().public_ipv6 is None
+    assert opts("--public-ipv6=fd00:1::3").public_ipv6 == IPv6Address("fd00:1::3")
+    env = {"FLANNELD_PUBLIC_IPV6": "fd00:1::4"}
+    assert opts(env=env).public_ipv6 == IPv6Address("fd00:1::4")
+    assert opts("-public-ipv6", "fd00:1::5", env=env).public_ipv6 == IPv6Address("fd00:1::5")

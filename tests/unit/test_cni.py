@@ -12,7 +12,7 @@ import sys
 import textwrap
 from collections.abc import Mapping
 from dataclasses import dataclass
-from ipaddress import IPv4Interface, IPv4Network
+from ipaddress import IPv4Interface, IPv4Network, IPv6Interface, IPv6Network
 from pathlib import Path
 from typing import Any
 
@@ -620,3 +620,65 @@ def test_unwritable_data_dir_is_io_error(plugin: Plugin) -> None:
     err = _error(plugin.run("ADD", plugin.config(dataDir=str(blocker / "state"))))
     assert err["code"] == cni.ERR_IO
     assert plugin.calls() == []
+
+
+# --- IPv6: dual-stack and IPv6-only subnet.env ------------------------------------------------
+
+DUAL_ENV = (
+    "FLANNEL_NETWORK=10.244.0.0/16\n"
+    "FLANNEL_SUBNET=10.244.3.1/24\n"
+    "FLANNEL_IPV6_NETWORK=fd00:16::/48\n"
+    "FLANNEL_IPV6_SUBNET=fd00:16:0:5::1/64\n"
+    "FLANNEL_MTU=1430\n"
+    "FLANNEL_IPMASQ=false\n"
+)
+ONLY6_ENV = (
+    "FLANNEL_IPV6_NETWORK=fd00:16::/48\n"
+    "FLANNEL_IPV6_SUBNET=fd00:16:0:5::1/64\n"
+    "FLANNEL_MTU=1430\n"
+    "FLANNEL_IPMASQ=true\n"
+)
+
+
+def test_dual_stack_subnet_env_gives_two_ranges() -> None:
+    """host-local gets a range set per family (IPv4 first, as flannel's plugin orders them)
+    and a route to each Network via that family's gateway: the container gets both."""
+    env = cni.parse_subnet_env(DUAL_ENV)
+    assert env.ipv6_subnet == IPv6Interface("fd00:16:0:5::1/64")
+    assert env.ipv6_networks == (IPv6Network("fd00:16::/48"),)
+    ipam = cni.delegate_config(cni.parse_netconf(_conf()), env)["ipam"]
+    assert ipam["ranges"] == [
+        [{"subnet": "10.244.3.0/24", "gateway": "10.244.3.1"}],
+        [{"subnet": "fd00:16:0:5::/64", "gateway": "fd00:16:0:5::1"}],
+    ]
+    assert ipam["routes"] == [
+        {"dst": "10.244.0.0/16", "gw": "10.244.3.1"},
+        {"dst": "fd00:16::/48", "gw": "fd00:16:0:5::1"},
+    ]
+
+
+def test_ipv6_only_subnet_env() -> None:
+    """Without IPv4 lines (an IPv6-only network) only the IPv6 range and route."""
+    env = cni.parse_subnet_env(ONLY6_ENV)
+    assert (env.networks, env.subnet, env.mtu, env.ipmasq) == ((), None, 1430, True)
+    out = cni.delegate_config(cni.parse_netconf(_conf()), env)
+    assert out["ipMasq"] is False
+    assert out["ipam"]["ranges"] == [[{"subnet": "fd00:16:0:5::/64", "gateway": "fd00:16:0:5::1"}]]
+    assert out["ipam"]["routes"] == [{"dst": "fd00:16::/48", "gw": "fd00:16:0:5::1"}]
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        (ONLY6_ENV.replace("FLANNEL_IPV6_NETWORK=fd00:16::/48\n", ""), "FLANNEL_IPV6_NETWORK"),
+        (ONLY6_ENV.replace("fd00:16:0:5::1/64", "fd00:99::1/64"), "outside FLANNEL_IPV6"),
+        (ONLY6_ENV.replace("fd00:16:0:5::1/64", "fd00:16:0:5::1/129"), "invalid address"),
+        ("FLANNEL_SUBNET=10.244.3.1/24\n" + ONLY6_ENV, "FLANNEL_NETWORK"),
+    ],
+)
+def test_ipv6_subnet_env_errors(text: str, fragment: str) -> None:
+    """A half-written IPv6 pair, an IPv6 subnet outside its network, or an IPv4 subnet
+    without its network: a plugin error naming it."""
+    with pytest.raises(CniError) as info:
+        cni.parse_subnet_env(text)
+    assert info.value.code == cni.ERR_SUBNET_FILE and fragment in str(info.value)

@@ -3,7 +3,7 @@ install, re-order and remove them (pyflannel.iptables is pure: no iptables runs 
 
 from __future__ import annotations
 
-from ipaddress import IPv4Network
+from ipaddress import IPv4Network, IPv6Network
 
 import pytest
 
@@ -165,3 +165,32 @@ def test_parse_version(text: str, version: tuple[int, int, int] | None) -> None:
 def test_random_fully_from_1_6_2(version: tuple[int, int, int], supported: bool) -> None:
     """--random-fully is used from iptables 1.6.2 on, go-iptables' test."""
     assert (version >= RANDOM_FULLY_SINCE) is supported
+
+
+#: flanneld's masqIP6Rules for fc00::/48 and fc00:0:0:22::/64, as ip6tables-save prints them:
+#: the IPv4 rules with IPv6 networks and multicast ff00::/8.
+FLANNELD_MASQ6 = [
+    ln.replace("10.5.0.0/16", "fc00::/48")
+    .replace("10.5.34.0/24", "fc00:0:0:22::/64")
+    .replace("224.0.0.0/4", "ff00::/8")
+    for ln in FLANNELD_MASQ
+]
+
+
+def test_ipv6_rules_are_flanneld_s() -> None:
+    """With an IPv6Network: the same chains, comments and order for ip6tables, ff00::/8 as
+    the multicast range; forward rules on the IPv6Network."""
+    net6, sub6 = IPv6Network("fc00::/48"), IPv6Network("fc00:0:0:22::/64")
+    rs = masq_rules(net6, sub6, random_fully=True)
+    assert rs.version == 6 and (rs.table, rs.chain) == ("nat", "FLANNEL-POSTRTG")
+    assert [r.line() for r in rs.rules] == FLANNELD_MASQ6
+    fwd = forward_rules(net6)
+    assert [r.line() for r in fwd.rules] == [
+        ln.replace("10.5.0.0/16", "fc00::/48") for ln in FLANNELD_FORWARD
+    ]
+    assert masq_rules(NET, SUB, random_fully=True).version == 4
+
+
+def test_ip6tables_version_line() -> None:
+    """ip6tables prints its version as iptables does."""
+    assert parse_version("ip6tables v1.8.9 (nf_tables)") == (1, 8, 9)

@@ -14,6 +14,7 @@ from pyflannel.errors import SubnetEnvError
 from pyflannel.ipnet import SubnetKey
 from pyflannel.subnetenv import (
     check_writable,
+    read_cidr6,
     read_subnet_hint,
     subnet_env_text,
     write_subnet_env,
@@ -262,3 +263,17 @@ def test_read_hint_garbage(tmp_path: Path, content: bytes) -> None:
     path = tmp_path / "subnet.env"
     path.write_bytes(content)
     assert read_subnet_hint(path) is None
+
+
+def test_read_cidr6_previous_ipv6_network(tmp_path: Path) -> None:
+    """The previous run's IPv6 network and subnet (for removing its ip6tables rules): host
+    bits dropped; absent or not IPv6: None."""
+    path = tmp_path / "subnet.env"
+    path.write_text(
+        "FLANNEL_NETWORK=10.5.0.0/16\nFLANNEL_SUBNET=10.5.34.1/24\n"
+        "FLANNEL_IPV6_NETWORK=fc00::/48\nFLANNEL_IPV6_SUBNET=fc00:0:0:22::1/64\n"
+    )
+    assert read_cidr6(path, "FLANNEL_IPV6_SUBNET") == IPv6Network("fc00:0:0:22::/64")
+    assert read_cidr6(path, "FLANNEL_IPV6_NETWORK") == IPv6Network("fc00::/48")
+    assert read_cidr6(path, "FLANNEL_SUBNET") is None
+    assert read_cidr6(tmp_path / "missing.env", "FLANNEL_IPV6_SUBNET") is None
