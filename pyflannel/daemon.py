@@ -35,6 +35,7 @@ import structlog
 
 from pyflannel import memory, systemd
 from pyflannel.backend.vxlan import PeerScope, holder_reason
+from pyflannel.blackhole import BlackholeRoute
 from pyflannel.config import VXLAN_OVERHEAD, NetworkConfig, parse_network_config
 from pyflannel.errors import (
     Compacted,
@@ -49,6 +50,7 @@ from pyflannel.errors import (
     UnsupportedBackend,
 )
 from pyflannel.iface import ExternalInterface, choose_external, underlay_overlaps
+from pyflannel.kernel.codec import RTN_BLACKHOLE
 from pyflannel.kernel.netlink import Netlink
 from pyflannel.kernel.plan import Keys
 from pyflannel.kernel.records import Link, VxlanSpec
@@ -167,6 +169,7 @@ class Daemon:
         self.lease: Lease
         self.manager: LeaseManager
         self.peers: PeerSync
+        self.blackhole: BlackholeRoute
 
     # --- signals ------------------------------------------------------------------------------
 
@@ -248,11 +251,14 @@ class Daemon:
             vni=self.cfg.backend.vni,
             port=self.cfg.backend.udp_port,
         )
+        reach = self.opts.iface_can_reach
         self.ext = choose_external(
             self.nl.links(),
             self.nl.default_route_link(),
             ifaces=self.opts.ifaces,
             iface_regexes=self.opts.iface_regexes,
+            can_reach=reach,
+            reach=self.nl.route_to(reach) if reach is not None else None,
             public_ip=self.opts.public_ip,
         )
         log.info(
@@ -277,6 +283,9 @@ class Daemon:
         )
         self.lease = self._retry("lease", lambda: self.manager.acquire(self.cfg, self.attrs))
         self._ensure_address()
+        self.blackhole = BlackholeRoute(
+            self.nl, self.lease.subnet, self.cfg.network, self.opts.ip_blackhole_route
+        )
         text = subnet_env_text(self.cfg.network, self.lease.subnet, self.dev.mtu, self.opts.ip_masq)
         write_subnet_env(self.opts.subnet_file, text)
         log.info(
@@ -509,6 +518,15 @@ class Daemon:
         """Check the device and compare every key; with *reload*, re-read everything the
         kernel holds first (else the mirror, kept by notifications, stands for it)."""
         repaired = self._check_device()
+        if reason == "start":
+            # Our blackhole routes before the first plan: a stale one (a previous lease's) on a
+            # peer's subnet would stand in the way of its route.
+            self.peers.kernel.reload()
+            if self.blackhole.start(self.peers.kernel.mirror.blackholes()):
+                self.peers.kernel.reload()
+            reload = False
+        else:
+            self._keep_blackhole()
         if self.cfg.backend.direct_routing or reason == "start":
             # Which peers are on-link can change with the underlay's routes: ask again.  Every
             # lease is set now, so the changes waiting for the next step are too.
@@ -520,6 +538,11 @@ class Daemon:
             # for tens of milliseconds at 10,000 peers.
             memory.release()  # the listing's and the dumps' temporaries
             gc.freeze()
+
+    def _keep_blackhole(self) -> None:
+        """Put our subnet's blackhole route back if it is gone (the mirror tells)."""
+        held = self.peers.kernel.mirror.routes_to(self.lease.subnet)
+        self.blackhole.check(any(e.kind == RTN_BLACKHOLE for e in held))
 
     def _all_leases(self, *, clear_dirty: bool = False) -> list[Lease]:
         """Every known lease (and, with *clear_dirty*, nothing left for the next step)."""
@@ -537,6 +560,8 @@ class Daemon:
         for subnet, lease in leases.items():
             keys.add(self.peers.update(subnet, lease))
         note = self.peers.poll()
+        if self.lease.subnet in note.keys.routes:
+            self._keep_blackhole()
         if note.device:
             self.full_sync("device changed")
         elif note.resync:
@@ -555,6 +580,7 @@ class Daemon:
         if self.cfg.backend.direct_routing:
             self.full_sync("resync", reload=False)  # which peers are on-link: ask again
             return
+        self._keep_blackhole()
         repaired = self._check_device()
         if repaired is not None:
             # A link that was down lost its routes without a notification: re-read it all.

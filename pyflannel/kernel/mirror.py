@@ -35,6 +35,7 @@ from pyflannel.kernel.codec import (
     RTM_NEWLINK,
     RTM_NEWNEIGH,
     RTM_NEWROUTE,
+    RTN_BLACKHOLE,
     RTNH_F_ONLINK,
     LinkMsg,
     NeighMsg,
@@ -287,6 +288,15 @@ class Mirror:
         gateway = IPv4Address(gw) if gw is not None else None
         onlink = bool(flags & RTNH_F_ONLINK)
         return RouteEntry(net, gateway, oif, proto, scope, kind, prio, onlink)
+
+    def blackholes(self) -> list[tuple[IPv4Network, int]]:
+        """Every main-table blackhole route: (destination, metric)."""
+        return [
+            (IPv4Network(key), v[0])
+            for key, vals in self._routes.items()
+            for v in vals
+            if v[6] == RTN_BLACKHOLE
+        ]
 
     def dev_routes(self) -> list[RouteEntry]:
         """Every main-table route on the device (any prefix, with or without a gateway)."""

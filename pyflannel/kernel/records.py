@@ -78,6 +78,15 @@ class PeerEntries:
 
 
 @dataclass(frozen=True)
+class RoutePath:
+    """The kernel's answer to ``ip route get ADDR``: the output device and the source address
+    it would use (what ``--iface-can-reach`` picks)."""
+
+    oif: int
+    src: IPv4Address | None
+
+
+@dataclass(frozen=True)
 class VxlanSpec:
     """What the VXLAN device must look like (flannel-behaviour.md §4.2)."""
 
@@ -107,4 +116,14 @@ class KernelState:
     foreign: dict[IPv4Network, Route] = field(default_factory=dict)
 
 
-__all__ = ["Fdb", "KernelState", "Link", "Neigh", "PeerEntries", "Route", "RouteEntry", "VxlanSpec"]
+__all__ = [
+    "Fdb",
+    "KernelState",
+    "Link",
+    "Neigh",
+    "PeerEntries",
+    "Route",
+    "RouteEntry",
+    "RoutePath",
+    "VxlanSpec",
+]
