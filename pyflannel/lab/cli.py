@@ -1,13 +1,15 @@
-"""``pyflannel-lab``: the seed's two-cell VXLAN walkthrough on one machine, in seconds.
+"""pyflannel-lab: the classic flannel VXLAN walkthrough on one machine, in seconds: an etcd
+host, a router joining two underlay subnets, and hosts ("cells") running pyflannel, each with
+containers, all in network namespaces.
 
-    pyflannel-lab up [--api v2|v3] [--cells N]   build it: etcd, router, cells, containers
-    pyflannel-lab check                          curl across cells, pass/fail table with paths
-    pyflannel-lab status                         leases, flannel.1 and programmed entries
-    pyflannel-lab down                           remove everything (also after a crash)
+    pyflannel-lab up [--api v2|v3] [--cells N] [--cni]   build it and start everything
+    pyflannel-lab check      curl across cells: a pass/fail table with the packet path
+    pyflannel-lab status     leases, flannel.1 and the entries pyflannel programmed
+    pyflannel-lab down       remove everything (also after a crash)
 
-Everything lives in network namespaces named ``pfl-…`` and in the work directory
-(``/run/pyflannel-lab`` by default); nothing is added to the root namespace, and only processes
-inside the lab's namespaces are ever killed.
+Everything lives in network namespaces named pfl-... and in the work directory
+(/run/pyflannel-lab by default); nothing is added to the root namespace, and only processes
+inside the lab's namespaces are ever killed.  Needs root.
 """
 
 from __future__ import annotations
@@ -34,10 +36,15 @@ def _up(args: argparse.Namespace) -> int:
         return 1
     t0 = time.monotonic()
     lab = Lab(args.workdir, prefix=args.prefix, cells=args.cells, api=args.api, resync_interval=10)
+    lab.down()  # work files of a lab that was not taken down (a subnet.env would look fresh)
     try:
         step("underlay: router, 10.0.1.0/24 and 10.0.2.0/24", lab.build_underlay)
         step(f"etcd at 10.0.1.2:2379 (serving the {args.api} API)", lab.start_etcd)
-        step("network config /coreos.com/network/config (the seed's)", lab.put_config)
+        step(
+            "network config /coreos.com/network/config: 172.16.0.0/16, /24 leases, VXLAN on "
+            "UDP 8472",
+            lab.put_config,
+        )
         lab.start_cells(lab.cells, 2, cni=args.cni)
         for cell in lab.cells:
             env = read_env(lab.subnet_file(cell))
@@ -164,15 +171,28 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _down(args: argparse.Namespace) -> int:
+    t0 = time.monotonic()
     try:
         lab = Lab.load(args.workdir)
     except (OSError, ValueError, KeyError):
         # No state (a crash during `up`): cell directories are found by name.
         cells = len(list(args.workdir.glob("cell-*"))) if args.workdir.is_dir() else 0
         lab = Lab(args.workdir, prefix=args.prefix, cells=cells)
-    before = prefixed_namespaces(lab.prefix)
-    lab.down()
-    print(f"lab down: removed {len(before)} namespaces" if before else "nothing to remove")
+    gone = lab.down()
+    if not (gone.processes or gone.namespaces or gone.files):
+        print("nothing to remove")
+        return 0
+    for what, items in (
+        ("stopped processes", gone.processes),
+        ("deleted network namespaces", gone.namespaces),
+        (f"removed from {args.workdir}", gone.files),
+    ):
+        if items:
+            print(f"  {what}: {', '.join(items)}")
+    print(
+        f"lab down: removed {len(gone.processes)} processes, {len(gone.namespaces)} "
+        f"namespaces and {len(gone.files)} work files in {time.monotonic() - t0:.1f} s"
+    )
     return 0
 
 
@@ -183,18 +203,25 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR)
+    p.add_argument(
+        "--workdir",
+        type=Path,
+        default=DEFAULT_WORKDIR,
+        help=f"where the lab keeps etcd's data, logs and state (default: {DEFAULT_WORKDIR})",
+    )
     p.add_argument("--prefix", default=PREFIX, help=argparse.SUPPRESS)
     sub = p.add_subparsers(dest="cmd", required=True)
     up = sub.add_parser("up", help="build the topology and start everything")
-    up.add_argument("--api", choices=["v2", "v3"], default="v2", help="etcd API pyflannel uses")
+    up.add_argument(
+        "--api", choices=["v2", "v3"], default="v2", help="etcd API pyflannel uses (default: v2)"
+    )
     up.add_argument(
         "--cells",
         type=int,
         default=2,
         choices=range(2, 9),
         metavar="N",
-        help="number of cells (2-8), alternating between the two subnets",
+        help="number of cells, 2 to 8, alternating between the two underlay subnets (default: 2)",
     )
     up.add_argument(
         "--cni",

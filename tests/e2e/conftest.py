@@ -120,15 +120,6 @@ def spawn_pyflannel(
     )
 
 
-def alive(pid: int) -> bool:
-    """True if *pid* exists and is not a zombie."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
 def ip_json(cell: Cell, *args: str) -> list[dict[str, object]]:
     """``ip -j`` (or ``bridge -j``) output in *cell*'s namespace, parsed."""
     tool = "bridge" if args and args[0] == "fdb" else "ip"
