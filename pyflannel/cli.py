@@ -79,16 +79,16 @@ FLAGS: tuple[_Flag, ...] = (
         "comma-separated list of etcd endpoints, http[s]://host[:port]",
     ),
     _Flag("etcd-prefix", fv.non_empty, "/coreos.com/network", "etcd prefix"),
-    _Flag("etcd-keyfile", fv.no_controls, "", "SSL key file used to secure etcd communication"),
+    _Flag("etcd-keyfile", fv.readable_file, "", "SSL key file used to secure etcd communication"),
     _Flag(
         "etcd-certfile",
-        fv.no_controls,
+        fv.readable_file,
         "",
         "SSL certification file used to secure etcd communication",
     ),
     _Flag(
         "etcd-cafile",
-        fv.no_controls,
+        fv.readable_file,
         "",
         "SSL Certificate Authority file used to secure etcd communication",
     ),
@@ -315,6 +315,8 @@ def parse_args(argv: Sequence[str], env: Mapping[str, str]) -> DaemonOptions:
     log_level = values["log-level"]
     if verbosity is not None and verbosity >= 2 and "log-level" not in ns:
         log_level = "debug"
+    if bool(values["etcd-keyfile"]) != bool(values["etcd-certfile"]):
+        p.error("--etcd-keyfile and --etcd-certfile go together: give both or neither")
     if values["subnet-lease-renew-margin"] * 60 >= values["subnet-lease-ttl"]:
         p.error(
             f"--subnet-lease-renew-margin ({values['subnet-lease-renew-margin']} min) must be "

@@ -2,16 +2,20 @@
 :class:`ValueError` with a short reason, so that :mod:`pyflannel.cli` can refuse a bad value
 with one line and exit code 2 before anything starts.
 
-Pure: no I/O.  Stricter than Python's own converters on purpose: ``int()`` takes ``"1_0"``,
-``" 5"`` and non-ASCII digits, ``float()`` takes ``"nan"``, ``urlsplit()`` silently drops tabs
-and newlines and raises on a bad port only when ``.port`` is read (the traceback the daemon used
-to print for ``http://127.0.0.1:99999``).  A value read from an environment file with Windows
-line endings ends in ``\\r``: control characters are refused everywhere, with the reason.
+No I/O, except that a TLS file is opened to see that it can be read.  Stricter than Python's
+own converters on purpose: ``int()`` takes ``"1_0"``, ``" 5"`` and non-ASCII digits,
+``float()`` takes ``"nan"``, ``urlsplit()`` silently drops tabs and newlines and raises on a
+bad port only when ``.port`` is read (the traceback the daemon used to print for
+``http://127.0.0.1:99999``); a missing CA file was a traceback at the first request.  A value
+read from an environment file with Windows line endings ends in ``\\r``: control characters
+are refused everywhere, with the reason.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -112,6 +116,26 @@ def regex(text: str) -> str:
         re.compile(text)
     except (re.error, RecursionError, OverflowError) as exc:
         raise ValueError(f"not a regular expression: {str(exc)[:80]}") from None
+    return text
+
+
+def readable_file(text: str) -> str:
+    """A file the daemon can read (a TLS key, certificate or CA bundle), or "" for none: a
+    wrong path is reported now, not as a traceback at the first TLS handshake."""
+    no_controls(text)
+    if not text:
+        return text
+    try:
+        # Non-blocking: a FIFO given by mistake must not hang the start.
+        fd = os.open(text, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as exc:
+        raise ValueError(f"cannot read it: {exc.strerror}") from None
+    try:
+        regular = stat.S_ISREG(os.fstat(fd).st_mode)
+    finally:
+        os.close(fd)
+    if not regular:
+        raise ValueError("not a regular file")
     return text
 
 

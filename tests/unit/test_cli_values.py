@@ -42,9 +42,10 @@ FUZZ = settings(
 GOOD = {
     "etcd-endpoints": "http://10.0.1.2:2379",
     "etcd-prefix": "/coreos.com/network",
-    "etcd-keyfile": "/etc/pyflannel/key.pem",
-    "etcd-certfile": "/etc/pyflannel/cert.pem",
-    "etcd-cafile": "/etc/pyflannel/ca.pem",
+    # Any readable file will do for the parser (it only checks that it can be read).
+    "etcd-keyfile": __file__,
+    "etcd-certfile": __file__,
+    "etcd-cafile": __file__,
     "etcd-username": "flannel",
     "etcd-password": "secret",
     "etcd-api": "v3",
@@ -147,8 +148,12 @@ BAD_IPS = [
     "167772419",
 ]
 BAD_INTS = ["abc", "1_0", " 5", "5 ", "\u0665", "5.0", "1e3", "0x10", "9" * 30, "+", "-", "inf"]
+BAD_FILES = ["/nonexistent/ca.pem", "/", str(Path(__file__).parent), "/dev/null"]
 BAD = {
     "etcd-endpoints": BAD_URLS,
+    "etcd-keyfile": BAD_FILES,
+    "etcd-certfile": BAD_FILES,
+    "etcd-cafile": BAD_FILES,
     "etcd-api": ["v1", "V2", "v3 ", "3", "etcd3", "v2,v3"],
     "iface": ["a" * 16, "eth0/1", "eth0:1", "eth 0", ".", "..", "10.0.1", "::1", "300.1.1.1"],
     "iface-regex": ["([", "*", "a{2,1}", "(?P<x", "\\", "(?<!a+)b", "[z-a]"],
@@ -256,6 +261,8 @@ def test_bad_value_in_the_environment(flag: str, value: str) -> None:
         ({"FLANNELD_IFACE": "eth0,"}, "FLANNELD_IFACE"),
         ({"FLANNELD_IFACE": "eth0,eth 1"}, "FLANNELD_IFACE"),
         ({"FLANNELD_V": "loud"}, "FLANNELD_V"),
+        ({"FLANNELD_ETCD_KEYFILE": __file__}, "go together"),
+        ({"FLANNELD_ETCD_CERTFILE": __file__}, "go together"),
         ({"FLANNELD_V": "-1"}, "FLANNELD_V"),
         ({"FLANNELD_V": "2\r"}, "FLANNELD_V"),
         ({"FLANNELD_KUBE_SUBNET_MGR": "true"}, "not supported"),
