@@ -70,6 +70,8 @@ VNI = 1
 DEV = f"flannel.{VNI}"
 LEASE_TTL = 86400
 PYFLANNEL = Path(sys.executable).parent / "pyflannel"
+# Another daemon build or a wrapper (a profiler) can be measured the same way.
+DAEMON_CMD = shlex.split(os.environ.get("PYFLANNEL_BENCH_DAEMON", "")) or [str(PYFLANNEL)]
 
 RTM_NEWROUTE, RTM_DELROUTE = 24, 25
 RTNLGRP_IPV4_ROUTE = 7
@@ -338,7 +340,7 @@ class Daemon:
             "netns",
             "exec",
             ns,
-            str(PYFLANNEL),
+            *DAEMON_CMD,
             f"--etcd-endpoints={ETCD_URL}",
             f"--etcd-api={api}",
             "--iface=eth0",
@@ -587,6 +589,9 @@ class Run:
         self.phase_baseline()
         self.res.figures["rss_ready"] = f"{self.daemon_().rss_mb():.0f}"
         self.say(f"RSS after ready: {self.res.figures['rss_ready']} MB")
+        if self.args.start_only:
+            time.sleep(self.args.hold)  # for a profiler attached to the daemon
+            return
         self.phase_idle()
         self.listener = RouteListener(self.cell_ns)
         self.phase_events()
@@ -920,6 +925,10 @@ def main() -> int:
     ap.add_argument("--peers", type=int, nargs="+", default=[10000])
     ap.add_argument("--api", choices=["v2", "v3"], nargs="+", default=["v2", "v3"])
     ap.add_argument("--quick", action="store_true", help="N=1000 only")
+    ap.add_argument("--hold", type=float, default=0, help="with --start-only: seconds to wait")
+    ap.add_argument(
+        "--start-only", action="store_true", help="stop after start, the ip -batch baseline, RSS"
+    )
     ap.add_argument("--events", type=int, default=100, help="adds (and as many deletes)")
     ap.add_argument("--event-budget", type=float, default=120, help="seconds per event phase")
     ap.add_argument("--event-timeout", type=float, default=60, help="seconds per event")

@@ -49,6 +49,10 @@ def _interval(text: str) -> float:
     return fv.seconds(text, 0.01, 86400)
 
 
+def _resync(text: str) -> int:
+    return fv.whole_number(text, 1, 86400, "seconds")  # whole seconds, as flanneld's
+
+
 def _verbosity(text: str) -> int:
     return fv.whole_number(text, 0, 2**31 - 1, "")
 
@@ -152,9 +156,31 @@ FLAGS: tuple[_Flag, ...] = (
         "ip-masq",
         _bool,
         False,
-        "setup IP masquerade rule for traffic destined outside of "
-        "overlay network (recorded in subnet.env)",
+        "masquerade traffic from the overlay network to the outside with this host's "
+        "address (flanneld's rules: nat chain FLANNEL-POSTRTG); recorded in subnet.env, so "
+        "that the CNI bridge does not masquerade too",
         is_bool=True,
+    ),
+    _Flag(
+        "ip-masq-fully-random-disable",
+        _bool,
+        False,
+        "masquerade without --random-fully (used by default when iptables supports it)",
+        is_bool=True,
+    ),
+    _Flag(
+        "iptables-forward-rules",
+        _bool,
+        True,
+        "accept the overlay network's traffic in the FORWARD chain (filter chain "
+        "FLANNEL-FWD), for hosts whose FORWARD policy is DROP (default: true)",
+        is_bool=True,
+    ),
+    _Flag(
+        "iptables-resync",
+        _resync,
+        5,
+        "seconds between checks of the iptables rules; missing ones are put back in order",
     ),
     _Flag(
         "ip-blackhole-route",
@@ -341,6 +367,9 @@ def parse_args(argv: Sequence[str], env: Mapping[str, str]) -> DaemonOptions:
         renew_margin_minutes=values["subnet-lease-renew-margin"],
         lease_ttl=values["subnet-lease-ttl"],
         ip_masq=values["ip-masq"],
+        ip_masq_random_fully_disable=values["ip-masq-fully-random-disable"],
+        iptables_forward_rules=values["iptables-forward-rules"],
+        iptables_resync=values["iptables-resync"],
         ip_blackhole_route=values["ip-blackhole-route"],
         resync_interval=values["resync-interval"],
         log_format=values["log-format"],

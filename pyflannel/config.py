@@ -163,6 +163,11 @@ def _parse_network_config(text: str | bytes) -> NetworkConfig:
 
     if _get(obj, "EnableIPv6", bool, False):
         raise ConfigError("EnableIPv6: IPv6 networks are not supported by pyflannel yet")
+    if _get(obj, "EnableNFTables", bool, False):
+        raise ConfigError(
+            "EnableNFTables: nftables mode is not supported by pyflannel yet; remove it (or set "
+            "it to false) to get flanneld's iptables rules"
+        )
     if not _get(obj, "EnableIPv4", bool, True):
         raise ConfigError("EnableIPv4: false is not supported (etcd mode always leases IPv4)")
 

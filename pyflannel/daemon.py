@@ -1,8 +1,8 @@
 """The composition root and lifecycle of the daemon.
 
 Start-up, in flanneld's order: network config (waiting for it), external interface, VXLAN
-device (its MAC goes into the lease), lease, device address, ``subnet.env``; then the steady
-state, run by two threads:
+device (its MAC goes into the lease), lease, device address, iptables rules, ``subnet.env``;
+then the steady state, run by two threads (and a third that keeps the iptables rules):
 
 * the watch thread lists the leases, watches for changes from the listing's revision, re-lists
   after compaction and retries with backoff while etcd is away; it only updates the
@@ -11,7 +11,8 @@ state, run by two threads:
   ``--resync-interval``), renews the lease at expiry minus the margin, and re-acquires it if it
   vanished.
 
-Nothing is torn down on exit: device, entries and lease stay, so a restart is hitless.
+Nothing is torn down on exit: device, entries, iptables rules and lease stay, so a restart is
+hitless.
 """
 
 from __future__ import annotations
@@ -59,9 +60,11 @@ from pyflannel.options import DaemonOptions
 from pyflannel.peersync import PeerSync
 from pyflannel.registry import Registry, join_key, open_registry
 from pyflannel.retry import Backoff, OnceFilter
+from pyflannel.rulekeeper import Iptables, find_iptables, keep_rules
 from pyflannel.subnet import LeaseManager
 from pyflannel.subnetenv import (
     check_writable,
+    read_cidr,
     read_subnet_hint,
     subnet_env_text,
     write_subnet_env,
@@ -161,6 +164,7 @@ class Daemon:
         # Records skipped, by key and reason: logged once each (bounded: see _Recent).
         self._warned_records = _Recent(4096)
         # Set during start-up:
+        self._iptables: Iptables | None
         self.cfg: NetworkConfig
         self.ext: ExternalInterface
         self.dev: Link
@@ -241,6 +245,7 @@ class Daemon:
     def start(self) -> None:
         """Config, interface, device, lease, address, subnet.env; raises on fatal problems."""
         check_writable(self.opts.subnet_file)  # before anything is leased or created
+        self._iptables = find_iptables(self.opts)  # likewise: --ip-masq without iptables
         self.cfg = self._retry("network_config", self._fetch_config)
         log.info(
             "network_config",
@@ -286,6 +291,14 @@ class Daemon:
         self.blackhole = BlackholeRoute(
             self.nl, self.lease.subnet, self.cfg.network, self.opts.ip_blackhole_route
         )
+        if self._iptables is not None:
+            # Before subnet.env, as flanneld: what attaches containers once it appears finds
+            # the masquerade rules in place.  The old file names what a previous run installed.
+            old = self.opts.subnet_file
+            previous = (read_cidr(old, "FLANNEL_NETWORK"), read_cidr(old, "FLANNEL_SUBNET"))
+            keep_rules(
+                self._iptables, self.opts, self.cfg.network, self.lease.subnet, previous, self.stop
+            )
         text = subnet_env_text(self.cfg.network, self.lease.subnet, self.dev.mtu, self.opts.ip_masq)
         write_subnet_env(self.opts.subnet_file, text)
         log.info(

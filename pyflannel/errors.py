@@ -10,6 +10,7 @@ PyflannelError
 │   └── Compacted            v2 event index cleared, v3 compaction  -> re-list and diff
 ├── KernelError            a netlink operation failed (errno kept)
 ├── SubnetEnvError         subnet.env cannot be written (path and reason)
+├── IptablesError          iptables missing, or a command of it failed (stderr cut short)
 ├── OutOfSubnets           no free subnet between SubnetMin and SubnetMax
 └── LeaseLost              our lease vanished and its subnet is now someone else's
 """
@@ -69,6 +70,10 @@ class KernelError(PyflannelError):
 
 class SubnetEnvError(PyflannelError):
     """subnet.env cannot be written; the text names the path and the reason in one line."""
+
+
+class IptablesError(PyflannelError):
+    """iptables is not installed, or one of its commands failed; the text is one line."""
 
 
 class OutOfSubnets(PyflannelError):

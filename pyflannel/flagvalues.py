@@ -54,7 +54,7 @@ def non_empty(text: str) -> str:
 def whole_number(text: str, low: int, high: int, unit: str) -> int:
     """An ASCII decimal integer between *low* and *high*."""
     if not _INT_RE.fullmatch(text):
-        raise ValueError("not a whole number")
+        raise ValueError(f"not a whole number of {unit}" if unit else "not a whole number")
     v = int(text)
     if not low <= v <= high:
         raise ValueError(f"must be between {low} and {high} {unit}".rstrip())

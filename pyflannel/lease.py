@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from dataclasses import dataclass, field
 from enum import Enum
 from ipaddress import IPv4Address, IPv4Network
@@ -102,6 +103,8 @@ def _decode_attrs(text: str | bytes) -> LeaseAttrs:
     btype = obj.get("backendtype") or ""
     if not isinstance(btype, str):
         raise LeaseDecodeError("BackendType is not a string")
+    if len(btype) <= 16:
+        btype = sys.intern(btype)  # "vxlan" 10,000 times is one string, not 10,000
     data = obj.get("backenddata")
     mac: str | None = None
     vni: int | None = None

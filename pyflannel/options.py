@@ -26,6 +26,9 @@ class DaemonOptions:
     lease_ttl: int = 86400
     ip_blackhole_route: bool = False
     ip_masq: bool = False
+    ip_masq_random_fully_disable: bool = False
+    iptables_forward_rules: bool = True
+    iptables_resync: int = 5
     resync_interval: float = 30.0
     log_format: str = "auto"
     log_level: str = "info"

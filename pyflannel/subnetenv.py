@@ -92,11 +92,17 @@ def env_pairs(text: str) -> list[tuple[str, str]]:
 def read_subnet_hint(path: Path) -> IPv4Network | None:
     """The FLANNEL_SUBNET of a previous run, as a network; None if absent, unreadable or
     ambiguous (named twice), as flanneld reads it."""
+    return read_cidr(path, "FLANNEL_SUBNET")
+
+
+def read_cidr(path: Path, key: str) -> IPv4Network | None:
+    """*key*'s value in the subnet.env at *path*, as a network (host bits dropped); None if
+    absent, unreadable, not one IPv4 CIDR or named twice."""
     try:
         text = path.read_text()
     except (OSError, UnicodeDecodeError):
         return None
-    values = [v for k, v in env_pairs(text) if k == "FLANNEL_SUBNET"]
+    values = [v for k, v in env_pairs(text) if k == key]
     if len(values) != 1:
         return None
     try:

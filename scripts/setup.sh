@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 APT_PACKAGES=(
   etcd-server etcd-client          # the registry (serves the v2 and v3 APIs)
   iproute2 iputils-ping curl procps  # namespaces, links, ping, curl, sysctl
-  iptables                         # the CNI bridge plugin masquerades with it
+  iptables                         # masquerade and forward rules (nft and legacy); the CNI bridge
   containernetworking-plugins      # the CNI bridge/host-local plugins pyflannel-cni delegates to
   libpcap0.8 openssl systemd       # packet capture, test certificates, systemd-analyze
   python3-venv python3-pip

@@ -66,12 +66,19 @@ def holder_reason(attrs: LeaseAttrs) -> str | None:
     return reason
 
 
+def _contains(net: IPv4Network, sub: IPv4Network) -> bool:
+    # subnet_of()/overlaps() would cache a broadcast address and a host mask in every lease's
+    # IPv4Network (about 160 bytes each, 1.6 MB at 10,000 peers); `in` and ints cache nothing.
+    return sub.prefixlen >= net.prefixlen and sub.network_address in net
+
+
 def unsafe_reason(lease: Lease, scope: PeerScope) -> str | None:
     """Why *lease* must not be programmed, or None when it is safe (see the module docstring)."""
     subnet = lease.subnet
-    if subnet.prefixlen != scope.subnet_len or not subnet.subnet_of(scope.network):
+    if subnet.prefixlen != scope.subnet_len or not _contains(scope.network, subnet):
         return f"subnet is not a /{scope.subnet_len} inside the Network {scope.network}"
-    if scope.own_subnet is not None and subnet.overlaps(scope.own_subnet):
+    own = scope.own_subnet
+    if own is not None and (_contains(own, subnet) or _contains(subnet, own)):
         return f"subnet overlaps our own subnet {scope.own_subnet}"
     attrs = lease.attrs
     if attrs.backend_type.lower() != "vxlan":

@@ -108,8 +108,12 @@ def _route_is(v: _RVal, oif: int | None, gw: int | None, onlink: bool) -> bool:
 class Mirror:
     """The kernel's entries for VXLAN device index *dev* (and the main table's other routes)."""
 
-    def __init__(self, dev: int) -> None:
+    def __init__(self, dev: int, canon: Desired | None = None) -> None:
         self.dev = dev
+        # When the kernel holds what the leases want (nearly always, for nearly every key), the
+        # value folded is stored as the very object *canon* holds for that key: equal values
+        # shared, not copied (about 2 MB at 10,000 peers, and as much less garbage per re-read).
+        self._canon = canon
         self._link: _LinkKey | None = None
         self._neighs: dict[int, bytes] = {}
         self._fdb: dict[bytes, tuple[int, ...]] = {}
@@ -198,9 +202,12 @@ class Mirror:
             return None
         ours = m.type == RTM_NEWNEIGH and m.state & NUD_PERMANENT and m.lladdr
         if ours and m.lladdr is not None:
-            if self._neighs.get(ip) == m.lladdr:
+            mac = m.lladdr
+            if self._neighs.get(ip) == mac:
                 return None
-            self._neighs[ip] = m.lladdr
+            if self._canon is not None and (want := self._canon.raw_neighs.get(ip)) == mac:
+                mac = want
+            self._neighs[ip] = mac
         elif self._neighs.pop(ip, None) is None:
             return None
         return ip
@@ -230,6 +237,8 @@ class Mirror:
             resync = len(have) > 1  # append or replace of one of several remotes? unknowable
             left = (dst,)
         if left:
+            if self._canon is not None and (want := self._canon.raw_fdb.get(mac)) == left:
+                left = want
             self._fdb[mac] = left
         else:
             self._fdb.pop(mac, None)
@@ -258,7 +267,10 @@ class Mirror:
         if m.type == RTM_NEWROUTE:
             if val in have:
                 return None
-            self._routes[key] = (*others, val)
+            vals = (*others, val)
+            if self._canon is not None and (want := self._canon.raw_routes.get(key)) == vals:
+                vals = want
+            self._routes[key] = vals
         elif len(others) == len(have):
             return None
         elif others:

@@ -61,16 +61,26 @@ class Keys:
         return len(self.neighs) + len(self.macs) + len(self.routes)
 
 
+#: One peer's entries in compact form: (neighbour IP, VTEP MAC, FDB value, route key, route
+#: value), the values being the very objects stored in the ``raw_*`` dicts (shared, not
+#: copied); a route value is a 1-tuple of :data:`RawRoute` for a route on a device, or the
+#: gateway (int, or None) of a direct route.
+_Peer = tuple[
+    int | None, bytes | None, tuple[int] | None, tuple[int, int], "tuple[RawRoute] | int | None"
+]
+
+
 class Desired:
-    """The entries the peer leases want, indexed by kernel key and updated peer by peer."""
+    """The entries the peer leases want, indexed by kernel key and updated peer by peer.
+
+    Only the compact form (ints and bytes, as the mirror holds the kernel's entries) is kept:
+    at 10,000 peers objects per entry would cost several megabytes more, and a full comparison
+    runs in C-speed dict lookups.  The planner gets records for the few keys it looks at from
+    :meth:`neigh`, :meth:`fdb_dst` and :meth:`route`.
+    """
 
     def __init__(self) -> None:
-        self.peers: dict[IPv4Network, PeerEntries] = {}
-        self.neighs: dict[IPv4Address, str] = {}
-        self.fdb: dict[str, IPv4Address] = {}
-        self.routes: dict[IPv4Network, Route] = {}
-        # The same entries in the mirror's compact form (ints and bytes), so a full comparison
-        # of 10,000 peers runs in C-speed dict lookups instead of building 30,000 objects.
+        self.peers: dict[IPv4Network, _Peer] = {}
         self.raw_neighs: dict[int, bytes] = {}
         self.raw_fdb: dict[bytes, tuple[int]] = {}
         # Routes on a device, exactly as the mirror will hold them once written; direct routes
@@ -84,39 +94,79 @@ class Desired:
         keys = Keys()
         old = self.peers.pop(subnet, None)
         if old is not None:
-            keys.add_entries(old)
+            nip, mac, fval, rkey, rval = old
+            keys.routes.add(subnet)
             # Only what this peer put there: two peers sharing a VTEP MAC is a misconfiguration
             # the last writer wins, but removing one must not take the other's entry away.
-            if old.neigh is not None and self.neighs.get(old.neigh.ip) == old.neigh.mac:
-                del self.neighs[old.neigh.ip]
-                del self.raw_neighs[int(old.neigh.ip)]
-            if old.fdb is not None and self.fdb.get(old.fdb.mac) == old.fdb.dst:
-                del self.fdb[old.fdb.mac]
-                del self.raw_fdb[_raw_mac(old.fdb.mac)]
-            if self.routes.get(old.route.dst) == old.route:
-                del self.routes[old.route.dst]
-                self.raw_routes.pop(_raw_dst(old.route.dst), None)
-                self.raw_direct.pop(_raw_dst(old.route.dst), None)
+            if nip is not None:
+                keys.neighs.add(IPv4Address(nip))
+                if self.raw_neighs.get(nip) == mac:
+                    del self.raw_neighs[nip]
+            if mac is not None:
+                keys.macs.add(mac.hex(":"))
+                if fval is not None and self.raw_fdb.get(mac) == fval:
+                    del self.raw_fdb[mac]
+            if isinstance(rval, tuple):
+                if self.raw_routes.get(rkey) == rval:
+                    del self.raw_routes[rkey]
+            elif rkey in self.raw_direct and self.raw_direct[rkey] == rval:
+                del self.raw_direct[rkey]
         if entries is not None:
             keys.add_entries(entries)
-            self.peers[subnet] = entries
-            self._put(entries.neigh, entries.fdb, entries.route)
+            self.peers[subnet] = self._put(entries.neigh, entries.fdb, entries.route)
         return keys
 
-    def _put(self, neigh: Neigh | None, fdb: Fdb | None, route: Route | None) -> None:
+    def _put(self, neigh: Neigh | None, fdb: Fdb | None, route: Route | None) -> _Peer:
+        nip: int | None = None
+        mac: bytes | None = None
+        fval: tuple[int] | None = None
         if neigh is not None:
-            self.neighs[neigh.ip] = neigh.mac
-            self.raw_neighs[int(neigh.ip)] = _raw_mac(neigh.mac)
+            nip, mac = int(neigh.ip), _raw_mac(neigh.mac)
+            self.raw_neighs[nip] = mac
         if fdb is not None:
-            self.fdb[fdb.mac] = fdb.dst
-            self.raw_fdb[_raw_mac(fdb.mac)] = (int(fdb.dst),)
+            if neigh is None or fdb.mac != neigh.mac or mac is None:
+                mac = _raw_mac(fdb.mac)
+            fval = (int(fdb.dst),)
+            self.raw_fdb[mac] = fval
+        rkey: tuple[int, int] = (0, 0)
+        rval: tuple[RawRoute] | int | None = None
         if route is not None:
-            self.routes[route.dst] = route
-            key = _raw_dst(route.dst)
+            rkey = _raw_dst(route.dst)
+            gw: int | None = None
+            if route.gateway is not None:
+                # The VTEP address is the neighbour's IP: share the int rather than copy it.
+                same = neigh is not None and nip is not None and neigh.ip == route.gateway
+                gw = nip if same else int(route.gateway)
             if route.oif is None:
-                self.raw_direct[key] = int(route.gateway) if route.gateway is not None else None
+                rval = self.raw_direct[rkey] = gw
             else:
-                self.raw_routes[key] = (raw_route(route),)
+                rval = self.raw_routes[rkey] = (_raw_route(route, gw),)
+        return (nip, mac, fval, rkey, rval)
+
+    # --- what the planner looks up ---------------------------------------------------------
+
+    def neigh(self, ip: IPv4Address) -> str | None:
+        """The VTEP MAC wanted for neighbour *ip*, or None."""
+        mac = self.raw_neighs.get(int(ip))
+        return None if mac is None else mac.hex(":")
+
+    def fdb_dst(self, mac: str) -> IPv4Address | None:
+        """The remote wanted for VTEP *mac*, or None."""
+        val = self.raw_fdb.get(_raw_mac(mac))
+        return None if val is None else IPv4Address(val[0])
+
+    def route(self, dst: IPv4Network) -> Route | None:
+        """The route wanted to *dst*, or None."""
+        key = _raw_dst(dst)
+        held = self.raw_routes.get(key)
+        if held is not None:
+            _prio, _tos, oif, gw, _proto, _scope, _type, flags = held[0]
+            gateway = None if gw is None else IPv4Address(gw)
+            return Route(dst, gateway, oif, bool(flags & _RTNH_F_ONLINK))
+        if key in self.raw_direct:
+            gw = self.raw_direct[key]
+            return Route(dst, None if gw is None else IPv4Address(gw), None, False)
+        return None
 
     @classmethod
     def of(cls, state: KernelState) -> Desired:
@@ -132,12 +182,16 @@ class Desired:
 
     def keys(self) -> Keys:
         """Every key some peer wants."""
-        return Keys(set(self.neighs), set(self.fdb), set(self.routes))
+        routes = {IPv4Network((n, plen)) for n, plen in (*self.raw_routes, *self.raw_direct)}
+        return Keys(
+            {IPv4Address(ip) for ip in self.raw_neighs},
+            {mac.hex(":") for mac in self.raw_fdb},
+            routes,
+        )
 
     def clear(self) -> None:
         """Forget every peer (the device was re-created: routes name a new index)."""
-        for d in (self.peers, self.neighs, self.fdb, self.routes):
-            d.clear()
+        self.peers.clear()
         self.raw_neighs.clear()
         self.raw_fdb.clear()
         self.raw_routes.clear()
@@ -154,7 +208,10 @@ _RTNH_F_ONLINK = 4
 
 def raw_route(r: Route) -> RawRoute:
     """*r* as the kernel reports it once pyflannel has written it (see codec.encode_route_*)."""
-    gw = int(r.gateway) if r.gateway is not None else None
+    return _raw_route(r, int(r.gateway) if r.gateway is not None else None)
+
+
+def _raw_route(r: Route, gw: int | None) -> RawRoute:
     flags = _RTNH_F_ONLINK if r.onlink else 0
     return (0, 0, r.oif, gw, RTPROT_BOOT, _RT_SCOPE_UNIVERSE, _RTN_UNICAST, flags)
 
@@ -266,7 +323,7 @@ def plan(desired: Desired, actual: View, owner: Ownership, keys: Keys | None = N
     set_neighs: list[Neigh] = []
     del_neighs: list[Neigh] = []
     for ip in sorted(keys.neighs, key=int):
-        want, have = desired.neighs.get(ip), actual.neigh(ip)
+        want, have = desired.neigh(ip), actual.neigh(ip)
         if want is not None and want != have:
             set_neighs.append(Neigh(ip, want))
         elif want is None and have is not None:
@@ -274,7 +331,7 @@ def plan(desired: Desired, actual: View, owner: Ownership, keys: Keys | None = N
     set_fdb: list[Fdb] = []
     del_fdb: list[Fdb] = []
     for mac in sorted(keys.macs):
-        remote, remotes = desired.fdb.get(mac), actual.fdb_dsts(mac)
+        remote, remotes = desired.fdb_dst(mac), actual.fdb_dsts(mac)
         if remote is not None and remote not in remotes:
             set_fdb.append(Fdb(mac, remote))
         del_fdb.extend(Fdb(mac, d) for d in sorted(remotes, key=int) if d != remote)
@@ -283,7 +340,7 @@ def plan(desired: Desired, actual: View, owner: Ownership, keys: Keys | None = N
     conflicts: list[tuple[Route, RouteEntry]] = []
     vtep_macs: dict[IPv4Address, str] = {}
     for dst in sorted(keys.routes, key=_raw_dst):
-        route = desired.routes.get(dst)
+        route = desired.route(dst)
         entries = actual.routes_to(dst)
         ours = [e for e in entries if owner.owns(e)]
         if route is not None:
@@ -294,8 +351,9 @@ def plan(desired: Desired, actual: View, owner: Ownership, keys: Keys | None = N
             keep = next((e for e in ours if _matches(route, e)), None)
             if keep is None:
                 set_routes.append(route)
-                if route.gateway is not None and route.gateway in desired.neighs:
-                    vtep_macs[route.gateway] = desired.neighs[route.gateway]
+                vtep_mac = desired.neigh(route.gateway) if route.gateway is not None else None
+                if route.gateway is not None and vtep_mac is not None:
+                    vtep_macs[route.gateway] = vtep_mac
             # Another metric of the same destination (added by hand) is not backed by a lease;
             # a replace rewrites only the entry with our metric.
             ours = [e for e in ours if e is not keep and e.priority != 0]

@@ -86,8 +86,8 @@ class KernelSync:
         self._netns = netns
         self.dev = dev
         self.owner = owner
-        self.mirror = Mirror(dev)
         self.desired = Desired()
+        self.mirror = Mirror(dev, self.desired)
         # A re-read in a helper thread (see start_reload), and the notifications folded while
         # it runs, to fold again into the mirror it builds.
         self._reload: _Reload | None = None
@@ -105,7 +105,7 @@ class KernelSync:
         """The device was re-created with index *dev*: forget the mirror and every desired
         entry (routes name the device); the caller sets the peers again and reloads."""
         self.dev, self.owner = dev, owner
-        self.mirror = Mirror(dev)
+        self.mirror = Mirror(dev, self.desired)
         self.desired.clear()
         self._reload = None  # its mirror is of the old device
 
@@ -117,7 +117,7 @@ class KernelSync:
 
     def reload(self) -> None:
         """Rebuild the mirror from full dumps of the device's entries and the main table."""
-        mirror = Mirror(self.dev)
+        mirror = Mirror(self.dev, self.desired)
         self._rtnl.load_mirror(mirror)
         self.mirror = mirror
         self._reload = None  # a background re-read under way would swap in an older one
@@ -132,7 +132,7 @@ class KernelSync:
         whatever point of that sequence the dump saw, the replay ends at the latest state.
         """
         if self._reload is None:
-            self._reload = _Reload(self.dev, self._netns)
+            self._reload = _Reload(self.dev, self._netns, self.desired)
 
     def poll(self) -> Notified:
         """Fold the notifications queued now into the mirror; say what they touched."""
@@ -279,18 +279,20 @@ class KernelSync:
 class _Reload:
     """Dumps into a new mirror in a thread of its own, on a socket of its own."""
 
-    def __init__(self, dev: int, netns: str | None) -> None:
+    def __init__(self, dev: int, netns: str | None, canon: Desired) -> None:
         self.mirror: Mirror | None = None
         self.replay: list[codec.Parsed] = []
         self._thread = threading.Thread(
-            target=self._run, args=(dev, netns), name="kernel-reread", daemon=True
+            target=self._run, args=(dev, netns, canon), name="kernel-reread", daemon=True
         )
         self._thread.start()
 
-    def _run(self, dev: int, netns: str | None) -> None:
+    def _run(self, dev: int, netns: str | None, canon: Desired) -> None:
+        # canon is read here while the main thread changes it: each lookup is one atomic dict
+        # get, and a value is shared only when equal, so a race costs a copy, never a wrong entry.
         try:
             with Rtnl(netns) as rtnl:
-                m = Mirror(dev)
+                m = Mirror(dev, canon)
                 rtnl.load_mirror(m)
         except (OSError, KernelError):
             return  # mirror stays None: the caller re-reads in the main thread

@@ -4,7 +4,8 @@ Two underlay subnets joined by a router namespace: 10.0.1.0/24 (etcd at .2, cell
 10.0.2.0/24 (cell-2 at .3); more cells alternate between the two subnets.  Each cell runs the
 real ``pyflannel`` process, builds ``br0`` from its FLANNEL_SUBNET and attaches two
 "containers" (namespaces on veths) with an HTTP server on :8000.  Used by the demo command and
-by the end-to-end tests.
+by the end-to-end tests.  On request, an "outside" host sits behind the router on 203.0.113.0/24
+(an address outside the overlay, for masquerading tests), and a cell's daemon gets extra flags.
 
 Everything is created inside namespaces named with one prefix, so the root namespace gets no
 link, and :meth:`Lab.down` (or :func:`remove_prefixed`) removes it all, even after a crash;
@@ -22,10 +23,12 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
+from pyflannel.lab.whoami import PORT as WHOAMI_PORT
 from pyflannel.subnetenv import env_pairs
 
 SEED_CONFIG = {
@@ -37,6 +40,9 @@ SEED_CONFIG = {
 }
 ETCD_IP = "10.0.1.2"
 ETCD_URL = f"http://{ETCD_IP}:2379"
+#: The outside host (TEST-NET-3: documentation addresses, never routed on the internet).
+OUTSIDE_IP = IPv4Address("203.0.113.10")
+OUTSIDE_GW = IPv4Address("203.0.113.1")  # the router's side
 CONTAINER_NAMES = "abcdefghijklmnopqrstuvwxyz"
 #: What the lab writes in its work directory (besides one directory per cell).
 LAB_FILES = ("etcd-data", "etcd.log", "www", "state.json", "pids.json")
@@ -100,6 +106,9 @@ class Lab:
         cells: int = 2,
         api: str = "v2",
         resync_interval: float = 2.0,
+        *,
+        outside: bool = False,
+        daemon_args: Mapping[str, Sequence[str]] | None = None,
     ) -> None:
         self.workdir = workdir
         self.prefix = prefix
@@ -107,6 +116,8 @@ class Lab:
         self.resync_interval = resync_interval
         self.etcd_ns = f"{prefix}etcd"
         self.router_ns = f"{prefix}router"
+        self.outside_ns = f"{prefix}outside" if outside else None
+        self.daemon_args = dict(daemon_args or {})  # cell name -> extra pyflannel flags
         self.cells = [self._cell(i) for i in range(1, cells + 1)]
         self.pidfile = workdir / "pids.json"
         # Popen objects of what this instance started: waiting through them gets the exit code
@@ -247,6 +258,17 @@ class Lab:
             ip(ns, "addr", "add", f"{addr}/24", "dev", "eth0")
             ip(ns, "link", "set", "eth0", "up")
             ip(ns, "route", "add", "default", "via", f"10.0.{sub}.1")
+        if self.outside_ns is not None:
+            # Knows no route to the overlay: only masqueraded traffic gets answers by default.
+            out = self.outside_ns
+            run("ip", "netns", "add", out)
+            ip(out, "link", "set", "lo", "up")
+            ip(r, "link", "add", "p-out", "type", "veth", "peer", "name", "eth0", "netns", out)
+            ip(r, "addr", "add", f"{OUTSIDE_GW}/24", "dev", "p-out")
+            ip(r, "link", "set", "p-out", "up")
+            ip(out, "addr", "add", f"{OUTSIDE_IP}/24", "dev", "eth0")
+            ip(out, "link", "set", "eth0", "up")
+            ip(out, "route", "add", "default", "via", str(OUTSIDE_GW))
 
     def start_etcd(self, fresh: bool = True) -> None:
         """etcd on 10.0.1.2:2379 inside the etcd namespace (v2 and v3 APIs both served).
@@ -372,6 +394,7 @@ class Lab:
                 f"--subnet-file={self.subnet_file(cell)}",
                 f"--resync-interval={self.resync_interval}",
                 "--log-format=json",
+                *self.daemon_args.get(cell.name, ()),
                 *extra,
             ],
             self.workdir / cell.name / "pyflannel.log",
@@ -520,6 +543,27 @@ class Lab:
             self.workdir / "www" / f"{con.name}.log",
             cwd=root,
         )
+
+    def start_whoami(self, ns: str, name: str) -> None:
+        """A :mod:`pyflannel.lab.whoami` server on port 8001 in *ns*; returns once it listens."""
+        self.spawn(
+            f"whoami-{name}",
+            ns,
+            [sys.executable, "-m", "pyflannel.lab.whoami", str(WHOAMI_PORT)],
+            self.workdir / "www" / f"whoami-{name}.log",
+        )
+        self.wait(
+            lambda: f":{WHOAMI_PORT}" in run("ss", "-ltn", ns=ns, check=False).stdout,
+            10,
+            f"whoami server in {name}",
+        )
+
+    @staticmethod
+    def whoami(src_ns: str, dst: IPv4Address | str, timeout: float = 5) -> str:
+        """The source address the whoami server at *dst* saw for a request from namespace
+        *src_ns* ("" if it did not answer)."""
+        url = f"http://{dst}:{WHOAMI_PORT}/"
+        return run("curl", "-s", "-m", str(timeout), url, ns=src_ns, check=False).stdout.strip()
 
     def wait_http(self, con: Container, timeout: float = 10) -> None:
         """Wait until the container's server listens."""

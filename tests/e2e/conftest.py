@@ -12,7 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -43,11 +43,14 @@ def running_lab(
     resync_interval: float,
     config: dict[str, object] | None = None,
     before_start: Callable[[Lab], None] | None = None,
+    outside: bool = False,
+    daemon_args: Mapping[str, Sequence[str]] | None = None,
 ) -> Iterator[Lab]:
     """The lab's topology with etcd, the network config (*config*, else the seed's) and
     *started* of its *cells* running with *containers* containers each; *before_start* runs
-    once etcd is up.  Everything goes when the block ends, and the daemons' log tails are
-    printed (a failing test shows them)."""
+    once etcd is up; *outside* and *daemon_args* (extra flags by cell name) go to the Lab.
+    Everything goes when the block ends, and the daemons' log tails are printed (a failing
+    test shows them)."""
     _require()
     lab = Lab(
         workdir,
@@ -55,6 +58,8 @@ def running_lab(
         cells=cells,
         api=api,
         resync_interval=resync_interval,
+        outside=outside,
+        daemon_args=daemon_args,
     )
     try:
         lab.build_underlay()

@@ -17,6 +17,7 @@ PURE = [
     "subnet.py",
     "backend/vxlan.py",
     "iface.py",
+    "iptables.py",
     "retry.py",
     "errors.py",
     "kernel/records.py",

@@ -266,3 +266,39 @@ def test_suspects_see_missing_and_stray_fdb_entries() -> None:
         "aa:bb:cc:00:00:02",
         "aa:bb:cc:00:00:05",
     }
+
+
+def test_entries_equal_to_the_desired_ones_share_its_objects() -> None:
+    """Folded values equal to what the leases want are stored as the desired objects (memory
+    at 10,000 peers); a value that differs is kept as the kernel said it, and compares so."""
+    d = desired_peer2()
+    m = Mirror(DEV, d)
+    m.load(link(), [neigh(NEW_N, "10.5.2.0", 2)], [fdb(NEW_N, 2, "192.0.2.20")], [])
+    m.apply(route(NEW_R, "10.5.2.0/24", "10.5.2.0"))
+    ip, key = int(A("10.5.2.0")), (int(A("10.5.2.0")), 24)
+    assert m._neighs[ip] is d.raw_neighs[ip]
+    assert m._fdb[mac(2)] is d.raw_fdb[mac(2)]
+    assert m._routes[key] is d.raw_routes[key]
+    assert not m.suspects(d, Ownership(DEV))
+    m.apply(neigh(NEW_N, "10.5.2.0", 7))  # changed by hand: the kernel's value, not the wanted
+    assert m._neighs[ip] == mac(7)
+    assert m.suspects(d, Ownership(DEV)).neighs == {A("10.5.2.0")}
+
+
+def test_desired_lookups_rebuild_records_from_the_compact_form() -> None:
+    """The planner's lookups give back the records that went in: an onlink route, a direct
+    route (no device) and a gateway-less one; a removed peer leaves nothing."""
+    d = desired_peer2()
+    onlink = Route(N("10.5.2.0/24"), A("10.5.2.0"), DEV, True)
+    direct = Route(N("10.5.3.0/24"), A("192.0.2.30"), None, False)
+    bare = Route(N("10.5.4.0/25"), None, DEV, False)
+    d.set(N("10.5.3.0/24"), PeerEntries(direct))
+    d.set(N("10.5.4.0/25"), PeerEntries(bare))
+    assert [d.route(r.dst) for r in (onlink, direct, bare)] == [onlink, direct, bare]
+    assert d.neigh(A("10.5.2.0")) == "aa:bb:cc:00:00:02"
+    assert d.fdb_dst("aa:bb:cc:00:00:02") == A("192.0.2.20")
+    d.set(N("10.5.3.0/24"), None)
+    d.set(N("10.5.2.0/24"), None)
+    assert d.route(direct.dst) is None and d.route(onlink.dst) is None
+    assert d.neigh(A("10.5.2.0")) is None and d.fdb_dst("aa:bb:cc:00:00:02") is None
+    assert d.keys().routes == {bare.dst}

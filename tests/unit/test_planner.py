@@ -503,7 +503,9 @@ def test_desired_set_returns_old_and_new_keys() -> None:
     d.set(S2, entries(S2, P2, M2))
     keys = d.set(S1, entries(S1, P1, M3))
     assert keys == Keys({vtep(S1)}, {M1, M3}, {S1})
-    assert d.fdb == {M3: P1, M2: P2}
+    assert d.keys().macs == {M3, M2}
+    assert (d.fdb_dst(M3), d.fdb_dst(M2), d.fdb_dst(M1)) == (P1, P2, None)
+    assert d.neigh(vtep(S1)) == M3
 
 
 def test_desired_removal_keeps_entries_another_peer_wrote() -> None:
@@ -512,8 +514,11 @@ def test_desired_removal_keeps_entries_another_peer_wrote() -> None:
     d.set(S1, entries(S1, P1, M1))
     d.set(S2, entries(S2, P2, M1))  # last writer wins
     d.set(S1, None)
-    assert d.fdb == {M1: P2}
-    assert set(d.routes) == {S2}
+    assert d.keys().macs == {M1}
+    assert d.fdb_dst(M1) == P2
+    assert d.keys().routes == {S2}
+    assert d.route(S2) == onlink(S2)
+    assert d.route(S1) is None
 
 
 def test_plan_for_keys_looks_at_nothing_else() -> None:

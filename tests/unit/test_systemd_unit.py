@@ -23,9 +23,10 @@ REPO = Path(__file__).resolve().parents[2]
 UNIT = REPO / "systemd" / "pyflannel.service"
 ENV_FILE = REPO / "systemd" / "pyflannel.env"
 SHIPPED_EXEC = "/usr/local/bin/pyflannel"
-#: Regression guard: the exposure score was 1.9 when the unit was written (systemd 252).
-#: Loosening the sandbox past this must be a decision, made here, not an accident.
-MAX_EXPOSURE = 2.5
+#: Regression guard: the exposure score was 1.9 when the unit was written (systemd 252), and
+#: issue 9 holds it at 2.0 at most.  Loosening the sandbox past this must be a decision, made
+#: here, not an accident.
+MAX_EXPOSURE = 2.0
 
 
 def _systemd_analyze() -> str:
@@ -116,8 +117,10 @@ def test_unit_essentials() -> None:
     assert (d["Restart"], d["RestartSec"]) == (["on-failure"], ["5"])
     assert "network-online.target" in d["Wants"][0].split()
     assert "network-online.target" in d["After"][0].split()
-    assert d["CapabilityBoundingSet"] == ["CAP_NET_ADMIN"]
-    assert d["AmbientCapabilities"] == ["CAP_NET_ADMIN"]
+    # CAP_NET_RAW: iptables-legacy's raw socket; and its lock file in the read-only /run.
+    assert d["CapabilityBoundingSet"] == ["CAP_NET_ADMIN CAP_NET_RAW"]
+    assert d["AmbientCapabilities"] == ["CAP_NET_ADMIN CAP_NET_RAW"]
+    assert d["ExecStartPre"] == ["+/usr/bin/touch /run/xtables.lock"]
     assert (d["RuntimeDirectory"], d["RuntimeDirectoryPreserve"]) == (["flannel"], ["yes"])
     assert set(d["RestrictAddressFamilies"][0].split()) == {
         "AF_UNIX",
