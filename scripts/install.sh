@@ -104,4 +104,8 @@ else
     "pyflannel.service is installed but not enabled; on a systemd host:" \
     "systemctl daemon-reload && systemctl enable --now pyflannel"
 fi
+if [ -z "$root" ] && ! PATH=$PATH:/usr/sbin:/sbin command -v iptables >/dev/null; then
+  echo "note: iptables is not installed; the forward rules (on by default) and --ip-masq need it:" \
+    "apt-get install iptables"
+fi
 echo "done: $("$bindir/pyflannel" --version 2>&1) at $bindir/pyflannel"
