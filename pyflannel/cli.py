@@ -28,11 +28,14 @@ EXIT_USAGE = 2
 MAX_ERROR_CHARS = 400
 
 
+_FALSE = ("0", "f", "F", "false", "FALSE", "False")
+
+
 def _bool(text: str) -> bool:
     # Go's strconv.ParseBool
     if text in ("1", "t", "T", "true", "TRUE", "True"):
         return True
-    if text in ("0", "f", "F", "false", "FALSE", "False"):
+    if text in _FALSE:
         return False
     raise ValueError("not a boolean (true or false)")
 
@@ -228,6 +231,8 @@ class _Refuse(argparse.Action):
     """A flanneld flag pyflannel does not support: refused with the reason, not as unknown."""
 
     def __call__(self, parser: Any, namespace: Any, values: Any, option: str | None = None) -> None:
+        if self.dest == "kube-subnet-mgr" and values in _FALSE:
+            return  # =false asks for etcd mode: that is what we do
         parser.error(f"{option} {fv.UNSUPPORTED[self.dest]}")
 
 
@@ -381,7 +386,7 @@ def _refuse_env(p: _Parser, env: Mapping[str, str]) -> None:
     """A FLANNELD_ variable asking for an unsupported mode is refused like its flag (the others
     only matter in that mode, as in flanneld, and are ignored)."""
     kube = env.get("FLANNELD_KUBE_SUBNET_MGR", "")
-    if kube and kube not in ("0", "f", "F", "false", "FALSE", "False"):
+    if kube and kube not in _FALSE:
         reason = fv.UNSUPPORTED["kube-subnet-mgr"]
         p.error(f"FLANNELD_KUBE_SUBNET_MGR={excerpt(kube)}: --kube-subnet-mgr {reason}")
     if env.get("FLANNELD_PUBLIC_IPV6", ""):

@@ -317,6 +317,7 @@ def test_unsupported_kube_variables_alone_are_ignored() -> None:
     ignores them in etcd mode); =false for the mode itself is fine."""
     env = {"FLANNELD_KUBECONFIG_FILE": "/k", "FLANNELD_KUBE_SUBNET_MGR": "false"}
     assert parse([], env)[0] is None
+    assert parse(["--kube-subnet-mgr=false"], {})[0] is None
 
 
 # --- properties ------------------------------------------------------------------------------
