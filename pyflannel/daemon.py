@@ -459,7 +459,7 @@ class Daemon:
             changes = self._tracker.apply(batch)
             self._dirty.update(ch.subnet for ch in changes if ch.subnet is not None)
             leases = self._tracker.leases
-            self.stats.peers_known = len(leases) - (self.lease.subnet in leases)
+            self.stats.peers_known = len(leases) - (self.lease.key in leases)
             self._synced = True
             known = len(self._tracker.leases)
         if first:
