@@ -19,10 +19,9 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from typing import Self, TypeVar
 
-from pyroute2.netns import setns
-
 from pyflannel.errors import KernelError
 from pyflannel.kernel import codec
+from pyflannel.kernel._pyroute2 import setns
 from pyflannel.kernel.mirror import Mirror
 
 SOL_NETLINK = 270
