@@ -11,16 +11,19 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv6Address, ip_address
 from pathlib import Path
 from typing import Any, NoReturn
 
 from pyflannel import __version__
 from pyflannel import flagvalues as fv
-from pyflannel.options import DaemonOptions
+from pyflannel.options import ANY_IPV4, DaemonOptions
 from pyflannel.registry import EtcdOptions
+from pyflannel.retry import REMINDER_PERIOD
 from pyflannel.untrusted import clip, excerpt
 
 EXIT_USAGE = 2
@@ -58,6 +61,27 @@ def _resync(text: str) -> int:
 
 def _verbosity(text: str) -> int:
     return fv.whole_number(text, 0, 2**31 - 1, "")
+
+
+def _listen_ip(text: str) -> IPv4Address | IPv6Address:
+    try:
+        return ip_address(text)
+    except ValueError:
+        raise ValueError("must be an IPv4 or IPv6 address") from None
+
+
+def _port(text: str) -> int:
+    # Digits only: int() would also take " 80", "+80" and "8_0".
+    if not re.fullmatch(r"[0-9]{1,5}", text) or int(text) > 65535:
+        raise ValueError("must be a port number between 0 and 65535")
+    return int(text)
+
+
+def _positive(text: str) -> float:
+    v = fv.seconds(text, 0, 86400)
+    if v == 0:
+        raise ValueError("must be positive")
+    return v
 
 
 def _choice(*allowed: str) -> Callable[[str], str]:
@@ -206,7 +230,30 @@ FLAGS: tuple[_Flag, ...] = (
         "log format: console (key=value), json, or auto (console on a terminal, else json)",
     ),
     _Flag("log-level", _choice("debug", "info", "warning", "error"), "info", "log level"),
+    _Flag(
+        "healthz-ip",
+        _listen_ip,
+        ANY_IPV4,
+        "the IP address for healthz server to listen",
+    ),
+    _Flag(
+        "healthz-port",
+        _port,
+        0,
+        "the port for healthz server to listen (0 to disable); serves /healthz, /readyz and "
+        "/metrics",
+    ),
 )
+
+#: pyflannel's own variables (no flag): how often a wait is logged again, in seconds, and a
+#: test hook that wedges the main loop after that many seconds of serving (for the watchdog
+#: test; never set it in production).
+WAIT_REMINDER_VAR = "PYFLANNEL_WAIT_REMINDER"
+TEST_WEDGE_VAR = "PYFLANNEL_TEST_WEDGE_AFTER"
+
+
+def _seconds(text: str) -> float:
+    return fv.seconds(text, 0, 10 * 86400)
 
 
 def _typed(parse: Callable[[str], Any]) -> Callable[[str], Any]:
@@ -353,6 +400,13 @@ def parse_args(argv: Sequence[str], env: Mapping[str, str]) -> DaemonOptions:
             f"--subnet-lease-renew-margin ({values['subnet-lease-renew-margin']} min) must be "
             f"shorter than --subnet-lease-ttl ({values['subnet-lease-ttl']} s)"
         )
+    hidden: dict[str, float | None] = {}
+    for var, parse in ((WAIT_REMINDER_VAR, _positive), (TEST_WEDGE_VAR, _seconds)):
+        raw = env.get(var, "")
+        try:
+            hidden[var] = parse(raw) if raw else None
+        except ValueError as exc:
+            p.error(f"{var}={excerpt(raw)}: {exc}")
     return DaemonOptions(
         etcd=EtcdOptions(
             endpoints=values["etcd-endpoints"],
@@ -379,6 +433,10 @@ def parse_args(argv: Sequence[str], env: Mapping[str, str]) -> DaemonOptions:
         resync_interval=values["resync-interval"],
         log_format=values["log-format"],
         log_level=log_level,
+        healthz_ip=values["healthz-ip"],
+        healthz_port=values["healthz-port"],
+        wait_reminder=hidden[WAIT_REMINDER_VAR] or REMINDER_PERIOD,
+        test_wedge_after=hidden[TEST_WEDGE_VAR],
     )
 
 

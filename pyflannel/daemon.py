@@ -13,6 +13,11 @@ then the steady state, run by two threads (and a third that keeps the iptables r
 
 Nothing is torn down on exit: device, entries, iptables rules and lease stay, so a restart is
 hitless.
+
+The main thread reports its progress as it goes (:meth:`Daemon._tick`): ``WATCHDOG=1`` when
+systemd asks for it (only from this loop, so a wedged loop gets restarted), ``STATUS=``, and
+the numbers a ``/metrics`` scrape reads (:class:`~pyflannel.stats.Stats`).  While it waits for
+etcd or the config it says so again every ``wait_reminder`` seconds.
 """
 
 from __future__ import annotations
@@ -28,13 +33,13 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, replace
-from ipaddress import IPv4Interface, IPv4Network
+from ipaddress import IPv4Interface
 from types import FrameType
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import structlog
 
-from pyflannel import memory, systemd
+from pyflannel import __version__, memory, systemd
 from pyflannel.backend.vxlan import PeerScope, holder_reason
 from pyflannel.blackhole import BlackholeRoute
 from pyflannel.config import VXLAN_OVERHEAD, NetworkConfig, parse_network_config
@@ -51,6 +56,7 @@ from pyflannel.errors import (
     UnsupportedBackend,
 )
 from pyflannel.iface import ExternalInterface, choose_external, underlay_overlaps
+from pyflannel.ipnet import SubnetKey
 from pyflannel.kernel.codec import RTN_BLACKHOLE
 from pyflannel.kernel.netlink import Netlink
 from pyflannel.kernel.plan import Keys
@@ -59,8 +65,9 @@ from pyflannel.lease import Change, EventKind, Lease, LeaseAttrs, LeaseTracker, 
 from pyflannel.options import DaemonOptions
 from pyflannel.peersync import PeerSync
 from pyflannel.registry import Registry, join_key, open_registry
-from pyflannel.retry import Backoff, OnceFilter
+from pyflannel.retry import Backoff, OnceFilter, Waiting
 from pyflannel.rulekeeper import Iptables, find_iptables, keep_rules
+from pyflannel.stats import Stats
 from pyflannel.subnet import LeaseManager
 from pyflannel.subnetenv import (
     check_writable,
@@ -70,6 +77,9 @@ from pyflannel.subnetenv import (
     write_subnet_env,
 )
 
+if TYPE_CHECKING:
+    from pyflannel.health import HealthServer
+
 log = structlog.get_logger("pyflannel")
 T = TypeVar("T")
 
@@ -77,6 +87,11 @@ T = TypeVar("T")
 POLL = 0.2
 #: One periodic resync in this many re-reads the kernel (see serve()).
 REDUMP_EVERY = 10
+#: With the health listener on, how long a daemon whose lease another host took keeps
+#: answering (/readyz: 503 with the reason) before it exits 1; a signal ends it at once.
+LEASE_TAKEN_LINGER = 30.0
+#: STATUS= and the numbers a scrape reads are refreshed at most this often (seconds).
+STATUS_EVERY = 1.0
 _DONE = object()  # what next() returns for a finished resync
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -147,14 +162,23 @@ class Waker:
 class Daemon:
     """One pyflannel instance: owns the registry, the netlink socket and the two threads."""
 
-    def __init__(self, opts: DaemonOptions, registry: Registry, nl: Netlink) -> None:
+    def __init__(
+        self, opts: DaemonOptions, registry: Registry, nl: Netlink, stats: Stats | None = None
+    ) -> None:
         self.opts = opts
+        self.stats = stats or Stats(__version__, opts.etcd_api)
+        self._watchdog = systemd.Watchdog.from_env()
+        self._next_status = 0.0
+        self._status_sent = ""
+        self._phase: str | None = "starting"  # STATUS= when not simply serving
+        self._serving = False
+        self._etcd_wait = Waiting(opts.wait_reminder)  # the watch thread's
         self.registry = registry
         self.nl = nl
         self.stop = threading.Event()
         self._wake = Waker()
         self._resync: Iterator[None] | None = None  # a periodic resync under way
-        self._dirty: set[IPv4Network] = set()  # subnets whose lease changed, for the main loop
+        self._dirty: set[SubnetKey] = set()  # subnets whose lease changed, for the main loop
         self._lock = threading.Lock()
         self._tracker = LeaseTracker()
         self._synced = False
@@ -198,6 +222,7 @@ class Daemon:
         """Sleep in the main thread, waking early when asked to stop."""
         deadline = time.monotonic() + seconds
         while not self.stopping():
+            self._tick()
             left = deadline - time.monotonic()
             if left <= 0:
                 return
@@ -208,26 +233,42 @@ class Daemon:
     def _retry(self, what: str, fn: Callable[[], T]) -> T:
         """Call *fn* until it succeeds, backing off while etcd is unavailable.
 
-        Each distinct problem is logged once, not once per attempt.
+        Each distinct problem is logged once, not once per attempt, and the wait is recalled
+        every ``wait_reminder`` seconds (attempts, how long, the last problem); STATUS= and
+        /readyz say what we wait for.
         """
         backoff, once = Backoff(maximum=1.0), OnceFilter()  # flanneld retries every second
+        waiting = Waiting(self.opts.wait_reminder)
+        label = {"network_config": "the network config", "lease": "a lease"}.get(what, what)
         while True:
             if self.stopping():
                 raise _Stopped
             try:
                 result = fn()
             except RegistryUnavailable as exc:
-                problem = str(exc)
+                problem, awaited = str(exc), "etcd"
             except UnsupportedBackend:
                 raise  # waiting cannot fix it: exit 1 with the reason
             except (NotFound, ConfigError) as exc:
-                problem = str(exc)
+                self.stats.etcd_ok()  # etcd answered, with what we cannot use yet
+                problem, awaited = str(exc), label
             else:
+                self.stats.etcd_ok()
                 if once.last is not None:
                     log.info(f"{what}_recovered", after_retries=once.clear() + 1)
                 return result
+            now = time.monotonic()
             if once.fresh(problem):
                 log.warning(f"{what}_waiting", problem=problem, endpoint=self.registry.endpoint)
+            if waiting.failed(problem, now):
+                log.warning(
+                    f"{what}_still_waiting",
+                    attempts=waiting.attempts,
+                    waiting_s=round(waiting.waited(now)),
+                    problem=problem,
+                )
+            self._phase = f"waiting for {awaited} ({waiting.summary(now)})"
+            self.stats.set_blocker(f"waiting for {awaited}: {problem}")
             self._sleep(backoff.next())
 
     def _fetch_config(self) -> NetworkConfig:
@@ -246,6 +287,7 @@ class Daemon:
         """Config, interface, device, lease, address, subnet.env; raises on fatal problems."""
         check_writable(self.opts.subnet_file)  # before anything is leased or created
         self._iptables = find_iptables(self.opts)  # likewise: --ip-masq without iptables
+        self._set_phase("reading the network config")
         self.cfg = self._retry("network_config", self._fetch_config)
         log.info(
             "network_config",
@@ -286,7 +328,10 @@ class Daemon:
         self.manager = LeaseManager(
             self.registry, self.ext.public_ip, hint=hint, ttl=self.opts.lease_ttl
         )
+        self._set_phase("acquiring a lease")
         self.lease = self._retry("lease", lambda: self.manager.acquire(self.cfg, self.attrs))
+        self.stats.lease_expiry = self.lease.expiration
+        self._set_phase(f"programming the peers of {self.lease.subnet}")
         self._ensure_address()
         self.blackhole = BlackholeRoute(
             self.nl, self.lease.subnet, self.cfg.network, self.opts.ip_blackhole_route
@@ -307,6 +352,12 @@ class Daemon:
             subnet=str(self.lease.subnet),
             mtu=self.dev.mtu,
         )
+
+    def _set_phase(self, text: str) -> None:
+        """What start-up does now: STATUS= and /readyz's reason until we serve."""
+        self._phase = text
+        self.stats.set_blocker(text)
+        self._tick(force=True)
 
     def _ensure_device(self) -> None:
         """Create or reuse flannel.<VNI>; our lease attributes follow its MAC."""
@@ -358,18 +409,22 @@ class Daemon:
         backoff, once = Backoff(initial=0.25, maximum=1.0), OnceFilter()
         revision: int | None = None
         first, self.manager.snapshot = self.manager.snapshot, None
-        own = self.lease.subnet
+        own = self.lease.key
         if first is not None:  # acquire's listing: the watch goes on from there
             # It predates our own write, which the watch delivers next: take our key from that.
-            self._ingest(replace(first, leases=tuple(x for x in first.leases if x.subnet != own)))
+            self._ingest(replace(first, leases=tuple(x for x in first.leases if x.key != own)))
             revision = first.revision
+        relist = "start"
         while not self.stop.is_set():
             try:
                 if revision is None:
                     snap = self.registry.list_subnets()
+                    self.stats.relisted(relist)
                     self._ingest(snap)
                     revision = snap.revision
                 for batch in self.registry.watch_subnets(revision, self.stop):
+                    self.stats.etcd_ok()  # events or a heartbeat: etcd answers
+                    self._etcd_wait.clear()
                     if once.last is not None:
                         log.info(
                             "etcd_reconnected",
@@ -382,11 +437,20 @@ class Daemon:
                     revision = batch.revision
             except Compacted as exc:
                 log.info("watch_resync", reason="history compacted", revision=exc.revision)
-                revision = None
+                revision, relist = None, "compacted"
             except RegistryUnavailable as exc:
                 if once.fresh(str(exc)):
                     log.warning(
                         "etcd_unavailable",
+                        problem=str(exc),
+                        keeping="kernel state and last known leases",
+                    )
+                now = time.monotonic()
+                if self._etcd_wait.failed(str(exc), now):
+                    log.warning(
+                        "etcd_still_unavailable",
+                        attempts=self._etcd_wait.attempts,
+                        waiting_s=round(self._etcd_wait.waited(now)),
                         problem=str(exc),
                         keeping="kernel state and last known leases",
                     )
@@ -403,12 +467,14 @@ class Daemon:
             first = not self._synced
             changes = self._tracker.apply(batch)
             self._dirty.update(ch.subnet for ch in changes if ch.subnet is not None)
+            leases = self._tracker.leases
+            self.stats.peers_known = len(leases) - (self.lease.key in leases)
             self._synced = True
             known = len(self._tracker.leases)
         if first:
             # The first listing is one state change, not one per peer (10,000 lines at start).
             for ch in changes:
-                if ch.kind is EventKind.INVALID or ch.subnet == self.lease.subnet:
+                if ch.kind is EventKind.INVALID or ch.subnet == self.lease.key:
                     self._log_change(ch)
             log.info("peers_listed", leases=known)
         else:
@@ -418,7 +484,7 @@ class Daemon:
 
     def _log_change(self, ch: Change) -> None:
         if ch.kind is EventKind.INVALID:
-            if ch.subnet is not None and ch.subnet == self.lease.subnet:
+            if ch.subnet is not None and ch.subnet == self.lease.key:
                 # Garbage over our own key hides us from every host that starts now: rewrite.
                 self._own.stale = True
             if self._warned_records.first_time((ch.key, ch.reason)):
@@ -429,7 +495,7 @@ class Daemon:
                     effect="ignored; no peer is removed for it",
                 )
             return
-        if ch.subnet == self.lease.subnet:
+        if ch.subnet == self.lease.key:
             self._own_change(ch)
             return
         if ch.kind is EventKind.REMOVED:
@@ -525,6 +591,7 @@ class Daemon:
             self.dev.index,
             self._scope(),
             direct_routing=self.cfg.backend.direct_routing,
+            stats=self.stats,
         )
 
     def full_sync(self, reason: str, *, reload: bool = True) -> None:
@@ -570,7 +637,9 @@ class Daemon:
             dirty, self._dirty = self._dirty, set()
             leases = {s: self._tracker.leases.get(s) for s in dirty}
         keys = Keys()
-        for subnet, lease in leases.items():
+        # Removals first: two keys can share an IPv4 half (a host moving from 10.5.1.0-24 to
+        # 10.5.1.0-24&fc00:…), and the new key's entries must not be undone by the old one's.
+        for subnet, lease in sorted(leases.items(), key=lambda item: item[1] is not None):
             keys.add(self.peers.update(subnet, lease))
         note = self.peers.poll()
         if self.lease.subnet in note.keys.routes:
@@ -622,12 +691,20 @@ class Daemon:
                 subnet=str(self.lease.subnet),
                 action="re-acquiring the same subnet; data path untouched",
             )
+            lost = f"lease {self.lease.subnet} lost; re-acquiring it"
+            self.stats.set_blocker(lost)
+            if self._serving:
+                self._phase = lost
             try:
                 self.lease = self.manager.reacquire(self.lease, self.attrs)
             except RegistryUnavailable as exc:
                 log.warning("lease_reacquire_failed", problem=str(exc))
                 return time.time() + backoff.next()
             self._own.gone = False
+            self.stats.etcd_ok()
+            if self._serving:
+                self._phase = None
+                self.stats.set_blocker(None)
             log.info("lease_reacquired", subnet=str(self.lease.subnet))
         due = self._renew_due()
         if self._own.stale or (due is not None and time.time() >= due):
@@ -637,6 +714,7 @@ class Daemon:
                 log.warning("lease_renew_failed", problem=str(exc))
                 return time.time() + min(backoff.next(), 60.0)
             backoff.reset()
+            self.stats.etcd_ok()
             self._own.stale = False
             log.info(
                 "lease_renewed",
@@ -657,8 +735,17 @@ class Daemon:
         backoff = Backoff(initial=1.0, maximum=60.0)
         next_resync = time.monotonic()
         resyncs = 0
+        wedge_at: float | None = None
         while not self.stopping():
-            renew_at = self._keep_lease(backoff)
+            self._tick()
+            if wedge_at is not None and time.monotonic() >= wedge_at:
+                self._wedge()
+                continue
+            try:
+                renew_at = self._keep_lease(backoff)
+            except LeaseLost:
+                self._linger()
+                raise
             self._wake.clear()
             if self._synced:
                 try:
@@ -682,10 +769,16 @@ class Daemon:
                             self._resync = None
                 except (KernelError, RegistryUnavailable) as exc:
                     log.error("reconcile_failed", error=str(exc))
+                    self.stats.reconcile_failed(str(exc))
                 if not ready:
-                    ready = True
-                    systemd.notify(f"READY=1\nSTATUS=serving {self.lease.subnet}")
+                    ready = self._serving = True
+                    if not self._own.gone:
+                        self._phase = None
+                        self.stats.set_blocker(None)
+                    self._tick(force=True, ready=True)
                     log.info("ready", subnet=str(self.lease.subnet), peers=self.peers.peers)
+                    if self.opts.test_wedge_after is not None:
+                        wedge_at = time.monotonic() + self.opts.test_wedge_after
             timeout = next_resync - time.monotonic()
             if renew_at is not None:
                 timeout = min(timeout, renew_at - time.time())
@@ -698,6 +791,66 @@ class Daemon:
         systemd.notify("STOPPING=1")
         log.info("exiting", reason="signal", kept="lease and kernel state (restart is hitless)")
         return EXIT_OK
+
+    # --- progress: watchdog, STATUS=, the numbers /metrics reads ------------------------------
+
+    def _tick(self, *, force: bool = False, ready: bool = False) -> None:
+        """The main thread is making progress: ping the watchdog when due; at most every
+        STATUS_EVERY seconds (or when *force*d) refresh the numbers a scrape reads and send
+        STATUS= if it changed (with READY=1 when *ready*)."""
+        now = time.monotonic()
+        self._watchdog.kick(now)
+        if now < self._next_status and not force:
+            return
+        self._next_status = now + STATUS_EVERY
+        if hasattr(self, "peers"):
+            self.stats.peers_programmed = self.peers.peers
+            self.stats.kernel_entries = self.peers.kernel.mirror.entry_counts()
+            self.stats.lease_expiry = self.lease.expiration
+        text = self._status_text(now)
+        if ready:
+            systemd.ready(text)
+        elif text != self._status_sent and not systemd.status(text):
+            return  # not sent (no service manager, or a full queue): try again next time
+        self._status_sent = text
+
+    def _status_text(self, now: float) -> str:
+        """``serving 10.5.3.0/24, 12 peers, etcd ok``, or what start-up waits for."""
+        if self._phase is not None or not hasattr(self, "peers"):
+            return self._phase or "starting"
+        wait = self._etcd_wait
+        etcd = f"etcd unreachable ({wait.summary(now)})" if wait.attempts else "etcd ok"
+        return f"serving {self.lease.subnet}, {self.peers.peers} peers, {etcd}"
+
+    def _linger(self) -> None:
+        """Another host took our lease.  With the health listener on, say so (/readyz 503
+        with the reason, STATUS=) for LEASE_TAKEN_LINGER seconds before the exit, so that
+        monitoring sees why; a signal ends the wait at once.  Without it: exit at once."""
+        holder = self._own.taken_by
+        who = holder.attrs.public_ip if holder is not None else "another host"
+        reason = f"lease {self.lease.subnet} taken by {who}"
+        self.stats.set_blocker(reason)
+        if not self.opts.healthz_port:
+            return
+        self._phase = f"{reason}; exiting"
+        log.error(
+            "lease_taken",
+            subnet=str(self.lease.subnet),
+            by=str(who),
+            action=f"exiting in {LEASE_TAKEN_LINGER:.0f} s; /readyz answers 503 meanwhile",
+        )
+        self._tick(force=True)
+        deadline = time.monotonic() + LEASE_TAKEN_LINGER
+        while not self.stopping() and time.monotonic() < deadline:
+            self._tick()
+            self.stop.wait(POLL)
+
+    def _wedge(self) -> None:
+        """Test hook (``PYFLANNEL_TEST_WEDGE_AFTER``): stall the main loop as a hang would,
+        so that a test sees WATCHDOG=1 stop; only a signal ends it."""
+        log.warning("test_wedge", action="main loop stalled on purpose; a signal ends it")
+        while not self._signalled:
+            time.sleep(POLL)
 
     def _wait(self, timeout: float) -> None:
         """Sleep until a lease event, a kernel notification or *timeout*."""
@@ -713,16 +866,29 @@ class Daemon:
 
 def run(opts: DaemonOptions) -> int:
     """Run a daemon with *opts*; returns the process exit code."""
+    stats = Stats(__version__, opts.etcd_api)
     try:
-        registry = open_registry(opts.etcd_api, opts.etcd)
+        registry = open_registry(opts.etcd_api, opts.etcd, on_error=stats.etcd_error)
     except PyflannelError as exc:
         log.error("etcd_setup_failed", error=str(exc))
+        return EXIT_FAILURE
+    # Before the config is fetched, as flanneld does: /healthz answers while we wait.
+    try:
+        health = _start_health(opts, stats)
+    except OSError as exc:
+        log.error(
+            "fatal",
+            error=f"cannot listen on {opts.healthz_ip}:{opts.healthz_port} for /healthz: "
+            f"{exc.strerror or exc}",
+            kind="HealthzListenFailed",
+        )
+        registry.close()
         return EXIT_FAILURE
     # The kernel re-read thread parses for a few hundred milliseconds; with the default 5 ms
     # switch interval every wake-up of the main thread would wait that long for the GIL.
     sys.setswitchinterval(0.001)
     nl = Netlink()
-    daemon = Daemon(opts, registry, nl)
+    daemon = Daemon(opts, registry, nl, stats)
     signal.signal(signal.SIGTERM, daemon.request_stop)
     signal.signal(signal.SIGINT, daemon.request_stop)
     try:
@@ -738,6 +904,21 @@ def run(opts: DaemonOptions) -> int:
         log.error("fatal", error=str(exc), kind=type(exc).__name__)
         return EXIT_FAILURE
     finally:
+        if health is not None:
+            health.close()
         daemon.close()
         registry.close()
         nl.close()
+
+
+def _start_health(opts: DaemonOptions, stats: Stats) -> HealthServer | None:
+    """The health listener if ``--healthz-port`` asks for one, else None; OSError if it
+    cannot listen.  Its module, and prometheus_client, load only then."""
+    if not opts.healthz_port:
+        return None
+    from pyflannel.health import HealthServer
+
+    server = HealthServer(opts.healthz_ip, opts.healthz_port, stats)
+    server.start()
+    log.info("healthz_listening", ip=str(opts.healthz_ip), port=opts.healthz_port)
+    return server

@@ -1,14 +1,26 @@
 """Leases as flanneld stores them: the JSON codec, watch event types and the pure lease tracker.
 
-Writing: exactly the bytes flanneld (v0.15 and later, on both etcd APIs) writes for an IPv4 vxlan
-node, compact JSON in Go's field order::
+Writing: exactly the bytes flanneld (v0.15 and later, on both etcd APIs) writes for a vxlan node,
+compact JSON in Go's field order; an IPv4 node::
 
     {"PublicIP":"10.0.1.3","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"…"}}
+
+a dual-stack node (v0.17 over v2 and v0.18+ over v3 write the same bytes) adds its IPv6 address
+and the IPv6 device's VNI and MAC::
+
+    {"PublicIP":"10.0.1.3","PublicIPv6":"fd00::3","BackendType":"vxlan","BackendData":{…},"BackendV6Data":{"VNI":1,"VtepMAC":"…"}}
+
+and an IPv6-only node keeps Go's zero IPv4 address and leaves ``BackendData`` out::
+
+    {"PublicIP":"0.0.0.0","PublicIPv6":"fd00::3","BackendType":"vxlan","BackendV6Data":{…}}
 
 Reading: field names case-insensitive, unknown fields ignored, the older forms accepted (v0.14
 without ``PublicIPv6``; v0.10-v0.13 without ``VNI``).  A value that does not decode raises
 :class:`LeaseDecodeError` (whatever the bytes: size, depth and types are checked, see
 :mod:`pyflannel.untrusted`); callers skip it with a warning and never drop a good peer for it.
+
+A lease is named by its :class:`~pyflannel.ipnet.SubnetKey` (IPv4 half, IPv6 half or both):
+the tracker keeps leases by it, so IPv4-only, dual-stack and IPv6-only peers coexist.
 """
 
 from __future__ import annotations
@@ -18,9 +30,10 @@ import re
 import sys
 from dataclasses import dataclass, field
 from enum import Enum
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Any
 
+from pyflannel.ipnet import NO_IPV4, SubnetKey, ipv6_text
 from pyflannel.untrusted import UntrustedInput, excerpt, load_json
 
 #: The longest lease value decoded.  flanneld writes about 150 bytes; anything past this is not
@@ -28,6 +41,8 @@ from pyflannel.untrusted import UntrustedInput, excerpt, load_json
 MAX_LEASE_CHARS = 8 * 1024
 #: The largest VXLAN Network Identifier (24 bits).
 MAX_VNI = (1 << 24) - 1
+#: The PublicIP of a lease without IPv4 (IPv6 only): Go's zero IPv4 address, as flanneld writes.
+NO_PUBLIC_IP = IPv4Address(0)
 
 # Matched whole (fullmatch): "$" would also accept a trailing newline.
 _MAC_RE = re.compile(r"[0-9a-fA-F]{2}([:-])[0-9a-fA-F]{2}(\1[0-9a-fA-F]{2}){4}")
@@ -46,25 +61,39 @@ def normalize_mac(text: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class LeaseAttrs:
-    """What a lease says about its holder."""
+    """What a lease says about its holder.
+
+    The IPv4 half (``public_ip``, ``vtep_mac``, ``vni``: ``BackendData``) and the IPv6 half
+    (``public_ipv6``, ``v6_vtep_mac``, ``v6_vni``: ``BackendV6Data``) are independent; an
+    IPv6-only holder has ``public_ip`` :data:`NO_PUBLIC_IP` and no IPv4 backend data.
+    """
 
     public_ip: IPv4Address
     backend_type: str = "vxlan"
     vtep_mac: str | None = None
     vni: int | None = None
+    public_ipv6: IPv6Address | None = None
+    v6_vtep_mac: str | None = None
+    v6_vni: int | None = None
 
     def encode(self) -> str:
         """Return the exact bytes flanneld writes for these attributes."""
-        out: dict[str, Any] = {"PublicIP": str(self.public_ip), "PublicIPv6": None}
+        v6 = None if self.public_ipv6 is None else ipv6_text(self.public_ipv6)
+        out: dict[str, Any] = {"PublicIP": str(self.public_ip), "PublicIPv6": v6}
         if self.backend_type:
             out["BackendType"] = self.backend_type
-        data: dict[str, Any] = {}
-        if self.vni is not None:
-            data["VNI"] = self.vni
-        if self.vtep_mac is not None:
-            data["VtepMAC"] = self.vtep_mac
-        if data:
-            out["BackendData"] = data
+        # Both RawMessage with omitempty: left out when there is nothing to say.
+        for name, vni, mac in (
+            ("BackendData", self.vni, self.vtep_mac),
+            ("BackendV6Data", self.v6_vni, self.v6_vtep_mac),
+        ):
+            data: dict[str, Any] = {}
+            if vni is not None:
+                data["VNI"] = vni
+            if mac is not None:
+                data["VtepMAC"] = mac
+            if data:
+                out[name] = data
         return json.dumps(out, separators=(",", ":"))
 
 
@@ -105,29 +134,61 @@ def _decode_attrs(text: str | bytes) -> LeaseAttrs:
         raise LeaseDecodeError("BackendType is not a string")
     if len(btype) <= 16:
         btype = sys.intern(btype)  # "vxlan" 10,000 times is one string, not 10,000
-    data = obj.get("backenddata")
+    vni, mac = _backend_data(obj.get("backenddata"), "BackendData")
+    v6_vni, v6_mac = _backend_data(obj.get("backendv6data"), "BackendV6Data")
+    return LeaseAttrs(
+        public_ip=public_ip,
+        backend_type=btype,
+        vtep_mac=mac,
+        vni=vni,
+        public_ipv6=_public_ipv6(obj.get("publicipv6")),
+        v6_vtep_mac=v6_mac,
+        v6_vni=v6_vni,
+    )
+
+
+def _public_ipv6(raw: Any) -> IPv6Address | None:
+    """``PublicIPv6``: null (or absent) is none; else an IPv6 address, or an IPv4 one (Go's
+    net.ParseIP takes it, as IPv4-mapped, and flanneld prints such an address back dotted)."""
+    if raw is None:
+        return None
+    if not isinstance(raw, str):
+        raise LeaseDecodeError("PublicIPv6 is not a string")
+    try:
+        if ":" not in raw:
+            return IPv6Address((0xFFFF << 32) | int(IPv4Address(raw)))
+        if "%" in raw:  # a zone: Python takes it, Go does not
+            raise ValueError(raw)
+        return IPv6Address(raw)
+    except ValueError:
+        raise LeaseDecodeError(f"PublicIPv6 {excerpt(raw)} is not an IP address") from None
+
+
+def _backend_data(data: Any, name: str) -> tuple[int | None, str | None]:
+    """The VNI and VTEP MAC of a vxlan ``BackendData`` or ``BackendV6Data`` object."""
+    if data is None:
+        return None, None
+    if not isinstance(data, dict):
+        raise LeaseDecodeError(f"{name} is not a JSON object")
+    data = _fold(data)
     mac: str | None = None
     vni: int | None = None
-    if data is not None:
-        if not isinstance(data, dict):
-            raise LeaseDecodeError("BackendData is not a JSON object")
-        data = _fold(data)
-        raw_mac = data.get("vtepmac")
-        if raw_mac is not None:
-            if not isinstance(raw_mac, str):
-                raise LeaseDecodeError("VtepMAC is not a string")
-            try:
-                mac = normalize_mac(raw_mac)
-            except ValueError as exc:
-                raise LeaseDecodeError(str(exc)) from None
-        raw_vni = data.get("vni")
-        if raw_vni is not None:
-            if isinstance(raw_vni, bool) or not isinstance(raw_vni, int):
-                raise LeaseDecodeError("VNI is not an integer")
-            if not 0 <= raw_vni <= MAX_VNI:
-                raise LeaseDecodeError(f"VNI {excerpt(raw_vni)} is not between 0 and {MAX_VNI}")
-            vni = raw_vni
-    return LeaseAttrs(public_ip=public_ip, backend_type=btype, vtep_mac=mac, vni=vni)
+    raw_mac = data.get("vtepmac")
+    if raw_mac is not None:
+        if not isinstance(raw_mac, str):
+            raise LeaseDecodeError(f"{name} VtepMAC is not a string")
+        try:
+            mac = normalize_mac(raw_mac)
+        except ValueError as exc:
+            raise LeaseDecodeError(str(exc)) from None
+    raw_vni = data.get("vni")
+    if raw_vni is not None:
+        if isinstance(raw_vni, bool) or not isinstance(raw_vni, int):
+            raise LeaseDecodeError(f"{name} VNI is not an integer")
+        if not 0 <= raw_vni <= MAX_VNI:
+            raise LeaseDecodeError(f"VNI {excerpt(raw_vni)} is not between 0 and {MAX_VNI}")
+        vni = raw_vni
+    return vni, mac
 
 
 #: The expiration of a key that has a TTL whose end was not looked up.  etcd v3 only says which
@@ -138,20 +199,39 @@ EXPIRY_NOT_READ = float("inf")
 
 @dataclass(frozen=True, slots=True)
 class Lease:
-    """A subnet and its holder, as read from the registry.
+    """A subnet key and its holder, as read from the registry.
 
-    ``expiration`` is a wall-clock time (seconds since the epoch), None for a key without TTL
-    (a reservation).  ``revision`` is the registry's modification index of the record.
+    ``key`` names the subnets held (IPv4, IPv6 or both); :attr:`subnet` is its IPv4 half for the
+    IPv4 code paths.  ``expiration`` is a wall-clock time (seconds since the epoch), None for a
+    key without TTL (a reservation).  ``revision`` is the registry's modification index of the
+    record.
     ``exact`` is False when the stored bytes are not what :meth:`LeaseAttrs.encode` writes
     (another casing, field order or an older flanneld form): same meaning, but a daemon whose
     own key reads so rewrites it.
     """
 
-    subnet: IPv4Network
+    key: SubnetKey
     attrs: LeaseAttrs
     expiration: float | None = None
     revision: int = 0
     exact: bool = True
+
+    def __post_init__(self) -> None:
+        # A bare IPv4Network here would pass every IPv4 code path and then address the wrong
+        # etcd key for a dual-stack lease: refuse it at once.
+        if not isinstance(self.key, SubnetKey):
+            raise TypeError(f"Lease.key must be a SubnetKey, not {type(self.key).__name__}")
+
+    @property
+    def subnet(self) -> IPv4Network:
+        """The IPv4 subnet; :data:`~pyflannel.ipnet.NO_IPV4` (0.0.0.0/0, flanneld's empty
+        IPv4 subnet, never a SubnetLen-sized one) for an IPv6-only lease."""
+        return self.key.ipv4 or NO_IPV4
+
+    @property
+    def ipv6_subnet(self) -> IPv6Network | None:
+        """The IPv6 subnet, or None for an IPv4-only lease."""
+        return self.key.ipv6
 
 
 class EventKind(Enum):
@@ -164,11 +244,14 @@ class EventKind(Enum):
 
 @dataclass(frozen=True)
 class LeaseEvent:
-    """One change under ``subnets/``; ``lease`` is set for ADDED, ``reason`` for INVALID."""
+    """One change under ``subnets/``; ``lease`` is set for ADDED, ``reason`` for INVALID.
+
+    ``key`` is the etcd key as read; ``subnet`` what it names (None: not a subnet key).
+    """
 
     kind: EventKind
     key: str
-    subnet: IPv4Network | None = None
+    subnet: SubnetKey | None = None
     lease: Lease | None = None
     reason: str = ""
 
@@ -198,7 +281,7 @@ class Change:
     """A difference in the known set of leases, for logging and for the lease keeper."""
 
     kind: EventKind  # ADDED, REMOVED, or INVALID (a record skipped)
-    subnet: IPv4Network | None
+    subnet: SubnetKey | None
     old: Lease | None = None
     new: Lease | None = None
     key: str = ""
@@ -218,7 +301,7 @@ class LeaseTracker:
     alone.  A record that does not decode changes nothing: a garbage write never removes a peer.
     """
 
-    leases: dict[IPv4Network, Lease] = field(default_factory=dict)
+    leases: dict[SubnetKey, Lease] = field(default_factory=dict)
 
     def apply(self, batch: WatchBatch) -> list[Change]:
         """Fold *batch* into the known set and return what changed."""
@@ -234,7 +317,7 @@ class LeaseTracker:
             Change(EventKind.INVALID, ev.subnet, key=ev.key, reason=ev.reason)
             for ev in snap.invalid
         ]
-        fresh = {lease.subnet: lease for lease in snap.leases}
+        fresh = {lease.key: lease for lease in snap.leases}
         # A key that exists but holds garbage keeps its last good lease (see module docstring).
         garbage = {ev.subnet for ev in snap.invalid if ev.subnet is not None}
         for subnet, old in list(self.leases.items()):
@@ -257,6 +340,6 @@ class LeaseTracker:
             old = self.leases.pop(ev.subnet, None)
             return [] if old is None else [Change(EventKind.REMOVED, ev.subnet, old=old)]
         assert ev.lease is not None
-        old = self.leases.get(ev.lease.subnet)
-        self.leases[ev.lease.subnet] = ev.lease
-        return [Change(EventKind.ADDED, ev.lease.subnet, old=old, new=ev.lease)]
+        old = self.leases.get(ev.lease.key)
+        self.leases[ev.lease.key] = ev.lease
+        return [Change(EventKind.ADDED, ev.lease.key, old=old, new=ev.lease)]

@@ -5,10 +5,14 @@ the other."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
 
 from pyflannel.registry import EtcdOptions
+from pyflannel.retry import REMINDER_PERIOD
+
+#: flanneld's --healthz-ip default: every IPv4 address.
+ANY_IPV4 = IPv4Address("0.0.0.0")
 
 
 @dataclass(frozen=True)
@@ -32,3 +36,10 @@ class DaemonOptions:
     resync_interval: float = 30.0
     log_format: str = "auto"
     log_level: str = "info"
+    # The health listener (/healthz, /readyz, /metrics); port 0: off, as in flanneld.
+    healthz_ip: IPv4Address | IPv6Address = ANY_IPV4
+    healthz_port: int = 0
+    # From PYFLANNEL_* variables, not flags: how often a wait says so again (seconds), and a
+    # test hook that wedges the main loop after that many seconds of serving (None: never).
+    wait_reminder: float = REMINDER_PERIOD
+    test_wedge_after: float | None = None

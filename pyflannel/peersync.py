@@ -16,10 +16,12 @@ from ipaddress import IPv4Network
 import structlog
 
 from pyflannel.backend.vxlan import PeerScope, peer_entries
+from pyflannel.ipnet import SubnetKey
 from pyflannel.kernel.plan import Keys, Ownership
 from pyflannel.kernel.records import RouteEntry
 from pyflannel.kernel.sync import KernelSync, Notified, SyncResult, describe_route
 from pyflannel.lease import Lease
+from pyflannel.stats import Stats
 
 log = structlog.get_logger("pyflannel")
 
@@ -34,8 +36,10 @@ class PeerSync:
         scope: PeerScope,
         *,
         direct_routing: bool = False,
+        stats: Stats | None = None,
     ) -> None:
         self.scope = scope
+        self._stats = stats or Stats()
         self._direct = direct_routing
         self.kernel = open_kernel(dev, self.ownership(dev))
         # The last warning per subnet (skipped lease, route conflict): one line per distinct
@@ -53,8 +57,15 @@ class PeerSync:
         direct = (self.scope.network, self.scope.subnet_len) if self._direct else None
         return Ownership(dev, direct)
 
-    def update(self, subnet: IPv4Network, lease: Lease | None) -> Keys:
-        """The lease on *subnet* is now *lease* (None: gone); returns the keys to sync."""
+    def update(self, key: SubnetKey, lease: Lease | None) -> Keys:
+        """The lease on *key* is now *lease* (None: gone); returns the keys to sync.
+
+        Only the IPv4 half is this device's: a key without one (an IPv6-only peer) changes
+        nothing here.
+        """
+        subnet = key.ipv4
+        if subnet is None:
+            return Keys()
         if lease is None or subnet == self.scope.own_subnet:
             self._skipped.pop(subnet, None)
             self._conflicts.pop(subnet, None)
@@ -83,7 +94,7 @@ class PeerSync:
         """Recompute every peer's entries (start, a re-created device, DirectRouting resync)."""
         self.kernel.desired.clear()
         for lease in leases:
-            self.update(lease.subnet, lease)
+            self.update(lease.key, lease)
 
     def poll(self) -> Notified:
         """Fold queued kernel notifications; see :meth:`KernelSync.poll`."""
@@ -95,6 +106,8 @@ class PeerSync:
         if reload:
             self.kernel.reload()
         result = self.kernel.sync(keys)
+        report = result.report
+        self._stats.reconciled(time.monotonic() - started, report.applied, report.failed)
         self._report(result, reason, started)
         return result
 

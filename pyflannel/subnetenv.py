@@ -9,21 +9,53 @@ from __future__ import annotations
 
 import os
 import tempfile
-from ipaddress import IPv4Network
+from collections.abc import Callable
+from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
+from typing import TypeVar
 
 from pyflannel.errors import SubnetEnvError
-from pyflannel.ipnet import gateway_address
+from pyflannel.ipnet import (
+    NO_IPV4,
+    SubnetKey,
+    gateway_address,
+    go_prints_dotted,
+    ipv6_gateway_text,
+    ipv6_text,
+    parse_ipv6_cidr,
+)
+
+_Net = TypeVar("_Net", IPv4Network, IPv6Network)
 
 
-def subnet_env_text(network: IPv4Network, subnet: IPv4Network, mtu: int, ip_masq: bool) -> str:
-    """The file flanneld writes: four lines in this order, no quotes."""
-    return (
-        f"FLANNEL_NETWORK={network}\n"
-        f"FLANNEL_SUBNET={gateway_address(subnet)}/{subnet.prefixlen}\n"
-        f"FLANNEL_MTU={mtu}\n"
-        f"FLANNEL_IPMASQ={'true' if ip_masq else 'false'}\n"
-    )
+def subnet_env_text(
+    network: IPv4Network | None,
+    subnet: IPv4Network | None,
+    mtu: int,
+    ip_masq: bool,
+    *,
+    ipv6_network: IPv6Network | None = None,
+    ipv6_subnet: IPv6Network | None = None,
+) -> str:
+    """The file flanneld writes, in its order, no quotes: the IPv4 pair (left out when IPv4 is
+    off, *network* None), the IPv6 pair (when *ipv6_network* is given), MTU, IPMASQ.
+
+    Each subnet line names the first address (network + 1) with the subnet's prefix; IPv6 as
+    flanneld prints it (:func:`~pyflannel.ipnet.ipv6_text`).
+    """
+    lines = []
+    if network is not None and subnet is not None:
+        lines.append(f"FLANNEL_NETWORK={network}")
+        lines.append(f"FLANNEL_SUBNET={gateway_address(subnet)}/{subnet.prefixlen}")
+    if ipv6_network is not None and ipv6_subnet is not None:
+        lines.append(
+            f"FLANNEL_IPV6_NETWORK={ipv6_text(ipv6_network.network_address)}/"
+            f"{ipv6_network.prefixlen}"
+        )
+        lines.append(f"FLANNEL_IPV6_SUBNET={ipv6_gateway_text(ipv6_subnet)}")
+    lines.append(f"FLANNEL_MTU={mtu}")
+    lines.append(f"FLANNEL_IPMASQ={'true' if ip_masq else 'false'}")
+    return "".join(f"{line}\n" for line in lines)
 
 
 def atomic_write(path: Path, data: bytes, *, mode: int = 0o644, dir_mode: int = 0o755) -> None:
@@ -89,10 +121,34 @@ def env_pairs(text: str) -> list[tuple[str, str]]:
     return pairs
 
 
-def read_subnet_hint(path: Path) -> IPv4Network | None:
-    """The FLANNEL_SUBNET of a previous run, as a network; None if absent, unreadable or
-    ambiguous (named twice), as flanneld reads it."""
-    return read_cidr(path, "FLANNEL_SUBNET")
+def _cidr(pairs: list[tuple[str, str]], name: str, parse: Callable[[str], _Net]) -> _Net | None:
+    values = [v for k, v in pairs if k == name]
+    if len(values) != 1:
+        return None
+    try:
+        return parse(values[0])
+    except ValueError:
+        return None
+
+
+def read_subnet_hint(path: Path) -> SubnetKey | None:
+    """The subnets of a previous run: FLANNEL_SUBNET and FLANNEL_IPV6_SUBNET as networks (the
+    address masked to its prefix), each half None if absent, unreadable or ambiguous (named
+    twice), as flanneld reads them; None when neither is usable."""
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError):
+        return None
+    pairs = env_pairs(text)
+    ipv4 = _cidr(pairs, "FLANNEL_SUBNET", lambda v: IPv4Network(v, strict=False))
+    ipv6 = _cidr(pairs, "FLANNEL_IPV6_SUBNET", parse_ipv6_cidr)
+    if ipv4 == NO_IPV4:
+        ipv4 = None
+    if ipv6 is not None and go_prints_dotted(ipv6.network_address):
+        ipv6 = None  # no lease key can name it
+    if ipv4 is None and ipv6 is None:
+        return None
+    return SubnetKey(ipv4, ipv6)
 
 
 def read_cidr(path: Path, key: str) -> IPv4Network | None:
@@ -102,10 +158,4 @@ def read_cidr(path: Path, key: str) -> IPv4Network | None:
         text = path.read_text()
     except (OSError, UnicodeDecodeError):
         return None
-    values = [v for k, v in env_pairs(text) if k == key]
-    if len(values) != 1:
-        return None
-    try:
-        return IPv4Network(values[0], strict=False)
-    except ValueError:
-        return None
+    return _cidr(env_pairs(text), key, lambda v: IPv4Network(v, strict=False))

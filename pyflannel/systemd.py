@@ -21,7 +21,15 @@ from __future__ import annotations
 import os
 import socket
 
-__all__ = ["notify", "ready", "status", "stopping", "watchdog", "watchdog_interval"]
+__all__ = [
+    "Watchdog",
+    "notify",
+    "ready",
+    "status",
+    "stopping",
+    "watchdog",
+    "watchdog_interval",
+]
 
 
 def _address(value: str) -> str | None:
@@ -39,7 +47,8 @@ def notify(state: str) -> bool:
 
     Returns:
         True when the datagram was sent; False without ``$NOTIFY_SOCKET``, for an address this
-        module cannot use, for an empty *state*, or when sending failed (socket gone, refused).
+        module cannot use, for an empty *state*, or when sending failed (socket gone, refused,
+        or its queue full: sending never blocks).
     """
     target = os.environ.get("NOTIFY_SOCKET", "")
     address = _address(target) if target else None
@@ -47,7 +56,9 @@ def notify(state: str) -> bool:
         return False
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
-            sock.sendto(state.encode("utf-8"), address)
+            # Never wait: a service manager that does not read (a full queue) must not stall
+            # the main loop, whose pings would then stop too; the notification is dropped.
+            sock.sendto(state.encode("utf-8"), socket.MSG_DONTWAIT, address)
     except OSError:
         return False
     return True
@@ -102,3 +113,27 @@ def watchdog_interval() -> float | None:
         except ValueError:
             return None
     return micros / 1_000_000
+
+
+class Watchdog:
+    """``WATCHDOG=1`` at half the interval systemd expects (``$WATCHDOG_USEC``), sent only
+    when the caller says it made progress: the daemon calls :meth:`kick` from its main loop,
+    never from a timer thread, so a wedged loop stops the pings and systemd restarts it."""
+
+    def __init__(self, interval: float | None) -> None:
+        self.interval = interval
+        self._next = 0.0
+        self.sent = 0
+
+    @classmethod
+    def from_env(cls) -> Watchdog:
+        """The watchdog systemd asked for (disabled when it asked for none)."""
+        return cls(watchdog_interval())
+
+    def kick(self, now: float) -> None:
+        """The loop made progress at *now* (monotonic): ping if half the interval has passed."""
+        if self.interval is None or now < self._next:
+            return
+        self._next = now + self.interval / 2
+        if watchdog():
+            self.sent += 1

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 
 from pyflannel.kernel.records import Fdb, KernelState, Neigh, PeerEntries, Route
-from pyflannel.lease import Lease, LeaseAttrs
+from pyflannel.lease import NO_PUBLIC_IP, Lease, LeaseAttrs
 
 
 @dataclass(frozen=True)
@@ -59,10 +59,17 @@ def _ip_reason(ip: IPv4Address) -> str | None:
 
 def holder_reason(attrs: LeaseAttrs) -> str | None:
     """Why *attrs* cannot be a real host's lease (not a unicast PublicIP, a bad VTEP MAC), or
-    None.  Garbage written over our key is repaired; only a plausible lease is a takeover."""
-    reason = _ip_reason(attrs.public_ip)
-    if reason is None and attrs.vtep_mac is not None:
-        reason = _mac_reason(attrs.vtep_mac)
+    None.  Garbage written over our key is repaired; only a plausible lease is a takeover.
+    An IPv6-only host's lease (PublicIP 0.0.0.0 and a PublicIPv6) is judged by its IPv6 half."""
+    if attrs.public_ip == NO_PUBLIC_IP and attrs.public_ipv6 is not None:
+        ip6 = attrs.public_ipv6
+        bad = ip6.is_unspecified or ip6.is_loopback or ip6.is_multicast
+        reason = f"PublicIPv6 {ip6} is not a unicast address" if bad else None
+        mac = attrs.v6_vtep_mac
+    else:
+        reason, mac = _ip_reason(attrs.public_ip), attrs.vtep_mac
+    if reason is None and mac is not None:
+        reason = _mac_reason(mac)
     return reason
 
 
@@ -74,7 +81,9 @@ def _contains(net: IPv4Network, sub: IPv4Network) -> bool:
 
 def unsafe_reason(lease: Lease, scope: PeerScope) -> str | None:
     """Why *lease* must not be programmed, or None when it is safe (see the module docstring)."""
-    subnet = lease.subnet
+    subnet = lease.key.ipv4
+    if subnet is None:
+        return "lease has no IPv4 subnet (an IPv6-only peer)"
     if subnet.prefixlen != scope.subnet_len or not _contains(scope.network, subnet):
         return f"subnet is not a /{scope.subnet_len} inside the Network {scope.network}"
     own = scope.own_subnet
@@ -132,8 +141,8 @@ def desired_state(
     """Compute the kernel entries for *peers*; unsafe leases (and our own) are skipped."""
     out = DesiredState()
     for lease in peers:
-        if lease.subnet == scope.own_subnet:
-            continue
+        if lease.key.ipv4 is None or lease.subnet == scope.own_subnet:
+            continue  # our own, or an IPv6-only peer: nothing on the IPv4 device
         entries = peer_entries(
             lease, dev, scope, direct_routing=direct_routing, is_onlink=is_onlink
         )

@@ -118,6 +118,10 @@ class Mirror:
         self._neighs: dict[int, bytes] = {}
         self._fdb: dict[bytes, tuple[int, ...]] = {}
         self._routes: dict[tuple[int, int], tuple[_RVal, ...]] = {}
+        # Kept by every fold, so that counting (a metrics scrape) is O(1): FDB remotes, and
+        # routes on the device that are not the kernel's own.
+        self._fdb_n = 0
+        self._dev_routes = 0
 
     # --- folding -------------------------------------------------------------------------
 
@@ -133,6 +137,7 @@ class Mirror:
         self._neighs.clear()
         self._fdb.clear()
         self._routes.clear()
+        self._fdb_n = self._dev_routes = 0
         for m in neighs:
             if m.ifindex == self.dev and m.family == AF_INET:
                 self._fold_ip_neigh(m)
@@ -146,6 +151,7 @@ class Mirror:
             elif dst is not None and dst not in have and self._fdb_ours(m):
                 # A dump lists each remote of a MAC as its own entry: they add up.
                 self._fdb[m.lladdr] = (*have, dst)
+                self._fdb_n += 1
         for r in routes:
             self._fold_route(r)
 
@@ -242,6 +248,7 @@ class Mirror:
             self._fdb[mac] = left
         else:
             self._fdb.pop(mac, None)
+        self._fdb_n += len(left) - len(have)
         return mac, resync
 
     @staticmethod
@@ -267,17 +274,22 @@ class Mirror:
         if m.type == RTM_NEWROUTE:
             if val in have:
                 return None
-            vals = (*others, val)
-            if self._canon is not None and (want := self._canon.raw_routes.get(key)) == vals:
-                vals = want
-            self._routes[key] = vals
+            now: tuple[_RVal, ...] = (*others, val)
+            if self._canon is not None and (want := self._canon.raw_routes.get(key)) == now:
+                now = want
+            self._routes[key] = now
         elif len(others) == len(have):
             return None
         elif others:
-            self._routes[key] = others
+            now = self._routes[key] = others
         else:
+            now = ()
             del self._routes[key]
+        self._dev_routes += self._on_dev(now) - self._on_dev(have)
         return key
+
+    def _on_dev(self, vals: tuple[_RVal, ...]) -> int:
+        return sum(1 for v in vals if v[2] == self.dev and v[4] != _RTPROT_KERNEL)
 
     # --- reading -------------------------------------------------------------------------
 
@@ -389,6 +401,11 @@ class Mirror:
             if len(vals := self._routes.get(k, ())) != 1 or not _route_is(vals[0], None, gw, False)
         ]
         yield _keys("routes", part)
+
+    def entry_counts(self) -> tuple[int, int, int]:
+        """(routes, neighbours, FDB remotes) on the device, routes not the kernel's own; O(1)
+        (kept by the folds), so another thread may call it at any time."""
+        return self._dev_routes, len(self._neighs), self._fdb_n
 
     def counts(self) -> tuple[int, int, int]:
         """(neighbours, FDB remotes, main-table routes) held."""

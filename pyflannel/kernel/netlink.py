@@ -22,11 +22,8 @@ from contextlib import contextmanager
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Any
 
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
-from pyroute2.netns import setns
-
 from pyflannel.errors import KernelError
+from pyflannel.kernel._pyroute2 import IPRoute, NetlinkError, setns
 from pyflannel.kernel.codec import RTN_BLACKHOLE, RTPROT_BOOT
 from pyflannel.kernel.plan import Ownership
 from pyflannel.kernel.records import Link, RoutePath, VxlanSpec

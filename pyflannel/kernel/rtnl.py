@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import os
+import queue
 import socket
 import threading
 from collections.abc import Iterable, Iterator
@@ -18,10 +19,9 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from typing import Self, TypeVar
 
-from pyroute2.netns import setns
-
 from pyflannel.errors import KernelError
 from pyflannel.kernel import codec
+from pyflannel.kernel._pyroute2 import setns
 from pyflannel.kernel.mirror import Mirror
 
 SOL_NETLINK = 270
@@ -35,6 +35,9 @@ NETNS_RUN_DIR = "/run/netns"
 #: ACK costs about 1 kB of buffer accounting, whatever its size).
 BATCH_BYTES = 64 * 1024
 BATCH_MESSAGES = 256
+#: Batches a pipelined write may have queued for its sender thread: enough to keep the kernel
+#: busy while ACKs are read, few enough that their ACKs fit the receive buffer (~1 kB each).
+PIPELINE = 2
 RCVBUF = 8 * 1024 * 1024
 # The kernel sends dumps in datagrams of at most 32 KiB (it sizes them from the reader's buffer,
 # capped there) and every other message is smaller: a bigger buffer would only cost memory.
@@ -148,6 +151,60 @@ class NetlinkSocket:
         self.close()
 
 
+class _Sender:
+    """Makes the ``send`` calls of one pipelined :meth:`Rtnl.write` in a thread of its own.
+
+    At most :data:`PIPELINE` batches wait for it; :meth:`acked_target` tells the writer how
+    many requests may stay unanswered: those of the batches not sent yet.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._queue: queue.Queue[tuple[bytes, int] | None] = queue.Queue(PIPELINE)
+        self._lock = threading.Lock()
+        self._unsent = 0  # requests queued and not yet sent
+        self._error: OSError | None = None
+        self._finished = False
+        self._thread = threading.Thread(target=self._run, name="netlink-sender", daemon=True)
+        self._thread.start()
+
+    def put(self, data: bytes, count: int) -> None:
+        """Queue one batch of *count* requests (blocks while PIPELINE batches wait)."""
+        self._raise()
+        with self._lock:
+            self._unsent += count
+        self._queue.put((data, count))
+
+    def acked_target(self) -> int:
+        """How many requests may be unanswered now: those not sent yet."""
+        with self._lock:
+            return self._unsent
+
+    def finish(self) -> None:
+        """Wait until every queued batch is sent; raise what a ``send`` raised."""
+        if not self._finished:
+            self._finished = True
+            self._queue.put(None)
+            self._thread.join()
+        self._raise()
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            data, count = item
+            if self._error is None:
+                try:
+                    self._sock.send(data)
+                except OSError as exc:
+                    self._error = exc
+            with self._lock:
+                self._unsent -= count
+
+
 class Rtnl(NetlinkSocket):
     """A NETLINK_ROUTE socket for requests (no multicast groups)."""
 
@@ -173,36 +230,57 @@ class Rtnl(NetlinkSocket):
 
         One failure never stops the others.  If ACKs are lost (receive buffer overflow), the
         requests without one are reported with ENOBUFS: their outcome is unknown, re-read.
+
+        More than one batch is pipelined: a sender thread makes the ``send`` calls, in which
+        the kernel does the work with the GIL released, while this thread encodes the next
+        batches (*requests* may be a generator) and reads the ACKs of those already handled.
         """
         result = BatchResult()
+        pending: dict[int, str] = {}
+        sender: _Sender | None = None
         batch: list[bytes] = []
-        labels: dict[int, str] = {}
         size = 0
-        for req in requests:
-            seq = self._next_seq()
-            batch.append(codec.with_seq(req.data, seq))
-            labels[seq] = req.label
-            size += len(req.data)
-            if size >= BATCH_BYTES or len(batch) >= BATCH_MESSAGES:
-                self._send_batch(batch, labels, result)
-                batch, labels, size = [], {}, 0
-        if batch:
-            self._send_batch(batch, labels, result)
+        try:
+            for req in requests:
+                seq = self._next_seq()
+                batch.append(codec.with_seq(req.data, seq))
+                pending[seq] = req.label
+                size += len(req.data)
+                if size >= BATCH_BYTES or len(batch) >= BATCH_MESSAGES:
+                    if sender is None:
+                        sender = _Sender(self._sock)
+                    sender.put(b"".join(batch), len(batch))
+                    result.sent += len(batch)
+                    batch, size = [], 0
+                    # ACKs of the batches already sent are waiting: read them, so that no
+                    # more than a few batches' ACKs ever fill the receive buffer.
+                    self._read_acks(pending, sender.acked_target(), result)
+            if batch:
+                if sender is None:
+                    self._sock.send(b"".join(batch))
+                else:
+                    sender.put(b"".join(batch), len(batch))
+                result.sent += len(batch)
+            if sender is not None:
+                sender.finish()
+            self._read_acks(pending, 0, result)
+        finally:
+            if sender is not None:
+                sender.finish()
         return result
 
-    def _send_batch(self, batch: list[bytes], labels: dict[int, str], out: BatchResult) -> None:
-        self._sock.send(b"".join(batch))
-        out.sent += len(batch)
-        pending = dict(labels)
+    def _read_acks(self, pending: dict[int, str], leave: int, out: BatchResult) -> None:
+        """Read ACKs until at most *leave* requests are unanswered; the requests whose ACK was
+        lost (ENOBUFS) are failures with that errno."""
         try:
-            while pending:
+            while len(pending) > leave:
                 for m in self._recv():
                     if m.type != codec.NLMSG_ERROR:
                         continue
                     ack = codec.parse_error(m)
                     label = pending.pop(ack.seq, None)
                     if label is None:
-                        continue  # a late ACK of an earlier, abandoned batch
+                        continue  # a late ACK of an earlier, abandoned write
                     if ack.errno == 0:
                         out.ok += 1
                     else:
@@ -212,10 +290,13 @@ class Rtnl(NetlinkSocket):
         except OSError as exc:
             if exc.errno != errno.ENOBUFS:
                 raise
+            # Which ACKs the overflow took is unknown: every request sent and unanswered so far
+            # is reported; an ACK of one of them read later is ignored.
             out.failures.extend(
                 Failure(label, errno.ENOBUFS, "ACK lost (receive buffer overflow)")
                 for label in pending.values()
             )
+            pending.clear()
 
     def dump(self, request: bytes, kind: type[P], op: str = "dump") -> list[P]:
         """Send the dump *request* and return its messages of type *kind*, retrying while the

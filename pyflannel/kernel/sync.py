@@ -211,8 +211,8 @@ class KernelSync:
 
     def write(self, ops: Sequence[Op]) -> dict[int, KernelError]:
         """Encode *ops* and write them in batches; failures by index (see BatchWriter)."""
-        requests = [Request(str(i), self._encode(op)) for i, op in enumerate(ops)]
-        result = self._rtnl.write(requests)
+        # A generator: the writer encodes batch k+1 while the kernel handles batch k.
+        result = self._rtnl.write(Request(str(i), self._encode(op)) for i, op in enumerate(ops))
         failed: dict[int, KernelError] = {}
         for f in result.failures:
             i = int(f.label)

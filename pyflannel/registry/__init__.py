@@ -12,12 +12,11 @@ from __future__ import annotations
 import re
 import ssl
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from ipaddress import IPv4Network
 from typing import Protocol
 
-from pyflannel.ipnet import parse_subnet_key, subnet_key
+from pyflannel.ipnet import SubnetKey, parse_subnet_key, subnet_key
 from pyflannel.lease import (
     EventKind,
     Events,
@@ -66,19 +65,19 @@ class Registry(Protocol):
         """Return every record under ``<prefix>/subnets`` and the revision to watch after."""
         ...
 
-    def get_subnet(self, subnet: IPv4Network) -> Lease | None:
+    def get_subnet(self, subnet: SubnetKey) -> Lease | None:
         """Return the lease on *subnet*, or None (also when its value does not decode)."""
         ...
 
-    def create_subnet(self, subnet: IPv4Network, attrs: LeaseAttrs, ttl: int) -> Lease:
+    def create_subnet(self, subnet: SubnetKey, attrs: LeaseAttrs, ttl: int) -> Lease:
         """Create the lease only if the key is absent; AlreadyExists otherwise."""
         ...
 
-    def update_subnet(self, subnet: IPv4Network, attrs: LeaseAttrs, ttl: int) -> Lease:
+    def update_subnet(self, subnet: SubnetKey, attrs: LeaseAttrs, ttl: int) -> Lease:
         """Write the lease unconditionally with a fresh *ttl* (0: no TTL, a reservation)."""
         ...
 
-    def delete_subnet(self, subnet: IPv4Network) -> None:
+    def delete_subnet(self, subnet: SubnetKey) -> None:
         """Delete the lease; deleting an absent key is not an error."""
         ...
 
@@ -131,7 +130,7 @@ def shown_key(key: object) -> str:
     return clip(key, MAX_SHOWN_KEY_CHARS)
 
 
-def invalid(key: object, reason: str, subnet: IPv4Network | None = None) -> LeaseEvent:
+def invalid(key: object, reason: str, subnet: SubnetKey | None = None) -> LeaseEvent:
     """An INVALID event for *key*, with key and reason bounded in length."""
     return LeaseEvent(
         EventKind.INVALID, shown_key(key), subnet=subnet, reason=clip(reason, MAX_REASON_CHARS)
@@ -157,7 +156,7 @@ def _decode_record(
 ) -> LeaseEvent:
     subnet = parse_subnet_key(key)
     if subnet is None:
-        return invalid(key, "key is not a subnet (a.b.c.d-len)")
+        return invalid(key, "key is not a subnet (a.b.c.d-len[&ipv6-len], as flanneld spells it)")
     if value is None:
         return invalid(key, "no value", subnet)
     try:
@@ -177,8 +176,8 @@ def removed(key: str) -> LeaseEvent | None:
     return LeaseEvent(EventKind.REMOVED, key, subnet=subnet)
 
 
-def subnets_key(prefix: str, subnet: IPv4Network | None = None) -> str:
-    """``<prefix>/subnets`` or ``<prefix>/subnets/<a.b.c.d-len>``."""
+def subnets_key(prefix: str, subnet: SubnetKey | None = None) -> str:
+    """``<prefix>/subnets`` or ``<prefix>/subnets/<a.b.c.d-len>[&<ipv6>-<len>]``."""
     if subnet is None:
         return join_key(prefix, "subnets")
     return join_key(prefix, "subnets", subnet_key(subnet))
@@ -223,15 +222,18 @@ def tls_failure(exc: BaseException | None) -> str | None:
     return None
 
 
-def open_registry(api: str, opts: EtcdOptions) -> Registry:
-    """Build the registry for *api* ("v2" or "v3"); clients are imported only when used."""
+def open_registry(
+    api: str, opts: EtcdOptions, *, on_error: Callable[[str], None] | None = None
+) -> Registry:
+    """Build the registry for *api* ("v2" or "v3"); clients are imported only when used.
+    *on_error* is told the endpoint of every failed request."""
     # Lazy imports, on purpose: each client library is loaded only when its API is chosen.
     if api == "v2":
         from pyflannel.registry.etcd2 import EtcdV2Registry
 
-        return EtcdV2Registry(opts)
+        return EtcdV2Registry(opts, on_error=on_error)
     if api == "v3":
         from pyflannel.registry.etcd3 import EtcdV3Registry
 
-        return EtcdV3Registry(opts)
+        return EtcdV3Registry(opts, on_error=on_error)
     raise ValueError(f"unknown etcd API {api!r}")

@@ -14,7 +14,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from ipaddress import IPv4Network
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -29,6 +28,7 @@ from pyflannel.errors import (
     RegistryRefused,
     RegistryUnavailable,
 )
+from pyflannel.ipnet import SubnetKey
 from pyflannel.lease import Events, Lease, LeaseAttrs, LeaseEvent, Snapshot
 from pyflannel.registry import (
     EtcdOptions,
@@ -51,6 +51,10 @@ WATCH_POLL = 5.0
 
 # python-etcd logs every failed request at ERROR; we report failures ourselves, once.
 logging.getLogger("etcd").setLevel(logging.CRITICAL)
+
+
+def _ignore(_endpoint: str) -> None:
+    pass
 
 
 def _client(endpoint: str, opts: EtcdOptions) -> Any:
@@ -215,8 +219,10 @@ def _unavailable(what: str, exc: Exception) -> RegistryError:
 class EtcdV2Registry:
     """A :class:`~pyflannel.registry.Registry` on the etcd v2 keys API."""
 
-    def __init__(self, opts: EtcdOptions) -> None:
+    def __init__(self, opts: EtcdOptions, *, on_error: Callable[[str], None] | None = None) -> None:
         self._opts = opts
+        # Told the endpoint of every failed request (for the per-endpoint error metric).
+        self._on_error = on_error or _ignore
         self._endpoints = list(opts.endpoints)
         self._clients = [_client(e, opts) for e in self._endpoints]
         # The streamed watch's own HTTP session (python-etcd has no streaming), with the same
@@ -248,6 +254,7 @@ class EtcdV2Registry:
             except etcd.EtcdWatchTimedOut:
                 raise
             except etcd.EtcdConnectionFailed as exc:
+                self._on_error(self._endpoints[idx])
                 cause = getattr(exc, "cause", None)
                 # urllib3 wraps the handshake error in MaxRetryError.reason: look inside.
                 tls = tls_failure(cause)
@@ -259,10 +266,16 @@ class EtcdV2Registry:
                 errors.append(f"{self._endpoints[idx]}: {short_reason(str(cause or exc))}")
                 continue
             except etcd.EtcdInsufficientPermissions:
+                self._on_error(self._endpoints[idx])
                 raise RegistryRefused(
                     f"etcd at {self._endpoints[idx]} refused the credentials "
                     "(check --etcd-username/--etcd-password)"
                 ) from None
+            except (etcd.EtcdKeyError, etcd.EtcdEventIndexCleared):
+                raise  # answers, not failures
+            except etcd.EtcdException:
+                self._on_error(self._endpoints[idx])
+                raise
             if idx != start:
                 with self._lock:
                     self._current = idx
@@ -319,7 +332,7 @@ class EtcdV2Registry:
             raise _unavailable("listing", exc) from None
         return parse_listing(res, key)
 
-    def get_subnet(self, subnet: IPv4Network) -> Lease | None:
+    def get_subnet(self, subnet: SubnetKey) -> Lease | None:
         """Read one lease."""
         key = subnets_key(self._opts.prefix, subnet)
         try:
@@ -331,24 +344,26 @@ class EtcdV2Registry:
         ev = node_event(node, subnets_key(self._opts.prefix))
         return None if ev is None else ev.lease
 
-    def _write(self, subnet: IPv4Network, attrs: LeaseAttrs, ttl: int, **cond: Any) -> Lease:
+    def _write(self, subnet: SubnetKey, attrs: LeaseAttrs, ttl: int, **cond: Any) -> Lease:
         key = subnets_key(self._opts.prefix, subnet)
         value = attrs.encode()
         node = self._call(lambda c: c.write(key, value, ttl=ttl or None, **cond))
-        return Lease(subnet, attrs, time.time() + ttl if ttl else None, int(node.modifiedIndex))
+        return Lease(
+            SubnetKey.of(subnet), attrs, time.time() + ttl if ttl else None, int(node.modifiedIndex)
+        )
 
-    def create_subnet(self, subnet: IPv4Network, attrs: LeaseAttrs, ttl: int) -> Lease:
+    def create_subnet(self, subnet: SubnetKey, attrs: LeaseAttrs, ttl: int) -> Lease:
         """``PUT ?prevExist=false`` with the TTL."""
         try:
             return self._write(subnet, attrs, ttl, prevExist=False)
         except etcd.EtcdAlreadyExist:
             raise AlreadyExists(f"subnet {subnet} is already leased") from None
 
-    def update_subnet(self, subnet: IPv4Network, attrs: LeaseAttrs, ttl: int) -> Lease:
+    def update_subnet(self, subnet: SubnetKey, attrs: LeaseAttrs, ttl: int) -> Lease:
         """A plain set with the full value and a fresh TTL (watchers see it, as in flanneld)."""
         return self._write(subnet, attrs, ttl)
 
-    def delete_subnet(self, subnet: IPv4Network) -> None:
+    def delete_subnet(self, subnet: SubnetKey) -> None:
         """Delete; an absent key is fine."""
         key = subnets_key(self._opts.prefix, subnet)
         with contextlib.suppress(etcd.EtcdKeyNotFound):

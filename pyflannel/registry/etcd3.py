@@ -42,7 +42,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from ipaddress import IPv4Network
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -55,9 +54,11 @@ from pyflannel.errors import (
     AlreadyExists,
     Compacted,
     NotFound,
+    RegistryError,
     RegistryRefused,
     RegistryUnavailable,
 )
+from pyflannel.ipnet import SubnetKey
 from pyflannel.lease import EXPIRY_NOT_READ, Events, Lease, LeaseAttrs, LeaseEvent, Snapshot
 from pyflannel.registry import (
     EtcdOptions,
@@ -190,11 +191,23 @@ class _Endpoint:
         self.token: str | None = None  # None: not asked yet; "": auth is off on this server
 
 
+def _ignore(_endpoint: str) -> None:
+    pass
+
+
 class EtcdV3Registry:
     """A :class:`~pyflannel.registry.Registry` on the etcd v3 API (JSON gateway)."""
 
-    def __init__(self, opts: EtcdOptions, *, watch_poll: float = WATCH_POLL) -> None:
+    def __init__(
+        self,
+        opts: EtcdOptions,
+        *,
+        watch_poll: float = WATCH_POLL,
+        on_error: Callable[[str], None] | None = None,
+    ) -> None:
         self._opts = opts
+        # Told the endpoint of every failed request (for the per-endpoint error metric).
+        self._on_error = on_error or _ignore
         self._prefix = join_key(opts.prefix)
         self._endpoints = [_Endpoint(e, opts) for e in opts.endpoints]
         if not self._endpoints:
@@ -312,6 +325,8 @@ class EtcdV3Registry:
                 mapped = self._map(ep, exc)
                 if isinstance(mapped, _Reauthenticate) and not renew:
                     continue
+                if not isinstance(mapped, _Unreachable):  # _failover counts those
+                    self._on_error(ep.url)
                 if isinstance(mapped, _Reauthenticate):
                     raise RegistryRefused(
                         f"{mapped}, even with a fresh token ({_CRED_HINT})"
@@ -332,6 +347,7 @@ class EtcdV3Registry:
             try:
                 result = attempt(ep)
             except _Unreachable as exc:
+                self._on_error(ep.url)
                 errors.append(f"{ep.url}: {exc}")
                 continue
             if idx != start:
@@ -398,12 +414,12 @@ class EtcdV3Registry:
         res = self._range(subnets_key(self._prefix), prefix=True)
         return parse_range(res, _not_read)
 
-    def get_subnet(self, subnet: IPv4Network) -> Lease | None:
+    def get_subnet(self, subnet: SubnetKey) -> Lease | None:
         """Read one lease."""
         kvs = range_kvs(self._range(subnets_key(self._prefix, subnet)))
         return parse_kv(kvs[0], self._lookup()).lease if kvs else None
 
-    def create_subnet(self, subnet: IPv4Network, attrs: LeaseAttrs, ttl: int) -> Lease:
+    def create_subnet(self, subnet: SubnetKey, attrs: LeaseAttrs, ttl: int) -> Lease:
         """Lease grant, then a transaction that puts only if the key has no version yet."""
         key = _b64(subnets_key(self._prefix, subnet).encode())
         value = attrs.encode()
@@ -436,7 +452,7 @@ class EtcdV3Registry:
             raise AlreadyExists(f"subnet {subnet} is already leased")
         return Lease(subnet, attrs, time.time() + ttl if ttl else None, revision)
 
-    def update_subnet(self, subnet: IPv4Network, attrs: LeaseAttrs, ttl: int) -> Lease:
+    def update_subnet(self, subnet: SubnetKey, attrs: LeaseAttrs, ttl: int) -> Lease:
         """A new lease and a plain put (flanneld never keeps a lease alive: it re-grants)."""
         key = _b64(subnets_key(self._prefix, subnet).encode())
         value = _b64(attrs.encode().encode())
@@ -450,7 +466,7 @@ class EtcdV3Registry:
         revision = self._call(update)
         return Lease(subnet, attrs, time.time() + ttl if ttl else None, revision)
 
-    def delete_subnet(self, subnet: IPv4Network) -> None:
+    def delete_subnet(self, subnet: SubnetKey) -> None:
         """Delete; absent is fine."""
         key = subnets_key(self._prefix, subnet).encode()
         self._call(lambda c: c.delete(key))
@@ -518,6 +534,7 @@ class EtcdV3Registry:
                 resp.close()
                 if resp.status_code == requests.codes.service_unavailable:
                     raise _Unreachable(text)
+                self._on_error(ep.url)
                 raise self._refusal(ep, code, text) or RegistryUnavailable(
                     f"etcd at {ep.url} refused the watch: {text}"
                 )
@@ -529,6 +546,17 @@ class EtcdV3Registry:
         self, resp: requests.Response, ep: _Endpoint, cursor: int, stop: threading.Event
     ) -> Iterator[Events]:
         """Batches from one watch stream; returns quietly after WATCH_POLL without a message."""
+        try:
+            yield from self._stream_batches(resp, ep, cursor, stop)
+        except Compacted:
+            raise  # an answer, not a failure
+        except RegistryError:
+            self._on_error(ep.url)
+            raise
+
+    def _stream_batches(
+        self, resp: requests.Response, ep: _Endpoint, cursor: int, stop: threading.Event
+    ) -> Iterator[Events]:
         lines = resp.iter_lines()
         while not stop.is_set():
             try:

@@ -24,10 +24,10 @@ import threading
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
-from ipaddress import IPv4Network
 
 from pyflannel.clock import Clock, SystemClock
 from pyflannel.errors import AlreadyExists, Compacted, NotFound, RegistryUnavailable
+from pyflannel.ipnet import SubnetKey
 from pyflannel.lease import Events, Lease, LeaseAttrs, LeaseEvent, Snapshot
 from pyflannel.registry import decode_record, join_key, removed, subnets_key
 
@@ -158,7 +158,7 @@ class MemoryRegistry:
         invalid = tuple(ev for ev in events if ev.lease is None)
         return Snapshot(leases, revision, invalid)
 
-    def get_subnet(self, subnet: IPv4Network) -> Lease | None:
+    def get_subnet(self, subnet: SubnetKey) -> Lease | None:
         """The lease on *subnet*, or None."""
         key = subnets_key(self._prefix, subnet)
         with self._cond:
@@ -168,7 +168,7 @@ class MemoryRegistry:
                 return None
             return decode_record(key, rec.value, self._expiration(rec.deadline), rec.revision).lease
 
-    def create_subnet(self, subnet: IPv4Network, attrs: LeaseAttrs, ttl: int) -> Lease:
+    def create_subnet(self, subnet: SubnetKey, attrs: LeaseAttrs, ttl: int) -> Lease:
         """Create if absent, atomically (the lock is the compare-and-set)."""
         key = subnets_key(self._prefix, subnet)
         with self._cond:
@@ -178,7 +178,7 @@ class MemoryRegistry:
             revision = self._put(key, attrs.encode(), ttl)
         return Lease(subnet, attrs, self._ttl_expiration(ttl), revision)
 
-    def update_subnet(self, subnet: IPv4Network, attrs: LeaseAttrs, ttl: int) -> Lease:
+    def update_subnet(self, subnet: SubnetKey, attrs: LeaseAttrs, ttl: int) -> Lease:
         """Write unconditionally with a fresh TTL (0: none)."""
         key = subnets_key(self._prefix, subnet)
         with self._cond:
@@ -186,7 +186,7 @@ class MemoryRegistry:
             revision = self._put(key, attrs.encode(), ttl)
         return Lease(subnet, attrs, self._ttl_expiration(ttl), revision)
 
-    def delete_subnet(self, subnet: IPv4Network) -> None:
+    def delete_subnet(self, subnet: SubnetKey) -> None:
         """Delete; absent is fine and, as in etcd, changes no revision."""
         with self._cond:
             self._enter()

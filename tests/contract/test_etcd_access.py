@@ -17,6 +17,7 @@ import pytest
 import requests
 
 from pyflannel.errors import AlreadyExists, RegistryRefused, RegistryUnavailable
+from pyflannel.ipnet import SubnetKey
 from pyflannel.lease import EventKind, LeaseAttrs
 from pyflannel.registry import EtcdOptions, Registry, open_registry
 from pyflannel.registry.etcd2 import EtcdV2Registry
@@ -24,7 +25,7 @@ from pyflannel.registry.etcd3 import EtcdV3Registry
 from pyflannel.testing import watch_until
 
 PREFIX = "/coreos.com/network"
-S1, S2 = IPv4Network("10.5.1.0/24"), IPv4Network("10.5.2.0/24")
+S1, S2 = SubnetKey(IPv4Network("10.5.1.0/24")), SubnetKey(IPv4Network("10.5.2.0/24"))
 A1 = LeaseAttrs(IPv4Address("192.0.2.1"), "vxlan", "aa:bb:cc:00:00:01", 1)
 A2 = LeaseAttrs(IPv4Address("192.0.2.2"), "vxlan", "aa:bb:cc:00:00:02", 1)
 APIS = ["v2", "v3"]
@@ -69,7 +70,7 @@ def test_tls_with_client_certificate_works(api: str, tls_etcd: Any, tls_files: A
         with pytest.raises(RegistryUnavailable):
             reg.list_subnets()
         tls_etcd.start()
-        assert [lease.subnet for lease in reg.list_subnets().leases] == [S1]
+        assert [lease.key for lease in reg.list_subnets().leases] == [S1]
     finally:
         reg.close()
 

@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Network
 from typing import Any
 
 import etcd
@@ -22,7 +22,8 @@ import etcd3gw
 import pytest
 
 from pyflannel.errors import AlreadyExists, Compacted, NotFound, RegistryUnavailable
-from pyflannel.lease import EXPIRY_NOT_READ, EventKind, LeaseAttrs, LeaseEvent
+from pyflannel.ipnet import SubnetKey
+from pyflannel.lease import EXPIRY_NOT_READ, EventKind, LeaseAttrs, LeaseEvent, decode_attrs
 from pyflannel.registry import EtcdOptions, Registry, etcd2
 from pyflannel.registry.etcd2 import EtcdV2Registry
 from pyflannel.registry.etcd3 import EtcdV3Registry
@@ -30,7 +31,7 @@ from pyflannel.testing import FakeClock, MemoryRegistry, watch_until
 
 PREFIX = "/coreos.com/network"
 CONFIG = '{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan"}}'
-S1, S2, S3 = (IPv4Network(f"10.5.{i}.0/24") for i in (1, 2, 3))
+S1, S2, S3 = (SubnetKey(IPv4Network(f"10.5.{i}.0/24")) for i in (1, 2, 3))
 #: A quiet watch yields an empty batch this often (seconds); short, to keep the suite fast.
 POLL = 1.0
 
@@ -40,9 +41,9 @@ def attrs(n: int = 1) -> LeaseAttrs:
     return LeaseAttrs(IPv4Address(f"192.0.2.{n}"), "vxlan", f"aa:bb:cc:00:00:{n:02x}", 1)
 
 
-def key(subnet: IPv4Network) -> str:
+def key(subnet: SubnetKey) -> str:
     """The etcd key of *subnet*."""
-    return f"{PREFIX}/subnets/{subnet.network_address}-{subnet.prefixlen}"
+    return f"{PREFIX}/subnets/{subnet.name}"
 
 
 @dataclass
@@ -146,7 +147,7 @@ def h(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterat
         harness.registry.close()
 
 
-def kinds(events: list[LeaseEvent]) -> list[tuple[EventKind, IPv4Network | None]]:
+def kinds(events: list[LeaseEvent]) -> list[tuple[EventKind, SubnetKey | None]]:
     """(kind, subnet) of each event, for compact assertions."""
     return [(ev.kind, ev.subnet) for ev in events]
 
@@ -278,7 +279,7 @@ def test_list_returns_leases_with_revisions_and_skips_garbage(h: Harness) -> Non
     h.raw_put(f"{PREFIX}/elsewhere", "ignored")  # outside subnets/: not listed at all
 
     snap = h.registry.list_subnets()
-    by_subnet = {lease.subnet: lease for lease in snap.leases}
+    by_subnet = {lease.key: lease for lease in snap.leases}
     assert set(by_subnet) == {S1, S2}
     assert (by_subnet[S1].attrs, by_subnet[S1].revision) == (attrs(1), a.revision)
     assert (by_subnet[S2].attrs, by_subnet[S2].revision) == (attrs(2), b.revision)
@@ -289,6 +290,69 @@ def test_list_returns_leases_with_revisions_and_skips_garbage(h: Harness) -> Non
     assert set(invalid) == {f"{PREFIX}/subnets/not-a-subnet", key(S3)}
     assert all(ev.kind is EventKind.INVALID and ev.reason for ev in snap.invalid)
     assert invalid[key(S3)].subnet == S3
+
+
+# --- dual stack and IPv6 only: keys of every shape in one keyspace ------------------------------
+
+DUAL = SubnetKey(IPv4Network("10.5.34.0/24"), IPv6Network("fc00:0:0:22::/64"))
+ONLY6 = SubnetKey(None, IPv6Network("fc00:0:0:23::/64"))
+#: Exactly what flanneld v0.17 (over v2) and v0.18+ (over v3) write for a dual-stack node, as a
+#: real Go toolchain encodes it (tests/unit/fixtures/go_ipv6_text.go).
+FLANNELD_DUAL = (
+    '{"PublicIP":"192.168.64.3","PublicIPv6":"fd00::5","BackendType":"vxlan",'
+    '"BackendData":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"},'
+    '"BackendV6Data":{"VNI":1,"VtepMAC":"7e:1a:8e:5b:29:aa"}}'
+)
+FLANNELD_ONLY6 = (
+    '{"PublicIP":"0.0.0.0","PublicIPv6":"fd00::6","BackendType":"vxlan",'
+    '"BackendV6Data":{"VNI":1,"VtepMAC":"7e:1a:8e:5b:29:ab"}}'
+)
+
+
+def test_flanneld_dual_stack_and_ipv6_only_records_are_leases(h: Harness) -> None:
+    """Records exactly as flanneld writes them (dual stack under ``v4&v6``, IPv6 only under
+    ``0.0.0.0-0&v6``) list and watch as leases next to an IPv4-only one, byte-exact."""
+    start = h.registry.list_subnets().revision
+    h.raw_put(f"{PREFIX}/subnets/10.5.34.0-24&fc00:0:0:22::-64", FLANNELD_DUAL)
+    h.raw_put(f"{PREFIX}/subnets/0.0.0.0-0&fc00:0:0:23::-64", FLANNELD_ONLY6)
+    h.registry.create_subnet(S1, attrs(1), 60)
+    snap = h.registry.list_subnets()
+    assert snap.invalid == ()
+    by_key = {lease.key: lease for lease in snap.leases}
+    assert set(by_key) == {DUAL, ONLY6, S1}
+    assert by_key[DUAL].exact and by_key[ONLY6].exact
+    assert by_key[DUAL].attrs.encode() == FLANNELD_DUAL
+    assert by_key[ONLY6].attrs.encode() == FLANNELD_ONLY6
+    assert str(by_key[DUAL].attrs.public_ipv6) == "fd00::5"
+    assert by_key[DUAL].attrs.v6_vtep_mac == "7e:1a:8e:5b:29:aa"
+    events, _ = watch_until(h.registry, start, lambda evs: len(evs) >= 3)
+    assert kinds(events) == [
+        (EventKind.ADDED, DUAL),
+        (EventKind.ADDED, ONLY6),
+        (EventKind.ADDED, S1),
+    ]
+
+
+def test_dual_stack_lease_written_and_removed_by_its_whole_key(h: Harness) -> None:
+    """create/get/update/delete of a dual-stack or IPv6-only key address that key, with
+    flanneld's bytes, and never the IPv4-only key of the same IPv4 subnet."""
+    dual = decode_attrs(FLANNELD_DUAL)
+    h.registry.create_subnet(DUAL, dual, 60)
+    h.registry.create_subnet(ONLY6, decode_attrs(FLANNELD_ONLY6), 60)
+    assert h.raw_get(f"{PREFIX}/subnets/10.5.34.0-24&fc00:0:0:22::-64") == FLANNELD_DUAL.encode()
+    assert h.raw_get(f"{PREFIX}/subnets/0.0.0.0-0&fc00:0:0:23::-64") == FLANNELD_ONLY6.encode()
+    with pytest.raises(AlreadyExists):
+        h.registry.create_subnet(DUAL, attrs(2), 60)
+    h.registry.create_subnet(SubnetKey(DUAL.ipv4), attrs(2), 60)  # another key: CAS allows it
+    got = h.registry.get_subnet(DUAL)
+    assert got is not None and got.attrs == dual
+    h.registry.update_subnet(DUAL, dual, 0)
+    h.registry.delete_subnet(DUAL)
+    assert h.registry.get_subnet(DUAL) is None
+    assert {lease.key for lease in h.registry.list_subnets().leases} == {
+        ONLY6,
+        SubnetKey(DUAL.ipv4),
+    }
 
 
 # --- watching ----------------------------------------------------------------------------------
@@ -370,7 +434,7 @@ def test_watch_from_compacted_revision_raises_compacted(h: Harness) -> None:
         watch_until(h.registry, old, lambda evs: False, timeout=5)
     # Re-listing gives a revision that can be watched again.
     snap = h.registry.list_subnets()
-    assert {lease.subnet for lease in snap.leases} == {S1, S2}
+    assert {lease.key for lease in snap.leases} == {S1, S2}
     h.registry.delete_subnet(S2)
     events, _ = watch_until(h.registry, snap.revision, lambda evs: len(evs) >= 1)
     assert kinds(events) == [(EventKind.REMOVED, S2)]
@@ -418,7 +482,7 @@ def test_watch_keeps_up_with_a_burst(h: Harness) -> None:
     per event fell behind and got "event index cleared" at ~500 writes a second here)."""
     start = h.registry.list_subnets().revision
     h.raw_put(key(S1), attrs(1).encode())  # the watch below is live from this first event
-    subnets = [IPv4Network((0x0A500000 + (i << 8), 24)) for i in range(1200)]
+    subnets = [SubnetKey(IPv4Network((0x0A500000 + (i << 8), 24))) for i in range(1200)]
     seen: list[LeaseEvent] = []
     errors: list[BaseException] = []
 

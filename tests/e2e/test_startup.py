@@ -187,6 +187,9 @@ def test_ready_is_notified_after_subnet_env_and_peers(lab1: Lab, tmp_path: Path)
         name = "notify"
         spawn_pyflannel(lab1, cell, name, "/t7", env={"NOTIFY_SOCKET": str(sock_path)})
         msg = sock.recv(4096).decode()
+        while "READY=1" not in msg.split("\n"):  # STATUS= lines say what start-up does
+            assert msg.startswith("STATUS="), msg
+            msg = sock.recv(4096).decode()
         env_exists = (lab1.workdir / name / "subnet.env").exists()
         routes = subprocess.run(
             ["ip", "-n", cell.ns, "route", "show", "10.57.200.0/24"],
@@ -198,7 +201,10 @@ def test_ready_is_notified_after_subnet_env_and_peers(lab1: Lab, tmp_path: Path)
         assert env_exists
         assert "via 10.57.200.0 dev flannel.1 onlink" in routes
         assert lab1.kill(name, signal.SIGTERM) == 0
-        assert "STOPPING=1" in sock.recv(4096).decode()
+        msg = sock.recv(4096).decode()
+        while "STOPPING=1" not in msg.split("\n"):
+            assert not msg.startswith("READY=1"), msg
+            msg = sock.recv(4096).decode()
 
 
 @pytest.mark.parametrize(("api", "other"), [("v2", "v3"), ("v3", "v2")])

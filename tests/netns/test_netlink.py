@@ -22,6 +22,7 @@ import pytest
 
 from pyflannel.backend.vxlan import PeerScope, desired_state
 from pyflannel.errors import KernelError
+from pyflannel.ipnet import SubnetKey
 from pyflannel.kernel.netlink import Netlink
 from pyflannel.kernel.plan import Desired, Op, Ownership, Plan, plan
 from pyflannel.kernel.records import Fdb, KernelState, Link, Neigh, Route, VxlanSpec
@@ -182,7 +183,7 @@ def write(ks: KernelSync, *ops: tuple[str, Neigh | Fdb | Route]) -> dict[int, Ke
 
 def peer(subnet: str, ip_: IPv4Address | str, mac: str) -> Lease:
     """A vxlan peer lease."""
-    return Lease(IPv4Network(subnet), LeaseAttrs(IPv4Address(ip_), "vxlan", mac, 1))
+    return Lease(SubnetKey(IPv4Network(subnet)), LeaseAttrs(IPv4Address(ip_), "vxlan", mac, 1))
 
 
 # --- the device ---------------------------------------------------------------------------------

@@ -328,3 +328,88 @@ def test_lease_ttl_must_be_in_range_and_exceed_the_margin(
 ) -> None:
     """A TTL out of range, or not longer than the renew margin, is a usage error."""
     assert reason in usage_error(capsys, *argv)
+
+
+# --- the health listener and pyflannel's own variables -----------------------------------------
+
+
+def test_healthz_flags_default_off_like_flanneld() -> None:
+    """--healthz-ip defaults to 0.0.0.0 and --healthz-port to 0 (no listener), as in flanneld."""
+    o = opts()
+    assert (o.healthz_ip, o.healthz_port) == (IPv4Address("0.0.0.0"), 0)
+    assert (o.wait_reminder, o.test_wedge_after) == (60.0, None)
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "ip", "port"),
+    [
+        (["--healthz-port=8471"], {}, "0.0.0.0", 8471),
+        (["-healthz-ip", "127.0.0.1", "-healthz-port", "65535"], {}, "127.0.0.1", 65535),
+        ([], {"FLANNELD_HEALTHZ_IP": "::1", "FLANNELD_HEALTHZ_PORT": "9000"}, "::1", 9000),
+        (["--healthz-port=1"], {"FLANNELD_HEALTHZ_PORT": "2"}, "0.0.0.0", 1),
+    ],
+)
+def test_healthz_flags_and_variables(
+    argv: list[str], env: dict[str, str], ip: str, port: int
+) -> None:
+    """Flags and FLANNELD_HEALTHZ_* set the listener; an IPv6 address is taken too."""
+    o = opts(*argv, env=env)
+    assert (str(o.healthz_ip), o.healthz_port) == (ip, port)
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "needle"),
+    [
+        (["--healthz-port=65536"], {}, "--healthz-port"),
+        (["--healthz-port=-1"], {}, "--healthz-port"),
+        (["--healthz-port=8_0"], {}, "--healthz-port"),
+        (["--healthz-port= 80"], {}, "--healthz-port"),
+        (["--healthz-port=http"], {}, "--healthz-port"),
+        (["--healthz-ip=localhost"], {}, "--healthz-ip"),
+        (["--healthz-ip=10.0.0.256"], {}, "--healthz-ip"),
+        ([], {"FLANNELD_HEALTHZ_PORT": "99999"}, "FLANNELD_HEALTHZ_PORT"),
+        ([], {"FLANNELD_HEALTHZ_IP": "eth0"}, "FLANNELD_HEALTHZ_IP"),
+        ([], {"PYFLANNEL_WAIT_REMINDER": "0"}, "PYFLANNEL_WAIT_REMINDER"),
+        ([], {"PYFLANNEL_WAIT_REMINDER": "nan"}, "PYFLANNEL_WAIT_REMINDER"),
+        ([], {"PYFLANNEL_WAIT_REMINDER": "soon"}, "PYFLANNEL_WAIT_REMINDER"),
+        ([], {"PYFLANNEL_TEST_WEDGE_AFTER": "-1"}, "PYFLANNEL_TEST_WEDGE_AFTER"),
+        ([], {"PYFLANNEL_TEST_WEDGE_AFTER": "inf"}, "PYFLANNEL_TEST_WEDGE_AFTER"),
+    ],
+)
+def test_bad_health_values_exit_2(
+    capsys: pytest.CaptureFixture[str], argv: list[str], env: dict[str, str], needle: str
+) -> None:
+    """A bad listener address, port or PYFLANNEL_* value is one line naming it, exit 2."""
+    assert needle in usage_error(capsys, *argv, env=env)
+
+
+def test_pyflannel_variables() -> None:
+    """PYFLANNEL_WAIT_REMINDER shortens the reminder period; the wedge hook is off unless set."""
+    o = opts(env={"PYFLANNEL_WAIT_REMINDER": "1.5", "PYFLANNEL_TEST_WEDGE_AFTER": "0"})
+    assert (o.wait_reminder, o.test_wedge_after) == (1.5, 0.0)
+
+
+def test_real_process_healthz_cannot_listen() -> None:
+    """A listener address that is not ours: one fatal line naming it, exit 1, no traceback
+    (before etcd or the kernel is touched)."""
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pyflannel",
+            "--healthz-ip=192.0.2.123",
+            "--healthz-port=8471",
+            "--log-format=json",
+            "--etcd-endpoints=http://127.0.0.1:9",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=REPO,
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 1, proc.stdout
+    assert '"fatal"' in lines[0] and "192.0.2.123:8471" in lines[0]

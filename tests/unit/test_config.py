@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import json
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Any
 
 import pytest
 
 from pyflannel.config import (
     KERNEL_VXLAN_PORT,
+    Ipv4Range,
+    Ipv6Range,
     NetworkConfig,
     VxlanConfig,
     parse_backend,
     parse_network_config,
+    read_network_config,
 )
 from pyflannel.errors import ConfigError
+from pyflannel.ipnet import SubnetKey
 
 VXLAN = {"Type": "vxlan"}
 
@@ -312,12 +316,15 @@ def test_seed_config() -> None:
     )
     cfg = parse_network_config(text)
     assert cfg == NetworkConfig(
-        network=IPv4Network("172.16.0.0/16"),
-        subnet_len=24,
-        subnet_min=IPv4Address("172.16.10.0"),
-        subnet_max=IPv4Address("172.16.99.0"),
+        ipv4=Ipv4Range(
+            network=IPv4Network("172.16.0.0/16"),
+            subnet_len=24,
+            subnet_min=IPv4Address("172.16.10.0"),
+            subnet_max=IPv4Address("172.16.99.0"),
+        ),
         backend=VxlanConfig(vni=1, port=8472),
     )
+    assert cfg.ipv6 is None
     assert cfg.backend.device_name == "flannel.1"
 
 
@@ -346,8 +353,231 @@ def test_bytes_accepted() -> None:
     assert parse_network_config(text).subnet_len == 24
 
 
-@pytest.mark.parametrize("field", ["EnableIPv6"])
-def test_ipv6_refused(field: str) -> None:
-    """EnableIPv6 true is refused clearly instead of being silently ignored."""
-    with pytest.raises(ConfigError, match=field):
-        parse({"Network": "10.3.0.0/16", field: True, "IPv6Network": "fc00::/48"})
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"Network": "10.3.0.0/16", "EnableIPv6": True, "IPv6Network": "fc00::/48"},
+        {"EnableIPv4": False, "EnableIPv6": True, "IPv6Network": "fc00::/48"},
+    ],
+)
+def test_ipv6_refused(fields: dict[str, Any]) -> None:
+    """Until the daemon programs IPv6, a config enabling it (dual stack or IPv6 only) is refused
+    clearly by parse_network_config, although read_network_config takes it."""
+    with pytest.raises(ConfigError, match="EnableIPv6: IPv6 networks are not supported"):
+        parse(fields)
+    assert read({**fields}).ipv6 is not None
+
+
+# --- IPv6 (read_network_config: everything is parsed; only the daemon refuses IPv6) -------------
+
+
+def read(obj: dict[str, Any]) -> NetworkConfig:
+    """Parse *obj* (with a vxlan backend) without the refusal of IPv6."""
+    return read_network_config(json.dumps({**obj, "Backend": VXLAN}))
+
+
+def read_error(obj: dict[str, Any]) -> str:
+    """The ConfigError text read_network_config raises for *obj*."""
+    with pytest.raises(ConfigError) as info:
+        read(obj)
+    return str(info.value)
+
+
+def v6(network: str, **extra: Any) -> dict[str, Any]:
+    """An IPv6-only config of *network*."""
+    return {"EnableIPv4": False, "EnableIPv6": True, "IPv6Network": network, **extra}
+
+
+def test_flanneld_ipv6_example_defaults() -> None:
+    """flanneld's example: fc00::/48 gets /64 subnets from fc00:0:0:1:: to fc00:0:0:ffff::,
+    next to the IPv4 defaults of a dual-stack config."""
+    cfg = read({"Network": "10.3.0.0/16", "EnableIPv6": True, "IPv6Network": "fc00::/48"})
+    assert cfg.ipv6 == Ipv6Range(
+        IPv6Network("fc00::/48"), 64, IPv6Address("fc00:0:0:1::"), IPv6Address("fc00:0:0:ffff::")
+    )
+    assert (
+        cfg.ipv4 is not None and cfg.subnet_len == 24 and cfg.network == IPv4Network("10.3.0.0/16")
+    )
+
+
+@pytest.mark.parametrize(
+    ("network", "subnet_len", "subnet_min", "subnet_max"),
+    [
+        ("fc00::/8", 64, "fc00:0:0:1::", "fcff:ffff:ffff:ffff::"),
+        ("fd00:10:244::/56", 64, "fd00:10:244:1::", "fd00:10:244:ff::"),
+        ("fc00::/62", 64, "fc00:0:0:1::", "fc00:0:0:3::"),
+        ("fc00::/63", 65, "fc00:0:0:0:8000::", "fc00:0:0:1:8000::"),
+        ("fc00::/64", 66, "fc00::4000:0:0:0", "fc00::c000:0:0:0"),
+        ("fc00::/120", 122, "fc00::40", "fc00::c0"),
+        ("fc00::/124", 126, "fc00::4", "fc00::c"),
+        ("fc00::1/48", 64, "fc00:0:0:1::", "fc00:0:0:ffff::"),  # host bits masked
+    ],
+)
+def test_ipv6_subnet_len_default(
+    network: str, subnet_len: int, subnet_min: str, subnet_max: str
+) -> None:
+    """IPv6SubnetLen defaults to 64 up to /62, to prefix+2 up to /124; subnet 0 is skipped."""
+    r = read(v6(network)).ipv6
+    assert r is not None
+    assert (r.subnet_len, r.subnet_min, r.subnet_max) == (
+        subnet_len,
+        IPv6Address(subnet_min),
+        IPv6Address(subnet_max),
+    )
+
+
+def test_ipv6_overrides() -> None:
+    """Explicit IPv6SubnetLen, IPv6SubnetMin and IPv6SubnetMax are kept."""
+    r = read(
+        v6(
+            "fc00::/48",
+            IPv6SubnetLen=80,
+            IPv6SubnetMin="fc00:0:0:5::",
+            IPv6SubnetMax="fc00:0:0:9:ffff::",
+        )
+    ).ipv6
+    assert r is not None
+    assert (r.subnet_len, str(r.subnet_min), str(r.subnet_max)) == (
+        80,
+        "fc00:0:0:5::",
+        "fc00:0:0:9:ffff::",
+    )
+    assert r.contains_subnet(IPv6Network("fc00:0:0:7:1234::/80"))
+    assert not r.contains_subnet(IPv6Network("fc00:0:0:7::/64"))
+    assert not r.contains_subnet(IPv6Network("fc00:0:0:4:ffff::/80"))
+
+
+def test_ipv6_min_of_all_zeros_is_the_default() -> None:
+    """ "::" is Go's empty IP6: IPv6SubnetMin/Max "::" mean the defaults, as flanneld reads them."""
+    r = read(v6("fc00::/48", IPv6SubnetMin="::", IPv6SubnetMax="::")).ipv6
+    assert (
+        r is not None
+        and str(r.subnet_min) == "fc00:0:0:1::"
+        and str(r.subnet_max) == "fc00:0:0:ffff::"
+    )
+
+
+@pytest.mark.parametrize(
+    ("fields", "text"),
+    [
+        ({}, "please define a correct IPv6Network parameter in the flannel config"),
+        ({"IPv6Network": ""}, "please define a correct IPv6Network parameter"),
+        ({"IPv6Network": "::/0"}, "please define a correct IPv6Network parameter"),  # Go: empty
+        (
+            {"IPv6Network": "fc00::/125"},
+            "IPv6Network is too small. Minimum useful network prefix is /124",
+        ),
+        ({"IPv6Network": "fc00::/48", "IPv6SubnetLen": 127}, "SubnetLen must be less than /127"),
+        (
+            {"IPv6Network": "fc00::/48", "IPv6SubnetLen": 49},
+            "network must be able to accommodate at least four subnets",
+        ),
+        (
+            {"IPv6Network": "fc00::/48", "IPv6SubnetMin": "fd00::"},
+            "IPv6SubnetMin is not in the range of the IPv6Network",
+        ),
+        (
+            {"IPv6Network": "fc00::/48", "IPv6SubnetMax": "fd00::"},
+            "IPv6SubnetMax is not in the range of the IPv6Network",
+        ),
+        (
+            {"IPv6Network": "fc00::/48", "IPv6SubnetMin": "fc00:0:0:1::1"},
+            "IPv6SubnetMin is not on a SubnetLen boundary: fc00:0:0:1::1",
+        ),
+        (
+            {"IPv6Network": "fc00::/48", "IPv6SubnetMax": "fc00:0:0:2:8000::"},
+            "IPv6SubnetMax is not on a SubnetLen boundary: fc00:0:0:2:8000::",
+        ),
+        (
+            {
+                "IPv6Network": "fc00::/48",
+                "IPv6SubnetMin": "fc00:0:0:9::",
+                "IPv6SubnetMax": "fc00:0:0:8::",
+            },
+            "IPv6SubnetMin fc00:0:0:9:: is greater than IPv6SubnetMax fc00:0:0:8::",
+        ),
+        ({"IPv6Network": "10.0.0.0/8"}, "IPv6Network: invalid IPv6 CIDR '10.0.0.0/8'"),
+        ({"IPv6Network": "fc00::"}, "IPv6Network: invalid IPv6 CIDR 'fc00::'"),
+        ({"IPv6Network": "fe80::%eth0/64"}, "IPv6Network: invalid IPv6 CIDR"),
+        (
+            {"IPv6Network": "fc00::/48", "IPv6SubnetMin": "10.0.0.1"},
+            "IPv6SubnetMin: invalid IPv6 address '10.0.0.1'",
+        ),
+        ({"IPv6Network": 5}, "IPv6Network: expected a str"),
+        ({"IPv6Network": "fc00::/48", "IPv6SubnetLen": "64"}, "IPv6SubnetLen: expected an integer"),
+        ({"IPv6Network": "fc00::/48", "IPv6SubnetLen": True}, "IPv6SubnetLen: expected an integer"),
+        ({"IPv6Network": "::ffff:0:0/96"}, "flanneld spells as an IPv4 address"),
+        (
+            {"IPv6Network": "::/64", "IPv6SubnetLen": 100},
+            "subnet ::1000:0/100 is one flanneld spells as an IPv4",
+        ),
+    ],
+)
+def test_ipv6_errors(fields: dict[str, Any], text: str) -> None:
+    """Every IPv6 rule, with flanneld's text (sic "SubnetLen must be less than /127") or, where
+    pyflannel is stricter, one naming the field."""
+    assert text in read_error({"EnableIPv4": False, "EnableIPv6": True, **fields})
+
+
+def test_ipv6_network_below_the_dotted_range_is_fine() -> None:
+    """::/64 is a usable (if odd) network to flanneld and here: with /66 subnets none of them
+    is spelled dotted; the same network cut into /100s is refused, see test_ipv6_errors."""
+    r = read(v6("::/64")).ipv6
+    assert r is not None and r.subnet_len == 66
+
+
+def test_ipv6_only_config() -> None:
+    """EnableIPv4 false and EnableIPv6 true: an IPv6-only network; Network is not looked at, and
+    the IPv4 accessors say there is none."""
+    cfg = read(v6("fc00::/48", Network="not a CIDR"))
+    assert cfg.ipv4 is None and cfg.ipv6 is not None
+    assert not cfg.contains_subnet(IPv4Network("10.0.0.0/24"))
+    with pytest.raises(ConfigError, match="no IPv4 Network"):
+        _ = cfg.network
+
+
+def test_both_families_off_is_an_error() -> None:
+    """EnableIPv4 and EnableIPv6 both false is flanneld's "none defined stack"."""
+    assert "none defined stack" in read_error({"EnableIPv4": False, "Network": "10.3.0.0/16"})
+    with pytest.raises(ConfigError, match="none defined stack"):
+        parse({"EnableIPv4": False, "Network": "10.3.0.0/16"})
+
+
+def test_ipv6_fields_ignored_when_ipv6_is_off() -> None:
+    """As flanneld's CheckNetworkConfig: IPv6 fields are not looked at with EnableIPv6 false."""
+    cfg = parse({"Network": "10.3.0.0/16", "IPv6Network": "garbage", "IPv6SubnetLen": 3})
+    assert cfg.ipv6 is None and cfg.subnet_len == 24
+
+
+def test_ipv6_keys_case_insensitive() -> None:
+    """IPv6 field names match case-insensitively, as Go's encoding/json."""
+    r = read(
+        {"enableipv4": False, "ENABLEIPV6": True, "ipv6network": "fc00::/48", "IPV6SUBNETLEN": 80}
+    ).ipv6
+    assert r is not None and r.subnet_len == 80
+
+
+@pytest.mark.parametrize(
+    ("key", "fits"),
+    [
+        (SubnetKey(IPv4Network("10.3.7.0/24"), IPv6Network("fc00:0:0:7::/64")), True),
+        (SubnetKey(IPv4Network("10.3.7.0/24")), False),  # the IPv6 half missing
+        (SubnetKey(None, IPv6Network("fc00:0:0:7::/64")), False),  # the IPv4 half missing
+        (SubnetKey(IPv4Network("10.3.7.0/24"), IPv6Network("fc00::/64")), False),  # first v6
+        (SubnetKey(IPv4Network("10.3.0.0/24"), IPv6Network("fc00:0:0:7::/64")), False),
+        (SubnetKey(IPv4Network("10.3.7.0/24"), IPv6Network("fc00:0:0:7::/80")), False),
+    ],
+)
+def test_dual_stack_fits(key: SubnetKey, fits: bool) -> None:
+    """A lease fits a dual-stack config only with both halves, each inside its range
+    (flanneld's isSubnetConfigCompat and isIPv6SubnetConfigCompat)."""
+    cfg = read({"Network": "10.3.0.0/16", "EnableIPv6": True, "IPv6Network": "fc00::/48"})
+    assert cfg.fits(key) is fits
+
+
+def test_ipv4_config_fits_only_ipv4_keys() -> None:
+    """With IPv6 off, a key with an IPv6 half does not fit (flanneld: both absent)."""
+    cfg = parse({"Network": "10.3.0.0/16"})
+    assert cfg.fits(SubnetKey(IPv4Network("10.3.7.0/24")))
+    assert not cfg.fits(SubnetKey(IPv4Network("10.3.7.0/24"), IPv6Network("fc00:0:0:7::/64")))
+    assert not cfg.fits(SubnetKey(None, IPv6Network("fc00:0:0:7::/64")))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import json
 import os
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Any
 
 import etcd
@@ -20,9 +20,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pyflannel.config import MAX_ERROR_CHARS, NetworkConfig, parse_network_config
+from pyflannel.config import (
+    MAX_ERROR_CHARS,
+    NetworkConfig,
+    parse_network_config,
+    read_network_config,
+)
 from pyflannel.errors import Compacted, ConfigError, RegistryUnavailable
-from pyflannel.ipnet import parse_subnet_key
+from pyflannel.ipnet import SubnetKey, go_prints_dotted, parse_subnet_key
 from pyflannel.lease import (
     MAX_LEASE_CHARS,
     EventKind,
@@ -55,7 +60,20 @@ settings.load_profile(PROFILE)
 MAX_TEXT = 400
 DIR = "/coreos.com/network/subnets"
 GOOD = LeaseAttrs(IPv4Address("192.0.2.1"), "vxlan", "02:00:00:00:00:01", 1).encode()
+GOOD_DUAL = LeaseAttrs(
+    IPv4Address("192.0.2.1"),
+    "vxlan",
+    "02:00:00:00:00:01",
+    1,
+    IPv6Address("fd00::1"),
+    "02:00:00:00:00:02",
+    1,
+).encode()
 CONFIG = '{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan","VNI":1}}'
+CONFIG_DUAL = (
+    '{"Network":"10.5.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/48",'
+    '"Backend":{"Type":"vxlan","VNI":1}}'
+)
 
 # --- strategies ---------------------------------------------------------------------------------
 
@@ -73,19 +91,36 @@ json_values = st.recursive(
     max_leaves=20,
 )
 lease_keys = st.sampled_from(
-    ["PublicIP", "publicip", "PublicIPv6", "BackendType", "BackendData", "VNI", "VtepMAC", "x"]
+    [
+        "PublicIP",
+        "publicip",
+        "PublicIPv6",
+        "publicipv6",
+        "BackendType",
+        "BackendData",
+        "BackendV6Data",
+        "VNI",
+        "VtepMAC",
+        "x",
+    ]
 )
 
 
 @st.composite
 def mutated_leases(draw: st.DrawFn) -> str:
     """A valid lease with one field replaced by anything, or its text cut or spliced."""
-    obj: dict[str, Any] = json.loads(GOOD)
-    how = draw(st.sampled_from(["field", "backend", "cut", "splice"]))
+    obj: dict[str, Any] = json.loads(draw(st.sampled_from([GOOD, GOOD_DUAL])))
+    how = draw(st.sampled_from(["field", "backend", "v6", "cut", "splice"]))
     if how == "field":
         obj[draw(lease_keys)] = draw(json_values)
     elif how == "backend":
         obj["BackendData"][draw(lease_keys)] = draw(json_values)
+    elif how == "v6":
+        obj["PublicIPv6"] = draw(
+            st.ip_addresses().map(str)
+            | st.text(max_size=45)
+            | st.from_regex(r"\A[0-9a-fA-F:.%]{0,45}\Z")
+        )
     text = json.dumps(obj)
     if how == "cut":
         return text[: draw(st.integers(0, len(text)))]
@@ -154,19 +189,61 @@ def test_decode_attrs_ends_in_attrs_or_its_error(value: str | bytes) -> None:
         assert attrs.vni is None or 0 <= attrs.vni < 1 << 24
 
 
-@given(
+def dual_key_text(v4: IPv4Address, len4: int, v6: IPv6Address, len6: int, how: int) -> str:
+    """A dual-stack or IPv6-only key with the IPv6 part spelled in one of several ways, most of
+    them not flanneld's (exploded, upper case, a zone, a dotted tail)."""
+    v6_text = [v6.compressed, v6.exploded, v6.compressed.upper(), f"{v6}%eth0", str(v6)][how % 5]
+    v4_text = "0.0.0.0-0" if how >= 5 else f"{v4}-{len4}"
+    return f"{DIR}/{v4_text}&{v6_text}-{len6}"
+
+
+subnet_key_texts = (
     st.text()
     | st.binary().map(lambda b: b.decode("latin-1"))
     | st.integers(0, 100_000).map(lambda n: DIR + "/" + "1" * n)
-    | st.from_regex(r"\A[\d.]{7,15}-\d{1,3}(&[0-9a-f:]{0,50}-\d{0,4})?\s?\Z")
+    | st.from_regex(r"\A[\d.]{7,15}-\d{1,3}(&[0-9a-fA-F:.%]{0,50}-\d{0,4})?\s?\Z")
     | st.builds(lambda a, b: f"{DIR}/{a}-{b}", st.ip_addresses(v=4), st.integers(-5, 99))
+    | st.builds(
+        dual_key_text,
+        st.ip_addresses(v=4),
+        st.integers(0, 33),
+        st.ip_addresses(v=6),
+        st.integers(0, 130),
+        st.integers(0, 9),
+    )
 )
-def test_parse_subnet_key_is_a_network_or_none(key: str) -> None:
-    """parse_subnet_key returns an IPv4Network or None, never raises, on any key."""
+
+
+@given(subnet_key_texts)
+def test_parse_subnet_key_is_a_key_or_none(key: str) -> None:
+    """parse_subnet_key returns a SubnetKey or None, never raises, on any key; a key it takes is
+    spelled exactly as flanneld spells those subnets (no second key for the same subnets)."""
     out = parse_subnet_key(key)
-    assert out is None or isinstance(out, IPv4Network)
+    assert out is None or isinstance(out, SubnetKey)
     if out is not None:
-        assert key.endswith(f"{out.network_address}-{out.prefixlen}") or "&" in key
+        assert key.rpartition("/")[2] == out.name
+        assert out.ipv4 is not None or out.ipv6 is not None
+        assert out.ipv6 is None or not go_prints_dotted(out.ipv6.network_address)
+
+
+@st.composite
+def subnet_keys(draw: st.DrawFn) -> SubnetKey:
+    """Any key flanneld could write: IPv4 only, dual stack or IPv6 only."""
+    len4, len6 = draw(st.integers(1, 32)), draw(st.integers(0, 127))
+    v4 = IPv4Network((int(draw(st.ip_addresses(v=4))) >> (32 - len4) << (32 - len4), len4))
+    bits = int(draw(st.ip_addresses(v=6) | st.just(IPv6Address("fc00::"))))
+    v6 = IPv6Network((bits >> (128 - len6) << (128 - len6), len6))
+    shape = draw(st.sampled_from(["v4", "dual", "v6"]))
+    if shape != "v4" and go_prints_dotted(v6.network_address):
+        shape = "v4"  # no key can name such a subnet
+    return SubnetKey(v4 if shape != "v6" else None, v6 if shape != "v4" else None)
+
+
+@given(subnet_keys())
+def test_subnet_key_round_trip(key: SubnetKey) -> None:
+    """Every key flanneld could write parses back to the same subnets, under any prefix."""
+    assert parse_subnet_key(key.name) == key
+    assert parse_subnet_key(f"{DIR}/{key.name}") == key
 
 
 @given(st.one_of(st.none(), st.integers(), st.binary(max_size=20), st.lists(st.text())))
@@ -185,6 +262,50 @@ def mutated_configs(draw: st.DrawFn) -> str:
     target = obj["Backend"] if field == "VNI" else obj
     target[field] = draw(json_values | st.text(min_size=300, max_size=3000))
     return json.dumps(obj)
+
+
+@st.composite
+def mutated_dual_configs(draw: st.DrawFn) -> str:
+    """A valid dual-stack config with one IPv6 (or family) field replaced by anything."""
+    obj: dict[str, Any] = json.loads(CONFIG_DUAL)
+    field = draw(
+        st.sampled_from(
+            [
+                "IPv6Network",
+                "IPv6SubnetLen",
+                "IPv6SubnetMin",
+                "IPv6SubnetMax",
+                "EnableIPv4",
+                "EnableIPv6",
+            ]
+        )
+    )
+    obj[field] = draw(
+        json_values
+        | st.ip_addresses(v=6).map(str)
+        | st.builds(lambda a, n: f"{a}/{n}", st.ip_addresses(v=6), st.integers(0, 130))
+        | st.integers(0, 130)
+    )
+    if draw(st.booleans()):
+        obj["EnableIPv4"] = False
+    return json.dumps(obj)
+
+
+@given(hostile_values | mutated_dual_configs())
+def test_read_network_config_ends_in_config_or_its_error(text: str | bytes) -> None:
+    """read_network_config (IPv6 parsed too) returns a NetworkConfig with a family, or raises
+    ConfigError with a short text; an IPv6 range it accepts names only key-able subnets."""
+    try:
+        cfg = read_network_config(text)
+    except ConfigError as exc:
+        assert short(str(exc), MAX_ERROR_CHARS + 20)
+    else:
+        assert isinstance(cfg, NetworkConfig)
+        assert cfg.ipv4 is not None or cfg.ipv6 is not None
+        if cfg.ipv6 is not None:
+            r = cfg.ipv6
+            assert r.subnet_min <= r.subnet_max and r.subnet_len <= 126
+            assert not go_prints_dotted(r.subnet_min) and not go_prints_dotted(r.subnet_max)
 
 
 @given(hostile_values | mutated_configs())
@@ -423,7 +544,7 @@ def test_issue_deep_record_is_invalid_with_a_short_reason() -> None:
     """The issue's record decodes to an INVALID event whose reason is short."""
     ev = decode_record(f"{DIR}/10.5.1.0-24", "[" * 200_000, None, 7)
     assert ev.kind is EventKind.INVALID
-    assert ev.subnet == IPv4Network("10.5.1.0/24")
+    assert ev.subnet == SubnetKey(IPv4Network("10.5.1.0/24"))
     assert len(ev.reason) <= MAX_REASON_CHARS
 
 
@@ -457,7 +578,12 @@ def test_vni_above_24_bits_refused() -> None:
 def test_key_with_trailing_newline_is_not_a_subnet() -> None:
     """``10.5.1.0-24\\n`` does not alias the real key (its deletion must not remove a peer)."""
     assert parse_subnet_key(f"{DIR}/10.5.1.0-24\n") is None
-    assert parse_subnet_key(f"{DIR}/10.5.1.0-24") == IPv4Network("10.5.1.0/24")
+    assert parse_subnet_key(f"{DIR}/10.5.1.0-24") == SubnetKey(IPv4Network("10.5.1.0/24"))
+    dual = f"{DIR}/10.5.1.0-24&fc00:0:0:1::-64"
+    assert parse_subnet_key(dual + "\n") is None
+    assert parse_subnet_key(dual) == SubnetKey(
+        IPv4Network("10.5.1.0/24"), IPv6Network("fc00:0:0:1::/64")
+    )
 
 
 def test_v2_nested_key_does_not_alias_a_subnet() -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -26,6 +28,7 @@ PURE = [
     "kernel/__init__.py",
     "options.py",
     "untrusted.py",
+    "stats.py",
 ]
 FORBIDDEN_IN_PURE = {"etcd", "etcd3gw", "requests", "pyroute2", "subprocess", "socket"}
 
@@ -96,3 +99,27 @@ def test_pure_module_does_not_load_the_netlink_adapter(module: str) -> None:
     allowed = {"pyflannel.kernel.records", "pyflannel.kernel.plan", "pyflannel.kernel.codec"}
     kernel = {n for n in names if n.startswith("pyflannel.kernel")}
     assert kernel <= allowed, kernel
+
+
+def test_prometheus_client_only_in_metrics() -> None:
+    """prometheus_client is imported by pyflannel/metrics.py alone (loaded with the listener)."""
+    importers = sorted(
+        p.relative_to(PKG).as_posix()
+        for p in package_modules()
+        if "prometheus_client" in imported_roots(p)
+    )
+    assert importers == ["metrics.py"]
+
+
+def test_daemon_loads_no_listener_by_default() -> None:
+    """Importing the daemon loads neither the health listener nor prometheus_client nor
+    http.server: a daemon without --healthz-port does not carry them (memory)."""
+    code = (
+        "import sys, pyflannel.daemon, pyflannel.cli; "
+        "bad = [m for m in ('pyflannel.health', 'pyflannel.metrics', 'prometheus_client', "
+        "'http.server') if m in sys.modules]; print(bad)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    ).stdout
+    assert out.strip() == "[]"

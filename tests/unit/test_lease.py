@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
+from pathlib import Path
 
 import pytest
 
+from pyflannel.ipnet import SubnetKey
 from pyflannel.lease import (
+    NO_PUBLIC_IP,
     Change,
     EventKind,
     Events,
@@ -19,6 +22,7 @@ from pyflannel.lease import (
     Snapshot,
     decode_attrs,
 )
+from pyflannel.registry import decode_record
 
 FLANNELD_BYTES = (
     '{"PublicIP":"192.168.64.3","PublicIPv6":null,"BackendType":"vxlan",'
@@ -75,7 +79,7 @@ def test_encode_roundtrip() -> None:
             '{"PublicIP":"192.168.64.3","PublicIPv6":"fd00::5","BackendType":"vxlan",'
             '"BackendData":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"},'
             '"BackendV6Data":{"VNI":1,"VtepMAC":"aa:bb:cc:dd:ee:ff"}}',
-            LeaseAttrs(IP, "vxlan", MAC, 1),
+            LeaseAttrs(IP, "vxlan", MAC, 1, IPv6Address("fd00::5"), "aa:bb:cc:dd:ee:ff", 1),
             id="dual-stack",
         ),
         pytest.param(
@@ -151,14 +155,186 @@ def test_encode_is_compact_json_in_go_field_order() -> None:
     assert list(json.loads(text)) == ["PublicIP", "PublicIPv6", "BackendType", "BackendData"]
 
 
+# --- IPv6: dual-stack and IPv6-only values -----------------------------------------------------
+
+#: What a real Go toolchain encodes (tests/unit/fixtures/go_ipv6_text.go): flanneld v0.17 over
+#: etcd v2 (VNI a uint16) and v0.18+ over v3 (uint32) write the same dual-stack bytes.
+GO = json.loads((Path(__file__).parent / "fixtures" / "go_ipv6_text.json").read_text())["flanneld"]
+MAC6 = "7e:1a:8e:5b:29:aa"
+IP6 = IPv6Address("fd00::5")
+DUAL = LeaseAttrs(IP, "vxlan", MAC, 1, IP6, MAC6, 1)
+ONLY6 = LeaseAttrs(NO_PUBLIC_IP, "vxlan", None, None, IP6, MAC6, 1)
+DUAL_BYTES = (
+    '{"PublicIP":"192.168.64.3","PublicIPv6":"fd00::5","BackendType":"vxlan",'
+    '"BackendData":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"},'
+    '"BackendV6Data":{"VNI":1,"VtepMAC":"7e:1a:8e:5b:29:aa"}}'
+)
+
+
+def test_go_fixture_is_what_these_tests_assume() -> None:
+    """The Go-made bytes: v0.17 and HEAD identical for dual stack; IPv4 as reservations.md."""
+    assert GO["dual_v0.17"] == GO["dual_head"] == DUAL_BYTES
+    assert GO["v4only_head"] == FLANNELD_BYTES
+
+
+@pytest.mark.parametrize(
+    ("attrs", "text"),
+    [
+        pytest.param(DUAL, GO["dual_head"], id="dual-stack"),
+        pytest.param(ONLY6, GO["v6only_head"], id="ipv6-only"),
+        pytest.param(LeaseAttrs(IP, "vxlan", MAC, 1), GO["v4only_head"], id="ipv4-only"),
+    ],
+)
+def test_encode_exact_flanneld_ipv6_bytes(attrs: LeaseAttrs, text: str) -> None:
+    """Byte for byte what flanneld writes: PublicIPv6 a string (null without IPv6), then
+    BackendV6Data {VNI, VtepMAC} after BackendData; an IPv6-only host writes PublicIP 0.0.0.0
+    and no BackendData (omitempty)."""
+    assert attrs.encode() == text
+    assert decode_attrs(text) == attrs
+
+
+def test_ipv6_field_order() -> None:
+    """Go's field order, both backend objects last."""
+    assert list(json.loads(DUAL.encode())) == [
+        "PublicIP",
+        "PublicIPv6",
+        "BackendType",
+        "BackendData",
+        "BackendV6Data",
+    ]
+    assert list(json.loads(DUAL.encode())["BackendV6Data"]) == ["VNI", "VtepMAC"]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        pytest.param(
+            '{"publicip":"192.168.64.3","publicipv6":"FD00:0:0:0:0:0:0:5","backendtype":"vxlan",'
+            '"backenddata":{"vni":1,"vtepmac":"c6:d2:32:6f:8f:44"},'
+            '"backendv6data":{"vni":1,"vtepmac":"7E:1A:8E:5B:29:AA"}}',
+            DUAL,
+            id="any-case-any-spelling",
+        ),
+        pytest.param(
+            '{"PublicIP":"192.168.64.3","PublicIPv6":"fd00::5","BackendType":"vxlan",'
+            '"BackendData":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"},'
+            '"BackendV6Data":{"VtepMAC":"7e:1a:8e:5b:29:aa"}}',
+            LeaseAttrs(IP, "vxlan", MAC, 1, IP6, MAC6, None),
+            id="v6-data-without-VNI",
+        ),
+        pytest.param(
+            '{"PublicIP":"192.168.64.3","PublicIPv6":"10.0.0.9","BackendType":"vxlan"}',
+            LeaseAttrs(IP, "vxlan", public_ipv6=IPv6Address("::ffff:10.0.0.9")),
+            id="ipv4-text-as-go-reads-it",
+        ),
+        pytest.param(
+            '{"PublicIP":"192.168.64.3","PublicIPv6":null,"BackendType":"vxlan",'
+            '"BackendV6Data":null}',
+            LeaseAttrs(IP, "vxlan"),
+            id="nulls",
+        ),
+    ],
+)
+def test_decode_ipv6_forms(text: str, expected: LeaseAttrs) -> None:
+    """IPv6 fields decode case-insensitively, in any spelling Go accepts; null is none."""
+    assert decode_attrs(text) == expected
+
+
+def test_ipv4_mapped_public_ipv6_written_as_go_prints_it() -> None:
+    """An IPv4-mapped PublicIPv6 is written dotted, as flanneld's IP6 prints it."""
+    attrs = LeaseAttrs(IP, "vxlan", public_ipv6=IPv6Address("::ffff:10.0.0.9"))
+    assert '"PublicIPv6":"10.0.0.9"' in attrs.encode()
+    assert decode_attrs(attrs.encode()) == attrs
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        pytest.param('{"PublicIP":"0.0.0.0","PublicIPv6":"fe80::1%eth0"}', id="zone"),
+        pytest.param('{"PublicIP":"0.0.0.0","PublicIPv6":""}', id="empty"),
+        pytest.param('{"PublicIP":"0.0.0.0","PublicIPv6":5}', id="number"),
+        pytest.param('{"PublicIP":"0.0.0.0","PublicIPv6":"fd00::5::1"}', id="two-double-colons"),
+        pytest.param('{"PublicIP":"0.0.0.0","BackendV6Data":[1]}', id="v6-data-array"),
+        pytest.param('{"PublicIP":"0.0.0.0","BackendV6Data":{"VtepMAC":"zz"}}', id="v6-bad-mac"),
+        pytest.param('{"PublicIP":"0.0.0.0","BackendV6Data":{"VNI":"1"}}', id="v6-string-vni"),
+        pytest.param('{"PublicIP":"0.0.0.0","BackendV6Data":{"VNI":16777216}}', id="v6-big-vni"),
+        pytest.param('{"PublicIPv6":"fd00::5"}', id="PublicIP-missing"),
+    ],
+)
+def test_decode_ipv6_garbage(text: str) -> None:
+    """A bad IPv6 half makes the value undecodable, as it does for Go's json.Unmarshal (a
+    PublicIPv6 flanneld cannot parse fails the whole lease there too)."""
+    with pytest.raises(LeaseDecodeError):
+        decode_attrs(text)
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        pytest.param("10.5.34.0-24&fc00:0:0:22::-64", GO["dual_v0.17"], id="v0.17-over-v2"),
+        pytest.param("10.5.34.0-24&fc00:0:0:22::-64", GO["dual_head"], id="v0.28-over-v3"),
+        pytest.param("0.0.0.0-0&fc00:0:0:22::-64", GO["v6only_head"], id="ipv6-only"),
+    ],
+)
+def test_flanneld_dual_stack_records_round_trip(key: str, value: str) -> None:
+    """A record exactly as flanneld writes it is read as a lease with both halves (or the IPv6
+    one), marked exact (pyflannel would write the same bytes under the same key)."""
+    ev = decode_record(f"/coreos.com/network/subnets/{key}", value, None, 5)
+    assert ev.kind is EventKind.ADDED and ev.lease is not None
+    lease = ev.lease
+    assert lease.exact
+    assert lease.key.name == key
+    assert lease.attrs.encode() == value
+    assert lease.ipv6_subnet == IPv6Network("fc00:0:0:22::/64")
+    assert lease.attrs.public_ipv6 == IP6 and lease.attrs.v6_vtep_mac == MAC6
+    if lease.key.ipv4 is None:
+        assert lease.subnet == IPv4Network("0.0.0.0/0")  # flanneld's empty IPv4 subnet
+        assert lease.attrs.public_ip == NO_PUBLIC_IP and lease.attrs.vtep_mac is None
+    else:
+        assert lease.subnet == IPv4Network("10.5.34.0/24") and lease.attrs.vtep_mac == MAC
+
+
+def test_v015_dual_stack_value_under_an_ipv4_key() -> None:
+    """flanneld v0.15-v0.16 in etcd mode never store an IPv6 subnet (keys stay IPv4, leases are
+    forced IPv4-only), yet with EnableIPv6 they write the dual-stack value under the IPv4 key
+    (and then fail configuring flannel-v6, code-derived).  Such a record is an IPv4 lease whose
+    value also says PublicIPv6/BackendV6Data; it is read exactly."""
+    ev = decode_record("/coreos.com/network/subnets/10.5.34.0-24", GO["dual_v0.17"], None, 5)
+    assert ev.lease is not None and ev.lease.exact
+    assert ev.lease.key == SubnetKey(IPv4Network("10.5.34.0/24"))
+    assert ev.lease.attrs == DUAL
+
+
+def test_lease_needs_a_subnet_key() -> None:
+    """A bare IPv4Network is refused as a lease's key: for a dual-stack lease it would address
+    another etcd key."""
+    with pytest.raises(TypeError):
+        Lease(IPv4Network("10.5.1.0/24"), DUAL)  # type: ignore[arg-type]
+
+
+def test_tracker_keeps_ipv4_dual_and_ipv6_only_peers_apart() -> None:
+    """Leases are known by their whole key: an IPv4-only, a dual-stack and two IPv6-only peers
+    (whose IPv4 halves are all "none") are four peers, and removing one removes only it."""
+    v4 = SubnetKey(IPv4Network("10.5.1.0/24"))
+    dual = SubnetKey(IPv4Network("10.5.2.0/24"), IPv6Network("fc00:0:0:2::/64"))
+    only_a = SubnetKey(None, IPv6Network("fc00:0:0:3::/64"))
+    only_b = SubnetKey(None, IPv6Network("fc00:0:0:4::/64"))
+    leases = [Lease(k, ONLY6 if k.ipv4 is None else DUAL) for k in (v4, dual, only_a, only_b)]
+    t = tracker_with(*leases)
+    assert set(t.leases) == {v4, dual, only_a, only_b}
+    changes = t.apply(Events((removed(only_a),), revision=2))
+    assert [(c.kind, c.subnet) for c in changes] == [(EventKind.REMOVED, only_a)]
+    assert set(t.leases) == {v4, dual, only_b}
+
+
 # --- tracker ------------------------------------------------------------------------------------
 
-NET_A = IPv4Network("10.5.1.0/24")
-NET_B = IPv4Network("10.5.2.0/24")
-NET_C = IPv4Network("10.5.3.0/24")
+NET_A = SubnetKey(IPv4Network("10.5.1.0/24"))
+NET_B = SubnetKey(IPv4Network("10.5.2.0/24"))
+NET_C = SubnetKey(IPv4Network("10.5.3.0/24"))
 
 
-def lease(net: IPv4Network, host: int = 1, mac: str = "02:00:00:00:00:01", rev: int = 1) -> Lease:
+def lease(net: SubnetKey, host: int = 1, mac: str = "02:00:00:00:00:01", rev: int = 1) -> Lease:
     """A vxlan lease on *net* held by 192.168.1.<host>."""
     return Lease(
         net,
@@ -170,20 +346,20 @@ def lease(net: IPv4Network, host: int = 1, mac: str = "02:00:00:00:00:01", rev: 
 
 def added(le: Lease) -> LeaseEvent:
     """An incremental ADDED event for *le*."""
-    return LeaseEvent(EventKind.ADDED, f"/x/subnets/{le.subnet}", subnet=le.subnet, lease=le)
+    return LeaseEvent(EventKind.ADDED, f"/x/subnets/{le.key.name}", subnet=le.key, lease=le)
 
 
-def removed(net: IPv4Network) -> LeaseEvent:
+def removed(net: SubnetKey) -> LeaseEvent:
     """An incremental REMOVED event for *net*."""
-    return LeaseEvent(EventKind.REMOVED, f"/x/subnets/{net}", subnet=net)
+    return LeaseEvent(EventKind.REMOVED, f"/x/subnets/{net.name}", subnet=net)
 
 
-def invalid(net: IPv4Network | None, key: str = "/x/subnets/junk") -> LeaseEvent:
+def invalid(net: SubnetKey | None, key: str = "/x/subnets/junk") -> LeaseEvent:
     """An INVALID record (a key holding garbage) for *net*."""
     return LeaseEvent(EventKind.INVALID, key, subnet=net, reason="not JSON")
 
 
-def kinds(changes: list[Change]) -> list[tuple[EventKind, IPv4Network | None]]:
+def kinds(changes: list[Change]) -> list[tuple[EventKind, SubnetKey | None]]:
     """The (kind, subnet) pairs of *changes*, sorted for comparison."""
     return sorted(((c.kind, c.subnet) for c in changes), key=lambda t: (t[0].value, str(t[1])))
 
@@ -220,7 +396,7 @@ def test_snapshot_unchanged_emits_nothing() -> None:
     """A snapshot equal to what is known emits nothing, even if revisions or expirations moved."""
     a, b = lease(NET_A), lease(NET_B, 2)
     t = tracker_with(a, b)
-    a2 = Lease(a.subnet, a.attrs, expiration=99999.0, revision=77)
+    a2 = Lease(a.key, a.attrs, expiration=99999.0, revision=77)
     assert t.apply(Snapshot((a2, b), revision=80)) == []
 
 
@@ -242,7 +418,7 @@ def test_incremental_added_always_emitted() -> None:
     """Every incremental ADDED is emitted, a renewal with identical attributes too."""
     a = lease(NET_A)
     t = tracker_with(a)
-    renewal = Lease(a.subnet, a.attrs, expiration=2000.0, revision=2)
+    renewal = Lease(a.key, a.attrs, expiration=2000.0, revision=2)
     changes = t.apply(Events((added(renewal),), revision=2))
     assert len(changes) == 1
     assert changes[0].kind is EventKind.ADDED

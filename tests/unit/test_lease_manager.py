@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import random
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address
 
 import pytest
 
-from pyflannel.config import parse_network_config
+from pyflannel.config import parse_network_config, read_network_config
 from pyflannel.errors import AlreadyExists, LeaseLost, PyflannelError
-from pyflannel.lease import Lease, LeaseAttrs
+from pyflannel.ipnet import SubnetKey, ipv6_text
+from pyflannel.lease import NO_PUBLIC_IP, Lease, LeaseAttrs, Snapshot
 from pyflannel.registry import LEASE_TTL
 from pyflannel.subnet import RACE_RETRIES, LeaseManager
 from pyflannel.testing import FakeClock, MemoryRegistry
@@ -20,17 +21,15 @@ ME = IPv4Address("10.0.1.3")
 OTHER = IPv4Address("10.0.2.3")
 MY_ATTRS = LeaseAttrs(ME, "vxlan", "02:aa:00:00:00:01", 1)
 OTHER_ATTRS = LeaseAttrs(OTHER, "vxlan", "02:bb:00:00:00:02", 1)
-CFG = parse_network_config(
-    json.dumps(
-        {
-            "Network": "172.16.0.0/16",
-            "SubnetLen": 24,
-            "SubnetMin": "172.16.10.0",
-            "SubnetMax": "172.16.99.0",
-            "Backend": {"Type": "vxlan", "Port": 8472},
-        }
-    )
-)
+OTHER_MAC6 = "02:bb:00:00:00:06"
+CFG_FIELDS = {
+    "Network": "172.16.0.0/16",
+    "SubnetLen": 24,
+    "SubnetMin": "172.16.10.0",
+    "SubnetMax": "172.16.99.0",
+    "Backend": {"Type": "vxlan", "Port": 8472},
+}
+CFG = parse_network_config(json.dumps(CFG_FIELDS))
 #: Three /30 subnets: 10.0.0.4, 10.0.0.8, 10.0.0.12.
 TINY = parse_network_config('{"Network":"10.0.0.0/28","Backend":{"Type":"vxlan"}}')
 
@@ -52,6 +51,11 @@ def manager(registry: MemoryRegistry, hint: str | None = None, seed: int = 0) ->
     )
 
 
+def net(subnet: str) -> SubnetKey:
+    """The key of the IPv4-only lease on *subnet*."""
+    return SubnetKey(IPv4Network(subnet))
+
+
 def key(subnet: str) -> str:
     """The etcd key of *subnet*."""
     net = IPv4Network(subnet)
@@ -65,16 +69,16 @@ def test_acquire_creates_new_lease(registry: MemoryRegistry, clock: FakeClock) -
     assert lease.attrs == MY_ATTRS
     assert lease.expiration == pytest.approx(clock.time() + LEASE_TTL)
     assert registry.get_raw(key(str(lease.subnet))) == MY_ATTRS.encode()
-    assert registry.get_subnet(lease.subnet) == Lease(
-        lease.subnet, MY_ATTRS, lease.expiration, lease.revision
+    assert registry.get_subnet(lease.key) == Lease(
+        lease.key, MY_ATTRS, lease.expiration, lease.revision
     )
 
 
 def test_acquire_reuses_lease_with_our_ip(registry: MemoryRegistry, clock: FakeClock) -> None:
     """A lease already carrying our public IP is rewritten with our new attributes and kept."""
     old = LeaseAttrs(ME, "vxlan", "02:aa:00:00:00:99", 1)
-    registry.create_subnet(IPv4Network("172.16.34.0/24"), old, LEASE_TTL)
-    registry.create_subnet(IPv4Network("172.16.35.0/24"), OTHER_ATTRS, LEASE_TTL)
+    registry.create_subnet(net("172.16.34.0/24"), old, LEASE_TTL)
+    registry.create_subnet(net("172.16.35.0/24"), OTHER_ATTRS, LEASE_TTL)
     clock.advance(3600)
     lease = manager(registry, hint="172.16.50.0/24").acquire(CFG, MY_ATTRS)
     assert lease.subnet == IPv4Network("172.16.34.0/24")
@@ -96,7 +100,7 @@ def test_acquire_reuses_reservation_without_ttl(registry: MemoryRegistry, clock:
 
 def test_acquire_deletes_incompatible_own_lease(registry: MemoryRegistry) -> None:
     """Our lease outside the current config is deleted and a compatible subnet created."""
-    registry.create_subnet(IPv4Network("172.16.5.0/24"), MY_ATTRS, LEASE_TTL)
+    registry.create_subnet(net("172.16.5.0/24"), MY_ATTRS, LEASE_TTL)
     lease = manager(registry).acquire(CFG, MY_ATTRS)
     assert CFG.contains_subnet(lease.subnet)
     assert registry.get_raw(key("172.16.5.0/24")) is None
@@ -111,7 +115,7 @@ def test_acquire_uses_free_hint(registry: MemoryRegistry) -> None:
 
 def test_acquire_never_steals_hint(registry: MemoryRegistry) -> None:
     """A previous subnet held by another node is left alone; another subnet is created."""
-    registry.create_subnet(IPv4Network("172.16.42.0/24"), OTHER_ATTRS, LEASE_TTL)
+    registry.create_subnet(net("172.16.42.0/24"), OTHER_ATTRS, LEASE_TTL)
     lease = manager(registry, hint="172.16.42.0/24").acquire(CFG, MY_ATTRS)
     assert lease.subnet != IPv4Network("172.16.42.0/24")
     assert registry.get_raw(key("172.16.42.0/24")) == OTHER_ATTRS.encode()
@@ -123,9 +127,9 @@ class RacingRegistry(MemoryRegistry):
     def __init__(self, losses: int, **kwargs: object) -> None:
         super().__init__(PREFIX, **kwargs)  # type: ignore[arg-type]
         self.losses = losses
-        self.attempts: list[IPv4Network] = []
+        self.attempts: list[SubnetKey] = []
 
-    def create_subnet(self, subnet: IPv4Network, attrs: LeaseAttrs, ttl: int) -> Lease:
+    def create_subnet(self, subnet: SubnetKey, attrs: LeaseAttrs, ttl: int) -> Lease:
         self.attempts.append(subnet)
         if len(self.attempts) <= self.losses:
             rival = LeaseAttrs(
@@ -139,10 +143,10 @@ def test_acquire_race_lost_retries(clock: FakeClock) -> None:
     """Losing the compare-and-set race re-lists and picks another subnet."""
     registry = RacingRegistry(losses=1, clock=clock)
     lease = manager(registry, hint="172.16.42.0/24").acquire(CFG, MY_ATTRS)
-    assert registry.attempts[0] == IPv4Network("172.16.42.0/24")
+    assert registry.attempts[0] == net("172.16.42.0/24")
     assert len(registry.attempts) == 2
-    assert lease.subnet == registry.attempts[1] != IPv4Network("172.16.42.0/24")
-    rival = registry.get_subnet(IPv4Network("172.16.42.0/24"))
+    assert lease.key == registry.attempts[1] != net("172.16.42.0/24")
+    rival = registry.get_subnet(net("172.16.42.0/24"))
     assert rival is not None
     assert rival.attrs.public_ip == IPv4Address("10.9.0.1")  # the winner keeps its lease
 
@@ -152,7 +156,7 @@ def test_acquire_race_lost_several_times(clock: FakeClock) -> None:
     registry = RacingRegistry(losses=2, clock=clock)
     lease = manager(registry).acquire(TINY, MY_ATTRS)
     assert len(set(registry.attempts)) == 3
-    assert lease.subnet == registry.attempts[2]
+    assert lease.key == registry.attempts[2]
     assert len(registry.list_subnets().leases) == 3
 
 
@@ -185,21 +189,21 @@ def test_renew_keeps_reservation_ttl_zero(registry: MemoryRegistry, clock: FakeC
     renewed = mgr.renew(lease, MY_ATTRS)
     assert renewed.expiration is None
     clock.advance(10 * LEASE_TTL)
-    assert registry.get_subnet(IPv4Network("172.16.40.0/24")) is not None
+    assert registry.get_subnet(net("172.16.40.0/24")) is not None
 
 
 def test_lease_expires_without_renewal(registry: MemoryRegistry, clock: FakeClock) -> None:
     """Without renewal the lease is gone after its TTL (the precondition for reacquire)."""
     lease = manager(registry).acquire(CFG, MY_ATTRS)
     clock.advance(LEASE_TTL + 1)
-    assert registry.get_subnet(lease.subnet) is None
+    assert registry.get_subnet(lease.key) is None
 
 
 def test_reacquire_when_free(registry: MemoryRegistry, clock: FakeClock) -> None:
     """A vanished lease whose subnet is still free is created again on the same subnet."""
     mgr = manager(registry)
     lease = mgr.acquire(CFG, MY_ATTRS)
-    registry.delete_subnet(lease.subnet)
+    registry.delete_subnet(lease.key)
     again = mgr.reacquire(lease, MY_ATTRS)
     assert again.subnet == lease.subnet
     assert again.expiration == pytest.approx(clock.time() + LEASE_TTL)
@@ -219,8 +223,8 @@ def test_reacquire_lease_lost_to_other(registry: MemoryRegistry) -> None:
     """LeaseLost names the new holder when someone else holds our subnet now."""
     mgr = manager(registry)
     lease = mgr.acquire(CFG, MY_ATTRS)
-    registry.delete_subnet(lease.subnet)
-    registry.create_subnet(lease.subnet, OTHER_ATTRS, LEASE_TTL)
+    registry.delete_subnet(lease.key)
+    registry.create_subnet(lease.key, OTHER_ATTRS, LEASE_TTL)
     with pytest.raises(LeaseLost, match=str(OTHER)):
         mgr.reacquire(lease, MY_ATTRS)
     assert registry.get_raw(key(str(lease.subnet))) == OTHER_ATTRS.encode()
@@ -247,6 +251,118 @@ def test_reacquire_overwrites_garbage(registry: MemoryRegistry, garbage: str) ->
 
 def test_create_conflict_is_already_exists(registry: MemoryRegistry) -> None:
     """The registry's create refuses a held subnet (what acquire's retry relies on)."""
-    registry.create_subnet(IPv4Network("172.16.42.0/24"), OTHER_ATTRS, LEASE_TTL)
+    registry.create_subnet(net("172.16.42.0/24"), OTHER_ATTRS, LEASE_TTL)
     with pytest.raises(AlreadyExists):
-        registry.create_subnet(IPv4Network("172.16.42.0/24"), MY_ATTRS, LEASE_TTL)
+        registry.create_subnet(net("172.16.42.0/24"), MY_ATTRS, LEASE_TTL)
+
+
+# --- IPv6 -----------------------------------------------------------------------------------------
+
+ME6 = IPv6Address("fd00::3")
+DUAL_CFG = read_network_config(
+    json.dumps({**CFG_FIELDS, "EnableIPv6": True, "IPv6Network": "fc00::/48"})
+)
+ONLY6_CFG = read_network_config(
+    '{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fc00::/48","Backend":{"Type":"vxlan"}}'
+)
+MY_DUAL = LeaseAttrs(ME, "vxlan", "02:aa:00:00:00:01", 1, ME6, "02:aa:00:00:00:06", 1)
+MY_ONLY6 = LeaseAttrs(NO_PUBLIC_IP, "vxlan", None, None, ME6, "02:aa:00:00:00:06", 1)
+
+
+def manager6(registry: MemoryRegistry, public_ip: IPv4Address = ME, seed: int = 0) -> LeaseManager:
+    """A LeaseManager for a host with IPv6 address ME6 (and *public_ip*)."""
+    return LeaseManager(registry, public_ip, public_ipv6=ME6, rng=random.Random(seed))
+
+
+def test_dual_stack_acquire_writes_flanneld_key_and_bytes(registry: MemoryRegistry) -> None:
+    """A dual-stack lease is stored under ``<v4>-<len>&<v6>-<len>`` with exactly the bytes
+    flanneld writes, and read back as the same lease."""
+    lease = manager6(registry).acquire(DUAL_CFG, MY_DUAL)
+    assert lease.key.ipv4 is not None and lease.key.ipv6 is not None
+    name = lease.key.name
+    assert name == (
+        f"{lease.key.ipv4.network_address}-24&{ipv6_text(lease.key.ipv6.network_address)}-64"
+    )
+    assert registry.get_raw(f"{PREFIX}/subnets/{name}") == MY_DUAL.encode()
+    assert registry.get_subnet(lease.key) == lease
+    assert [x.key for x in registry.list_subnets().leases] == [lease.key]
+
+
+def test_ipv6_only_acquire_and_restart(registry: MemoryRegistry) -> None:
+    """An IPv6-only host leases ``0.0.0.0-0&<v6>-<len>``; after a restart it finds its lease by
+    PublicIPv6, not the lease of another IPv6-only host (both say PublicIP 0.0.0.0)."""
+    other = LeaseAttrs(NO_PUBLIC_IP, "vxlan", None, None, IPv6Address("fd00::9"), OTHER_MAC6, 1)
+    theirs = LeaseManager(registry, NO_PUBLIC_IP, public_ipv6=IPv6Address("fd00::9"))
+    their_lease = theirs.acquire(ONLY6_CFG, other)
+    lease = manager6(registry, NO_PUBLIC_IP, seed=1).acquire(ONLY6_CFG, MY_ONLY6)
+    assert lease.key.ipv4 is None and lease.key.name.startswith("0.0.0.0-0&fc00:0:0:")
+    assert lease.key != their_lease.key
+    again = manager6(registry, NO_PUBLIC_IP, seed=2).acquire(ONLY6_CFG, MY_ONLY6)
+    assert again.key == lease.key
+    assert registry.get_subnet(their_lease.key) == their_lease
+
+
+def test_renew_and_reacquire_address_the_whole_key(registry: MemoryRegistry) -> None:
+    """Renewal and re-acquisition write the dual-stack key itself, never an IPv4-only key
+    for its IPv4 half."""
+    mgr = manager6(registry)
+    lease = mgr.acquire(DUAL_CFG, MY_DUAL)
+    mgr.renew(lease, MY_DUAL)
+    registry.delete_subnet(lease.key)
+    mgr.reacquire(lease, MY_DUAL)
+    assert [x.key for x in registry.list_subnets().leases] == [lease.key]
+
+
+def test_ipv6_only_reacquire_lost_to_another_ipv6_only_host(registry: MemoryRegistry) -> None:
+    """An IPv6-only holder is judged by its IPv6 half: another host's lease is a takeover
+    (LeaseLost naming its PublicIPv6), not garbage to overwrite."""
+    mgr = manager6(registry, NO_PUBLIC_IP)
+    lease = mgr.acquire(ONLY6_CFG, MY_ONLY6)
+    registry.delete_subnet(lease.key)
+    other = LeaseAttrs(NO_PUBLIC_IP, "vxlan", None, None, IPv6Address("fd00::9"), OTHER_MAC6, 1)
+    registry.create_subnet(lease.key, other, LEASE_TTL)
+    with pytest.raises(LeaseLost, match="fd00::9"):
+        mgr.reacquire(lease, MY_ONLY6)
+
+
+class HalfRacingRegistry(MemoryRegistry):
+    """A rival IPv4-only host creates a key holding the IPv4 half of our first create, just
+    before it: compare-and-set cannot see it (the keys differ)."""
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(PREFIX, **kwargs)  # type: ignore[arg-type]
+        self.attempts: list[SubnetKey] = []
+
+    def create_subnet(self, subnet: SubnetKey, attrs: LeaseAttrs, ttl: int) -> Lease:
+        self.attempts.append(subnet)
+        if len(self.attempts) == 1 and subnet.ipv4 is not None:
+            super().create_subnet(SubnetKey(subnet.ipv4), OTHER_ATTRS, ttl)
+        return super().create_subnet(subnet, attrs, ttl)
+
+
+def test_race_lost_on_one_half_is_given_up(clock: FakeClock) -> None:
+    """Two keys sharing an IPv4 half both pass compare-and-set: the later one (ours) sees the
+    earlier, deletes itself and takes other subnets; the rival keeps its lease."""
+    registry = HalfRacingRegistry(clock=clock)
+    lease = manager6(registry).acquire(DUAL_CFG, MY_DUAL)
+    first = registry.attempts[0]
+    assert len(registry.attempts) == 2 and lease.key == registry.attempts[1]
+    assert lease.key.ipv4 != first.ipv4
+    keys = {x.key for x in registry.list_subnets().leases}
+    assert keys == {SubnetKey(first.ipv4), lease.key}
+
+
+def test_ipv4_only_keyspace_lists_once(clock: FakeClock) -> None:
+    """Among IPv4-only keys, compare-and-set is the whole story: no second listing."""
+
+    class Counting(MemoryRegistry):
+        lists = 0
+
+        def list_subnets(self) -> Snapshot:
+            Counting.lists += 1
+            return super().list_subnets()
+
+    registry = Counting(PREFIX, clock=clock)
+    registry.create_subnet(net("172.16.50.0/24"), OTHER_ATTRS, LEASE_TTL)
+    manager(registry).acquire(CFG, MY_ATTRS)
+    assert Counting.lists == 1

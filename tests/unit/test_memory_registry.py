@@ -9,10 +9,11 @@ from ipaddress import IPv4Address, IPv4Network
 import pytest
 
 from pyflannel.errors import Compacted, RegistryUnavailable
+from pyflannel.ipnet import SubnetKey
 from pyflannel.lease import EventKind, LeaseAttrs
 from pyflannel.testing import FakeClock, MemoryRegistry, watch_until
 
-S1 = IPv4Network("10.5.1.0/24")
+S1 = SubnetKey(IPv4Network("10.5.1.0/24"))
 A1 = LeaseAttrs(IPv4Address("192.0.2.1"), "vxlan", "aa:bb:cc:00:00:01", 1)
 
 

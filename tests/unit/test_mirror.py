@@ -7,6 +7,9 @@ import json
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from pyflannel.kernel import codec
 from pyflannel.kernel.mirror import Mirror, Touched
 from pyflannel.kernel.plan import Desired, Ownership
@@ -302,3 +305,48 @@ def test_desired_lookups_rebuild_records_from_the_compact_form() -> None:
     assert d.route(direct.dst) is None and d.route(onlink.dst) is None
     assert d.neigh(A("10.5.2.0")) is None and d.fdb_dst("aa:bb:cc:00:00:02") is None
     assert d.keys().routes == {bare.dst}
+
+
+def _brute_counts(m: Mirror) -> tuple[int, int, int]:
+    routes = [r for r in m.dev_routes() if r.protocol != 2]
+    return len(routes), len(m.neighs()), len(m.fdb())
+
+
+_MESSAGES = st.one_of(
+    st.builds(
+        neigh,
+        st.sampled_from([NEW_N, DEL_N]),
+        st.sampled_from(["10.5.2.0", "10.5.3.0", "10.5.4.0"]),
+        st.sampled_from([2, 3, None]),
+        st.sampled_from([codec.NUD_PERMANENT, 0x02]),
+        st.sampled_from([DEV, ETH0]),
+    ),
+    st.builds(
+        fdb,
+        st.sampled_from([NEW_N, DEL_N]),
+        st.sampled_from([2, 3]),
+        st.sampled_from(["192.0.2.20", "192.0.2.30", None]),
+        st.booleans(),
+    ),
+    st.builds(
+        route,
+        st.sampled_from([NEW_R, DEL_R]),
+        st.sampled_from(["10.5.2.0/24", "10.5.3.0/24", "10.5.2.0/32"]),
+        st.sampled_from(["10.5.2.0", None]),
+        st.sampled_from([DEV, ETH0]),
+        st.sampled_from([0, 100]),
+        st.sampled_from([2, 3]),
+    ),
+)
+
+
+@given(st.lists(_MESSAGES, max_size=40))
+def test_entry_counts_follow_every_fold(msgs: list[codec.Parsed]) -> None:
+    """The O(1) counts a metrics scrape reads equal a full count after any notifications."""
+    m = loaded()
+    assert m.entry_counts() == _brute_counts(m)
+    for msg in msgs:
+        m.apply(msg)
+        assert m.entry_counts() == _brute_counts(m)
+    m.load(link(), [], [fdb(NEW_N, 5, "192.0.2.1"), fdb(NEW_N, 5, "192.0.2.2")], [])
+    assert m.entry_counts() == (0, 0, 2)

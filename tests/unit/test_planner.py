@@ -5,12 +5,13 @@ from __future__ import annotations
 import errno
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 import pytest
 
 from pyflannel.backend.vxlan import PeerScope, desired_state, unsafe_reason
 from pyflannel.errors import KernelError
+from pyflannel.ipnet import SubnetKey
 from pyflannel.kernel.plan import (
     Desired,
     Keys,
@@ -22,7 +23,8 @@ from pyflannel.kernel.plan import (
     plan,
 )
 from pyflannel.kernel.records import Fdb, KernelState, Neigh, PeerEntries, Route, RouteEntry
-from pyflannel.lease import Lease, LeaseAttrs
+from pyflannel.lease import NO_PUBLIC_IP, Lease, LeaseAttrs
+from pyflannel.peersync import PeerSync
 
 DEV = 7
 S1 = IPv4Network("10.5.51.0/24")
@@ -41,7 +43,7 @@ SCOPE = PeerScope(IPv4Network("10.5.0.0/16"), 24, own_subnet=OWN, own_public_ip=
 
 def peer(subnet: IPv4Network, ip: IPv4Address, mac: str | None, btype: str = "vxlan") -> Lease:
     """A peer's lease."""
-    return Lease(subnet, LeaseAttrs(ip, btype, mac, 1), expiration=1e9)
+    return Lease(SubnetKey(subnet), LeaseAttrs(ip, btype, mac, 1), expiration=1e9)
 
 
 def vtep(subnet: IPv4Network) -> IPv4Address:
@@ -151,13 +153,13 @@ def test_desired_no_direct_routing_never_asks_kernel() -> None:
         ("10.5.0.0/16", "inside the Network"),  # the whole Network
         ("10.5.220.0/26", "inside the Network"),  # another prefix length
         ("10.5.1.128/25", "inside the Network"),  # half of our own subnet
-        ("0.0.0.0/0", "inside the Network"),  # the default route
+        ("0.0.0.0/1", "inside the Network"),  # half the address space
         ("192.168.1.0/24", "inside the Network"),  # the underlay
     ],
 )
 def test_unsafe_subnets_are_skipped(subnet: str, why: str) -> None:
     """Only a SubnetLen-sized subnet inside the Network is ever routed into the overlay."""
-    bad = Lease(IPv4Network(subnet), LeaseAttrs(P1, "vxlan", M1, 1))
+    bad = Lease(SubnetKey(IPv4Network(subnet)), LeaseAttrs(P1, "vxlan", M1, 1))
     d = desired_state([bad, peer(S2, P2, M2)], DEV, SCOPE)
     assert d.state == programmed((S2, P2, M2))
     assert why in d.skipped[IPv4Network(subnet)]
@@ -167,8 +169,21 @@ def test_overlapping_own_subnet_is_skipped() -> None:
     """A /24 lease that overlaps our own subnet (a Network-sized scope with /24 and our /24 on
     another boundary cannot happen, so check the rule directly) is refused."""
     scope = PeerScope(IPv4Network("10.5.0.0/16"), 25, own_subnet=IPv4Network("10.5.1.0/24"))
-    lease = Lease(IPv4Network("10.5.1.128/25"), LeaseAttrs(P1, "vxlan", M1, 1))
+    lease = Lease(SubnetKey(IPv4Network("10.5.1.128/25")), LeaseAttrs(P1, "vxlan", M1, 1))
     assert "our own subnet" in (unsafe_reason(lease, scope) or "")
+
+
+def test_ipv6_halves_are_not_this_device() -> None:
+    """On the IPv4 device an IPv6-only peer is nothing (not even a skipped lease) and a
+    dual-stack peer is programmed by its IPv4 half alone."""
+    v6 = IPv6Network("fc00:0:0:7::/64")
+    attrs6 = LeaseAttrs(NO_PUBLIC_IP, "vxlan", None, None, IPv6Address("fd00::7"), M2, 1)
+    only6 = Lease(SubnetKey(None, v6), attrs6)
+    dual = Lease(SubnetKey(S1, IPv6Network("fc00:0:0:8::/64")), LeaseAttrs(P1, "vxlan", M1, 1))
+    d = desired_state([only6, dual], DEV, SCOPE)
+    assert d.state == programmed((S1, P1, M1))
+    assert d.skipped == {}
+    assert unsafe_reason(only6, SCOPE) == "lease has no IPv4 subnet (an IPv6-only peer)"
 
 
 def test_own_lease_is_not_a_peer() -> None:
@@ -562,3 +577,34 @@ def test_apply_is_two_batches() -> None:
     )
     apply(plan_states(many, programmed((S1, P1, M1))), w)
     assert w.batches == 2
+
+
+class _Kernel:
+    """What PeerSync asks of a KernelSync when a lease changes: the wanted entries per subnet
+    (the real Desired index, no kernel behind it)."""
+
+    def __init__(self, dev: int) -> None:
+        self.dev = dev
+        self.desired = Desired()
+
+    def set_peer(self, subnet: IPv4Network, entries: PeerEntries | None) -> Keys:
+        return self.desired.set(subnet, entries)
+
+    def route_is_onlink(self, _ip: IPv4Address) -> bool:
+        return False
+
+
+def test_peer_sync_takes_only_the_ipv4_half() -> None:
+    """The IPv4 device is told about a dual-stack peer's IPv4 half; an IPv6-only key changes
+    nothing on it (and is no skipped peer to warn about)."""
+    kernel = _Kernel(DEV)
+    sync = PeerSync(lambda dev, _own: kernel, DEV, SCOPE)  # type: ignore[arg-type,return-value]
+    only6 = SubnetKey(None, IPv6Network("fc00:0:0:7::/64"))
+    attrs6 = LeaseAttrs(NO_PUBLIC_IP, "vxlan", None, None, IPv6Address("fd00::7"), M2, 1)
+    assert not sync.update(only6, Lease(only6, attrs6))
+    assert kernel.desired.peers == {}
+    dual = SubnetKey(S1, IPv6Network("fc00:0:0:8::/64"))
+    assert sync.update(dual, Lease(dual, LeaseAttrs(P1, "vxlan", M1, 1)))
+    assert set(kernel.desired.peers) == {S1}
+    sync.update(dual, None)
+    assert kernel.desired.peers == {}

@@ -1,15 +1,17 @@
-"""subnet.env: the exact text flanneld writes, the atomic write, and the previous-subnet hint."""
+"""subnet.env: the exact text flanneld writes (IPv4, dual stack, IPv6 only), the atomic write,
+and the previous-subnet hint."""
 
 from __future__ import annotations
 
 import os
 import stat
-from ipaddress import IPv4Network
+from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 
 import pytest
 
 from pyflannel.errors import SubnetEnvError
+from pyflannel.ipnet import SubnetKey
 from pyflannel.subnetenv import (
     check_writable,
     read_subnet_hint,
@@ -40,6 +42,108 @@ def test_ip_masq_true_and_small_subnet() -> None:
         "FLANNEL_MTU=1350\n"
         "FLANNEL_IPMASQ=true\n"
     )
+
+
+DUAL_TEXT = (
+    "FLANNEL_NETWORK=10.5.0.0/16\n"
+    "FLANNEL_SUBNET=10.5.34.1/24\n"
+    "FLANNEL_IPV6_NETWORK=fc00::/48\n"
+    "FLANNEL_IPV6_SUBNET=fc00:0:0:22::1/64\n"
+    "FLANNEL_MTU=1450\n"
+    "FLANNEL_IPMASQ=false\n"
+)
+
+
+def test_dual_stack_text_exact() -> None:
+    """Dual stack: the IPv6 pair right after the IPv4 pair (flanneld's WriteSubnetFile order),
+    the IPv6 subnet +1 as Go prints it."""
+    text = subnet_env_text(
+        IPv4Network("10.5.0.0/16"),
+        IPv4Network("10.5.34.0/24"),
+        1450,
+        False,
+        ipv6_network=IPv6Network("fc00::/48"),
+        ipv6_subnet=IPv6Network("fc00:0:0:22::/64"),
+    )
+    assert text == DUAL_TEXT
+
+
+def test_ipv6_only_text_leaves_ipv4_lines_out() -> None:
+    """IPv4 off: no FLANNEL_NETWORK or FLANNEL_SUBNET line at all."""
+    text = subnet_env_text(
+        None,
+        None,
+        1430,
+        True,
+        ipv6_network=IPv6Network("fd00:10:244::/56"),
+        ipv6_subnet=IPv6Network("fd00:10:244:7::/64"),
+    )
+    assert text == (
+        "FLANNEL_IPV6_NETWORK=fd00:10:244::/56\n"
+        "FLANNEL_IPV6_SUBNET=fd00:10:244:7::1/64\n"
+        "FLANNEL_MTU=1430\n"
+        "FLANNEL_IPMASQ=true\n"
+    )
+
+
+def test_read_dual_stack_hint(tmp_path: Path) -> None:
+    """read_subnet_hint reads both halves of what a dual-stack run wrote, masked to networks."""
+    path = tmp_path / "subnet.env"
+    write_subnet_env(path, DUAL_TEXT)
+    assert read_subnet_hint(path) == SubnetKey(
+        IPv4Network("10.5.34.0/24"), IPv6Network("fc00:0:0:22::/64")
+    )
+
+
+@pytest.mark.parametrize(
+    ("content", "v4", "v6"),
+    [
+        pytest.param("FLANNEL_IPV6_SUBNET=fc00:0:0:22::1/64\n", None, "fc00:0:0:22::/64", id="v6"),
+        pytest.param(
+            "FLANNEL_SUBNET=10.5.9.1/24\nFLANNEL_IPV6_SUBNET=banana\n",
+            "10.5.9.0/24",
+            None,
+            id="bad-v6",
+        ),
+        pytest.param(
+            "FLANNEL_SUBNET=10.5.9.1/24\nFLANNEL_IPV6_SUBNET=fe80::1%eth0/64\n",
+            "10.5.9.0/24",
+            None,
+            id="zone",
+        ),
+        pytest.param(
+            "FLANNEL_SUBNET=10.5.9.1/24\nFLANNEL_IPV6_SUBNET=::ffff:10.0.0.1/120\n",
+            "10.5.9.0/24",
+            None,
+            id="no-key-names-it",
+        ),
+        pytest.param(
+            "FLANNEL_IPV6_SUBNET=fc00::1/64\nFLANNEL_IPV6_SUBNET=fc00:0:0:1::1/64\n",
+            None,
+            None,
+            id="twice",
+        ),
+        pytest.param(
+            "FLANNEL_SUBNET=0.0.0.0/0\nFLANNEL_IPV6_SUBNET=fc00::1/64\n",
+            None,
+            "fc00::/64",
+            id="v4-zero",
+        ),
+    ],
+)
+def test_read_hint_halves_independent(
+    tmp_path: Path, content: str, v4: str | None, v6: str | None
+) -> None:
+    """Each half of the hint stands alone: a bad, ambiguous or unnameable one is dropped and
+    the other kept; neither usable is no hint."""
+    path = tmp_path / "subnet.env"
+    path.write_text(content)
+    want = (
+        None
+        if v4 is None and v6 is None
+        else SubnetKey(IPv4Network(v4) if v4 else None, IPv6Network(v6) if v6 else None)
+    )
+    assert read_subnet_hint(path) == want
 
 
 def test_write_creates_parent_mode_0644_no_temp(tmp_path: Path) -> None:
@@ -110,7 +214,7 @@ def test_check_writable_leaves_nothing(tmp_path: Path) -> None:
         ),
         pytest.param("FLANNEL_SUBNET=10.4.0.65/26", "10.4.0.64/26", id="no-newline"),
         pytest.param(
-            "# comment\nFLANNEL_IPV6_SUBNET=fc00::1/64\nFLANNEL_SUBNET=10.5.9.1/24\n",
+            "# comment\nFLANNEL_NETWORK=10.5.0.0/16\nFLANNEL_SUBNET=10.5.9.1/24\n",
             "10.5.9.0/24",
             id="other-lines",
         ),
@@ -120,14 +224,14 @@ def test_read_hint_valid(tmp_path: Path, content: str, expected: str) -> None:
     """FLANNEL_SUBNET is read as a CIDR and masked to its network (10.5.34.1/24 -> 10.5.34.0/24)."""
     path = tmp_path / "subnet.env"
     path.write_text(content)
-    assert read_subnet_hint(path) == IPv4Network(expected)
+    assert read_subnet_hint(path) == SubnetKey(IPv4Network(expected))
 
 
 def test_read_hint_round_trip(tmp_path: Path) -> None:
     """What write_subnet_env wrote, read_subnet_hint reads back as the lease subnet."""
     path = tmp_path / "subnet.env"
     write_subnet_env(path, SEED_TEXT)
-    assert read_subnet_hint(path) == IPv4Network("172.16.34.0/24")
+    assert read_subnet_hint(path) == SubnetKey(IPv4Network("172.16.34.0/24"))
 
 
 def test_read_hint_missing(tmp_path: Path) -> None:

@@ -168,3 +168,45 @@ def test_watchdog_interval(
         value = {"self": str(os.getpid()), "other": str(os.getpid() + 1)}.get(pid, pid)
         monkeypatch.setenv("WATCHDOG_PID", value)
     assert systemd.watchdog_interval() == expected
+
+
+# --- Watchdog ---------------------------------------------------------------------------------
+
+
+def test_watchdog_pings_at_half_the_interval(path_socket: Receiver) -> None:
+    """kick() sends WATCHDOG=1 at most once per half interval, whatever the kick rate."""
+    dog = systemd.Watchdog(10.0)
+    for now in (100.0, 101.0, 104.9, 105.0, 105.1, 109.99, 110.0):
+        dog.kick(now)
+    assert dog.sent == 3  # at 100, 105 and 110
+    assert [path_socket.receive()[0] for _ in range(3)] == ["WATCHDOG=1"] * 3
+    assert not path_socket.pending()
+
+
+def test_watchdog_off_without_watchdog_usec(
+    path_socket: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without $WATCHDOG_USEC (or addressed to another PID) nothing is ever sent."""
+    monkeypatch.delenv("WATCHDOG_USEC", raising=False)
+    dog = systemd.Watchdog.from_env()
+    dog.kick(0.0)
+    monkeypatch.setenv("WATCHDOG_USEC", "2000000")
+    monkeypatch.setenv("WATCHDOG_PID", str(os.getpid() + 1))
+    other = systemd.Watchdog.from_env()
+    other.kick(0.0)
+    assert (dog.sent, other.sent) == (0, 0)
+    assert not path_socket.pending()
+    monkeypatch.setenv("WATCHDOG_PID", str(os.getpid()))
+    ours = systemd.Watchdog.from_env()
+    assert ours.interval == 2.0
+    ours.kick(0.0)
+    assert path_socket.receive()[0] == "WATCHDOG=1"
+
+
+def test_full_queue_drops_instead_of_blocking(path_socket: Receiver) -> None:
+    """A service manager that does not read never stalls the sender: once its queue is full
+    (net.unix.max_dgram_qlen), notify() returns False at once and the datagram is dropped."""
+    results = [systemd.status(f"n{i}") for i in range(2000)]  # would block without MSG_DONTWAIT
+    assert results[0] is True
+    assert results[-1] is False
+    assert path_socket.receive()[0] == "STATUS=n0"

@@ -113,6 +113,7 @@ def test_unit_essentials() -> None:
     d = _directives(UNIT.read_text())
     assert d["ExecStart"] == [SHIPPED_EXEC]
     assert d["Type"] == ["notify"]
+    assert d["WatchdogSec"] == ["60s"]  # the main loop pings at half of it (WATCHDOG=1)
     assert d["EnvironmentFile"] == ["-/etc/pyflannel/pyflannel.env"]
     assert (d["Restart"], d["RestartSec"]) == (["on-failure"], ["5"])
     assert "network-online.target" in d["Wants"][0].split()
