@@ -86,7 +86,7 @@ class KernelSync:
         self._netns = netns
         self.dev = dev
         self.owner = owner
-        self.desired = Desired()
+        self.desired = Desired(dev)
         self.mirror = Mirror(dev, self.desired)
         # A re-read in a helper thread (see start_reload), and the notifications folded while
         # it runs, to fold again into the mirror it builds.
@@ -105,8 +105,9 @@ class KernelSync:
         """The device was re-created with index *dev*: forget the mirror and every desired
         entry (routes name the device); the caller sets the peers again and reloads."""
         self.dev, self.owner = dev, owner
-        self.mirror = Mirror(dev, self.desired)
         self.desired.clear()
+        self.desired.dev = dev
+        self.mirror = Mirror(dev, self.desired)
         self._reload = None  # its mirror is of the old device
 
     def set_peer(self, subnet: IPv4Network, entries: PeerEntries | None) -> Keys:
