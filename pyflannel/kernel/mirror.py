@@ -347,8 +347,9 @@ class Mirror:
         """Every main-table blackhole route: (destination, metric)."""
         return [
             (IPv4Network(key), v[0])
-            for key, vals in self._routes.items()
-            for v in vals
+            for key, held in self._routes.items()
+            if not isinstance(held, int)  # the usual route on our device, never a blackhole
+            for v in held
             if v[6] == RTN_BLACKHOLE
         ]
 

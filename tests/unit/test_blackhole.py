@@ -107,6 +107,25 @@ def blackhole_msg(net: IPv4Network, metric: int = METRIC) -> codec.RouteMsg:
     )
 
 
+def peer_route_msg(net: IPv4Network) -> codec.RouteMsg:
+    """RTM_NEWROUTE of ``NET via NET.0 dev flannel.1 onlink proto boot`` (what we write)."""
+    return codec.RouteMsg(
+        codec.RTM_NEWROUTE,
+        codec.AF_INET,
+        net.network_address.packed,
+        net.prefixlen,
+        0,
+        codec.RT_TABLE_MAIN,
+        codec.RTPROT_BOOT,
+        codec.RT_SCOPE_UNIVERSE,
+        codec.RTN_UNICAST,
+        codec.RTNH_F_ONLINK,
+        net.network_address.packed,
+        DEV,
+        0,
+    )
+
+
 @pytest.mark.parametrize("direct", [None, (NETWORK, 24)])
 def test_the_planner_leaves_our_subnets_blackhole_alone(
     direct: tuple[IPv4Network, int] | None,
@@ -114,7 +133,8 @@ def test_the_planner_leaves_our_subnets_blackhole_alone(
     """With peers wanted and every key compared, the blackhole for our own subnet is neither
     deleted nor replaced, nor a suspect of the resync; the mirror reports it as ours to check."""
     mirror = Mirror(DEV)
-    mirror.load(None, [], [], [blackhole_msg(OWN)])
+    other = N("10.5.60.0/24")  # a peer already routed (held in the mirror's compact form)
+    mirror.load(None, [], [], [blackhole_msg(OWN), peer_route_msg(other)])
     owner = Ownership(DEV, direct)
     desired = Desired()
     peer = N("10.5.51.0/24")
@@ -127,7 +147,7 @@ def test_the_planner_leaves_our_subnets_blackhole_alone(
         ),
     )
     p = plan(desired, mirror, owner)
-    assert p.del_routes == () and p.conflicts == ()
+    assert [r.dst for r in p.del_routes] == [other] and p.conflicts == ()  # no lease backs it
     assert [r.dst for r in p.set_routes] == [peer]
     assert OWN not in mirror.keys(owner).routes
     assert mirror.blackholes() == [(OWN, METRIC)]
