@@ -183,6 +183,8 @@ class Daemon:
         self._tracker = LeaseTracker()
         self._synced = False
         self._own = _Own()
+        self._lost_logged = False  # lease_lost said for the current loss
+        self._lease_retry_at = 0.0  # wall clock: no lease call before (after a failed one)
         self._fatal: str | None = None
         self._signalled = 0
         # Records skipped, by key and reason: logged once each (bounded: see _Recent).
@@ -685,12 +687,18 @@ class Daemon:
         if self._own.taken_by is not None:
             who = self._own.taken_by.attrs.public_ip
             raise LeaseLost(f"our lease {self.lease.subnet} was overwritten by {who}")
+        # After a failed etcd call, the next try waits for the backoff: the loop comes here on
+        # every event and notification, and must neither hammer etcd nor repeat its lines.
+        if self._lease_retry_at and time.time() < self._lease_retry_at:
+            return self._lease_retry_at
         if self._own.gone:
-            log.warning(
-                "lease_lost",
-                subnet=str(self.lease.subnet),
-                action="re-acquiring the same subnet; data path untouched",
-            )
+            if not self._lost_logged:
+                self._lost_logged = True
+                log.warning(
+                    "lease_lost",
+                    subnet=str(self.lease.subnet),
+                    action="re-acquiring the same subnet; data path untouched",
+                )
             lost = f"lease {self.lease.subnet} lost; re-acquiring it"
             self.stats.set_blocker(lost)
             if self._serving:
@@ -699,8 +707,11 @@ class Daemon:
                 self.lease = self.manager.reacquire(self.lease, self.attrs)
             except RegistryUnavailable as exc:
                 log.warning("lease_reacquire_failed", problem=str(exc))
-                return time.time() + backoff.next()
+                self._lease_retry_at = time.time() + backoff.next()
+                return self._lease_retry_at
             self._own.gone = False
+            self._lost_logged = False
+            self._lease_retry_at = 0.0
             self.stats.etcd_ok()
             if self._serving:
                 self._phase = None
@@ -712,8 +723,10 @@ class Daemon:
                 self.lease = self.manager.renew(self.lease, self.attrs)
             except RegistryUnavailable as exc:
                 log.warning("lease_renew_failed", problem=str(exc))
-                return time.time() + min(backoff.next(), 60.0)
+                self._lease_retry_at = time.time() + min(backoff.next(), 60.0)
+                return self._lease_retry_at
             backoff.reset()
+            self._lease_retry_at = 0.0
             self.stats.etcd_ok()
             self._own.stale = False
             log.info(
