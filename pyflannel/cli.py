@@ -3,13 +3,13 @@
 
 Every flag can also come from ``FLANNELD_<NAME>`` (upper case, ``-`` → ``_``); the command line
 wins.  Unlike flanneld (which exits 0), an unknown flag or a bad value is one error line and
-exit code 2.
+exit code 2, checked here before anything starts (:mod:`pyflannel.flagvalues` says what a good
+value is); flanneld flags pyflannel does not support are refused with the reason.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import re
 import sys
@@ -20,58 +20,47 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from pyflannel import __version__
+from pyflannel import flagvalues as fv
 from pyflannel.options import ANY_IPV4, DaemonOptions
 from pyflannel.registry import EtcdOptions
 from pyflannel.retry import REMINDER_PERIOD
+from pyflannel.untrusted import clip, excerpt
 
 EXIT_USAGE = 2
+#: The longest error line (a value is quoted cut short, see untrusted.excerpt).
+MAX_ERROR_CHARS = 400
+
+
+_FALSE = ("0", "f", "F", "false", "FALSE", "False")
 
 
 def _bool(text: str) -> bool:
     # Go's strconv.ParseBool
     if text in ("1", "t", "T", "true", "TRUE", "True"):
         return True
-    if text in ("0", "f", "F", "false", "FALSE", "False"):
+    if text in _FALSE:
         return False
-    raise ValueError(f"invalid boolean {text!r}")
-
-
-def _ip(text: str) -> IPv4Address:
-    return IPv4Address(text)
-
-
-def _ip6(text: str) -> IPv6Address:
-    # No zone ("%eth0"): a lease value cannot carry one.
-    if "%" in text:
-        raise ValueError("not an IPv6 address (no zone allowed)")
-    try:
-        return IPv6Address(text)
-    except ValueError:
-        raise ValueError("not an IPv6 address") from None
+    raise ValueError("not a boolean (true or false)")
 
 
 def _margin(text: str) -> int:
-    v = int(text)
-    if not 1 <= v <= 1439:
-        raise ValueError("must be between 1 and 1439 minutes")
-    return v
+    return fv.whole_number(text, 1, 1439, "minutes")
 
 
 def _ttl(text: str) -> int:
-    v = int(text)
-    if not 60 <= v <= 10 * 86400:
-        raise ValueError("must be between 60 and 864000 seconds")
-    return v
+    return fv.whole_number(text, 60, 10 * 86400, "seconds")
+
+
+def _interval(text: str) -> float:
+    return fv.seconds(text, 0.01, 86400)
 
 
 def _resync(text: str) -> int:
-    # Whole seconds, as flanneld's.  (int() would also take "1_0", " 5" or other scripts' digits.)
-    if not (text.isascii() and text.isdigit() and len(text) <= 6):
-        raise ValueError("not a whole number of seconds")
-    v = int(text)
-    if not 1 <= v <= 86400:
-        raise ValueError("must be between 1 and 86400 seconds")
-    return v
+    return fv.whole_number(text, 1, 86400, "seconds")  # whole seconds, as flanneld's
+
+
+def _verbosity(text: str) -> int:
+    return fv.whole_number(text, 0, 2**31 - 1, "")
 
 
 def _listen_ip(text: str) -> IPv4Address | IPv6Address:
@@ -89,17 +78,15 @@ def _port(text: str) -> int:
 
 
 def _positive(text: str) -> float:
-    v = float(text)
-    if not v > 0 or math.isinf(v):
+    v = fv.seconds(text, 0, 86400)
+    if v == 0:
         raise ValueError("must be positive")
     return v
 
 
 def _choice(*allowed: str) -> Callable[[str], str]:
     def parse(text: str) -> str:
-        if text not in allowed:
-            raise ValueError(f"must be one of {', '.join(allowed)}")
-        return text
+        return fv.choice(text, allowed)
 
     return parse
 
@@ -112,23 +99,32 @@ class _Flag:
     help: str
     repeat: bool = False
     is_bool: bool = False
+    env_split: bool = False  # the FLANNELD_ variable may list several, comma-separated
 
 
 FLAGS: tuple[_Flag, ...] = (
     _Flag(
         "etcd-endpoints",
-        str,
-        "http://127.0.0.1:4001,http://127.0.0.1:2379",
-        "comma-separated list of etcd endpoints",
+        fv.etcd_endpoints,
+        ("http://127.0.0.1:4001", "http://127.0.0.1:2379"),
+        "comma-separated list of etcd endpoints, http[s]://host[:port]",
     ),
-    _Flag("etcd-prefix", str, "/coreos.com/network", "etcd prefix"),
-    _Flag("etcd-keyfile", str, "", "SSL key file used to secure etcd communication"),
-    _Flag("etcd-certfile", str, "", "SSL certification file used to secure etcd communication"),
+    _Flag("etcd-prefix", fv.non_empty, "/coreos.com/network", "etcd prefix"),
+    _Flag("etcd-keyfile", fv.readable_file, "", "SSL key file used to secure etcd communication"),
     _Flag(
-        "etcd-cafile", str, "", "SSL Certificate Authority file used to secure etcd communication"
+        "etcd-certfile",
+        fv.readable_file,
+        "",
+        "SSL certification file used to secure etcd communication",
     ),
-    _Flag("etcd-username", str, "", "username for BasicAuth to etcd"),
-    _Flag("etcd-password", str, "", "password for BasicAuth to etcd"),
+    _Flag(
+        "etcd-cafile",
+        fv.readable_file,
+        "",
+        "SSL Certificate Authority file used to secure etcd communication",
+    ),
+    _Flag("etcd-username", fv.no_controls, "", "username for BasicAuth to etcd"),
+    _Flag("etcd-password", fv.no_controls, "", "password for BasicAuth to etcd"),
     _Flag(
         "etcd-api",
         _choice("v2", "v3"),
@@ -137,28 +133,42 @@ FLAGS: tuple[_Flag, ...] = (
     ),
     _Flag(
         "iface",
-        str,
+        fv.iface,
         (),
         "interface to use (IP or name) for inter-host communication; repeatable, first match wins",
         repeat=True,
+        env_split=True,
     ),
     _Flag(
         "iface-regex",
-        str,
+        fv.regex,
         (),
-        "regex matching the first interface (by IP, then name) to use; repeatable",
+        "regex matching the first interface (by IP, then name) to use; repeatable; tried when "
+        "no --iface matches",
         repeat=True,
     ),
-    _Flag("public-ip", _ip, None, "IP accessible by other nodes for inter-host communication"),
+    _Flag(
+        "iface-can-reach",
+        fv.unicast_ipv4,
+        None,
+        "use the interface the kernel routes this IPv4 address through (`ip route get`); "
+        "tried when no --iface or --iface-regex matches",
+    ),
+    _Flag(
+        "public-ip",
+        fv.unicast_ipv4,
+        None,
+        "IP accessible by other nodes for inter-host communication",
+    ),
     _Flag(
         "public-ipv6",
-        _ip6,
+        fv.unicast_ipv6,
         None,
         "IPv6 accessible by other nodes for inter-host communication (with EnableIPv6)",
     ),
     _Flag(
         "subnet-file",
-        Path,
+        fv.file_path,
         Path("/run/flannel/subnet.env"),
         "filename where env variables (subnet, MTU, ...) will be written to",
     ),
@@ -206,10 +216,18 @@ FLAGS: tuple[_Flag, ...] = (
         "seconds between checks of the iptables rules; missing ones are put back in order",
     ),
     _Flag(
+        "ip-blackhole-route",
+        _bool,
+        False,
+        "add a blackhole route for our own subnet, so that traffic to its unassigned addresses "
+        "is dropped instead of leaving by the default route",
+        is_bool=True,
+    ),
+    _Flag(
         "resync-interval",
-        _positive,
+        _interval,
         30.0,
-        "seconds between full reconciliations of the kernel state (pyflannel)",
+        "seconds between full reconciliations of the kernel state, 0.01 to 86400 (pyflannel)",
     ),
     _Flag(
         "log-format",
@@ -241,10 +259,7 @@ TEST_WEDGE_VAR = "PYFLANNEL_TEST_WEDGE_AFTER"
 
 
 def _seconds(text: str) -> float:
-    v = float(text)
-    if not math.isfinite(v) or v < 0:
-        raise ValueError("must be a number of seconds, 0 or more")
-    return v
+    return fv.seconds(text, 0, 10 * 86400)
 
 
 def _typed(parse: Callable[[str], Any]) -> Callable[[str], Any]:
@@ -254,15 +269,32 @@ def _typed(parse: Callable[[str], Any]) -> Callable[[str], Any]:
         try:
             return parse(text)
         except ValueError as exc:
-            raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
+            raise argparse.ArgumentTypeError(f"{excerpt(text)}: {exc}") from None
 
     return convert
+
+
+def _shown(default: Any) -> str:
+    if isinstance(default, tuple):
+        return ",".join(default)
+    return "none" if default in ("", None) else str(default)
+
+
+class _Refuse(argparse.Action):
+    """A flanneld flag pyflannel does not support: refused with the reason, not as unknown."""
+
+    def __call__(self, parser: Any, namespace: Any, values: Any, option: str | None = None) -> None:
+        if self.dest == "kube-subnet-mgr" and values in _FALSE:
+            return  # =false asks for etcd mode: that is what we do
+        parser.error(f"{option} {fv.UNSUPPORTED[self.dest]}")
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         # One line, exit 2: scripts and systemd journals show the reason, not a usage dump.
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+        # argparse quotes unknown arguments as given: escape what would break the line.
+        line = "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {clip(line, MAX_ERROR_CHARS)}\n")
 
     def _get_option_tuples(self, option_string: str) -> list[Any]:
         # Go's flag package matches names exactly: a typo like --etcd-endpoint must fail, not
@@ -276,6 +308,9 @@ def _parser() -> _Parser:
         prog="pyflannel",
         description="flanneld-compatible VXLAN overlay daemon; every "
         "flag can also be set as FLANNELD_<FLAG> (e.g. FLANNELD_ETCD_ENDPOINTS).",
+        epilog="Refused with the reason: "
+        + ", ".join(f"--{name}" for name in fv.UNSUPPORTED)
+        + " (no Kubernetes subnet manager, no IPv6 yet).  A bad flag or value exits with code 2.",
     )
     for f in FLAGS:
         # Go's flag package takes -name and --name alike.
@@ -306,14 +341,18 @@ def _parser() -> _Parser:
                 dest=f.name,
                 type=_typed(f.parse),
                 default=argparse.SUPPRESS,
-                help=f"{f.help} (default: {f.default})",
+                help=f"{f.help} (default: {_shown(f.default)})",
             )
+    for name in fv.UNSUPPORTED:
+        p.add_argument(
+            f"--{name}", f"-{name}", dest=name, nargs="?", action=_Refuse, help=argparse.SUPPRESS
+        )
     # klog's verbosity flag, accepted for FLANNELD_V compatibility: 2 or more means debug.
     p.add_argument(
         "-v",
         "--v",
         dest="v",
-        type=int,
+        type=_typed(_verbosity),
         default=argparse.SUPPRESS,
         help="verbosity (klog compatible): 2 or more turns on debug logs",
     )
@@ -339,21 +378,29 @@ def parse_args(argv: Sequence[str], env: Mapping[str, str]) -> DaemonOptions:
             values[f.name] = f.default
             continue
         try:
-            if f.repeat:
-                values[f.name] = tuple(f.parse(x.strip()) for x in raw.split(",") if x.strip())
+            if f.env_split:
+                items = [x.strip(" ") for x in raw.split(",")]
+                if not all(items):
+                    raise ValueError("an item of the comma-separated list is empty")
+                values[f.name] = tuple(f.parse(x) for x in items)
+            elif f.repeat:
+                values[f.name] = (f.parse(raw),)  # a regex may hold commas: {1,3}
             else:
                 values[f.name] = f.parse(raw)
         except ValueError as exc:
-            p.error(f"{var}={raw!r}: {exc}")
+            p.error(f"{var}={excerpt(raw)}: {exc}")
+    _refuse_env(p, env)
     verbosity = ns.get("v")
     if verbosity is None and env.get("FLANNELD_V", ""):
         try:
-            verbosity = int(env["FLANNELD_V"])
-        except ValueError:
-            p.error(f"FLANNELD_V={env['FLANNELD_V']!r}: not an integer")
+            verbosity = _verbosity(env["FLANNELD_V"])
+        except ValueError as exc:
+            p.error(f"FLANNELD_V={excerpt(env['FLANNELD_V'])}: {exc}")
     log_level = values["log-level"]
     if verbosity is not None and verbosity >= 2 and "log-level" not in ns:
         log_level = "debug"
+    if bool(values["etcd-keyfile"]) != bool(values["etcd-certfile"]):
+        p.error("--etcd-keyfile and --etcd-certfile go together: give both or neither")
     if values["subnet-lease-renew-margin"] * 60 >= values["subnet-lease-ttl"]:
         p.error(
             f"--subnet-lease-renew-margin ({values['subnet-lease-renew-margin']} min) must be "
@@ -365,13 +412,10 @@ def parse_args(argv: Sequence[str], env: Mapping[str, str]) -> DaemonOptions:
         try:
             hidden[var] = parse(raw) if raw else None
         except ValueError as exc:
-            p.error(f"{var}={raw!r}: {exc}")
-    endpoints = tuple(e.strip() for e in values["etcd-endpoints"].split(",") if e.strip())
-    if not endpoints:
-        p.error("--etcd-endpoints: no endpoint given")
+            p.error(f"{var}={excerpt(raw)}: {exc}")
     return DaemonOptions(
         etcd=EtcdOptions(
-            endpoints=endpoints,
+            endpoints=values["etcd-endpoints"],
             prefix=values["etcd-prefix"],
             keyfile=values["etcd-keyfile"],
             certfile=values["etcd-certfile"],
@@ -382,6 +426,7 @@ def parse_args(argv: Sequence[str], env: Mapping[str, str]) -> DaemonOptions:
         etcd_api=values["etcd-api"],
         ifaces=values["iface"],
         iface_regexes=values["iface-regex"],
+        iface_can_reach=values["iface-can-reach"],
         public_ip=values["public-ip"],
         public_ipv6=values["public-ipv6"],
         subnet_file=values["subnet-file"],
@@ -391,6 +436,7 @@ def parse_args(argv: Sequence[str], env: Mapping[str, str]) -> DaemonOptions:
         ip_masq_random_fully_disable=values["ip-masq-fully-random-disable"],
         iptables_forward_rules=values["iptables-forward-rules"],
         iptables_resync=values["iptables-resync"],
+        ip_blackhole_route=values["ip-blackhole-route"],
         resync_interval=values["resync-interval"],
         log_format=values["log-format"],
         log_level=log_level,
@@ -399,6 +445,15 @@ def parse_args(argv: Sequence[str], env: Mapping[str, str]) -> DaemonOptions:
         wait_reminder=hidden[WAIT_REMINDER_VAR] or REMINDER_PERIOD,
         test_wedge_after=hidden[TEST_WEDGE_VAR],
     )
+
+
+def _refuse_env(p: _Parser, env: Mapping[str, str]) -> None:
+    """A FLANNELD_ variable asking for an unsupported mode is refused like its flag (the others
+    only matter in that mode, as in flanneld, and are ignored)."""
+    kube = env.get("FLANNELD_KUBE_SUBNET_MGR", "")
+    if kube and kube not in _FALSE:
+        reason = fv.UNSUPPORTED["kube-subnet-mgr"]
+        p.error(f"FLANNELD_KUBE_SUBNET_MGR={excerpt(kube)}: --kube-subnet-mgr {reason}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

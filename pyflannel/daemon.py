@@ -46,6 +46,7 @@ import structlog
 
 from pyflannel import __version__, memory, systemd
 from pyflannel.backend.vxlan import holder_reason
+from pyflannel.blackhole import BlackholeRoute
 from pyflannel.config import NetworkConfig, parse_network_config
 from pyflannel.errors import (
     Compacted,
@@ -68,6 +69,7 @@ from pyflannel.iface import (
     with_ipv6,
 )
 from pyflannel.ipnet import SubnetKey
+from pyflannel.kernel.codec import RTN_BLACKHOLE
 from pyflannel.kernel.monitor import Monitor
 from pyflannel.kernel.netlink import Netlink
 from pyflannel.kernel.plan import Keys, Ownership
@@ -204,6 +206,8 @@ class Daemon:
         self._tracker = LeaseTracker()
         self._synced = False
         self._own = _Own()
+        self._lost_logged = False  # lease_lost said for the current loss
+        self._lease_retry_at = 0.0  # wall clock: no lease call before (after a failed one)
         self._fatal: str | None = None
         self._signalled = 0
         # Records skipped, by key and reason: logged once each (bounded: see _Recent).
@@ -333,6 +337,8 @@ class Daemon:
         self._set_phase(f"programming the peers of {self.lease.key}")
         for fam in self.fams:
             self._ensure_address(fam)
+            own = fam.own_subnet(self.lease.key)
+            fam.blackhole = BlackholeRoute(self.nl, own, fam.network, self.opts.ip_blackhole_route)
         # Before subnet.env, as flanneld: what attaches containers once it appears finds the
         # masquerade rules in place.  The old file names what a previous run installed.
         old = self.opts.subnet_file
@@ -370,7 +376,13 @@ class Daemon:
     def _choose_external(self) -> ExternalInterface:
         """The underlay interface and our public addresses of each enabled family."""
         opts, cfg = self.opts, self.cfg
+        reach = opts.iface_can_reach
         if cfg.ipv4 is None:
+            if reach is not None:
+                raise ConfigError(
+                    f"--iface-can-reach {reach}: an IPv4 address, and this network is IPv6-only "
+                    "(EnableIPv4 is false); choose the interface with --iface"
+                )
             if opts.public_ip is not None:
                 log.warning(
                     "public_ip_ignored",
@@ -389,6 +401,8 @@ class Daemon:
             self.nl.default_route_link(),
             ifaces=opts.ifaces,
             iface_regexes=opts.iface_regexes,
+            can_reach=reach,
+            reach=self.nl.route_to(reach) if reach is not None else None,
             public_ip=opts.public_ip,
         )
         if cfg.ipv6 is None:
@@ -398,6 +412,7 @@ class Daemon:
             self.nl.default_route_link(6),
             ifaces=opts.ifaces,
             iface_regexes=opts.iface_regexes,
+            chosen_by_route=reach is not None,
             public_ipv6=opts.public_ipv6,
         )
 
@@ -685,6 +700,15 @@ class Daemon:
     ) -> None:
         """:meth:`full_sync` of one device (*leases*: every lease, if already listed)."""
         repaired = self._check_device(fam)
+        if reason == "start":
+            # Our blackhole routes before the first plan: a stale one (a previous lease's) on a
+            # peer's subnet would stand in the way of its route.
+            fam.peers.kernel.reload()
+            if fam.blackhole.start(fam.peers.kernel.mirror.blackholes()):
+                fam.peers.kernel.reload()
+            reload = False
+        else:
+            self._keep_blackhole(fam)
         if leases is None and (self.cfg.backend.direct_routing or reason == "start"):
             # Which peers are on-link can change with the underlay's routes: ask again.  The
             # changes waiting for the next step stay for the other device, if any.
@@ -695,6 +719,11 @@ class Daemon:
         if repaired == "device re-created":
             memory.release()
             gc.freeze()
+
+    def _keep_blackhole(self, fam: Overlay) -> None:
+        """Put *fam*'s blackhole route for our subnet back if it is gone (the mirror tells)."""
+        held = fam.peers.kernel.mirror.routes_to(fam.blackhole.subnet)
+        fam.blackhole.check(any(e.kind == RTN_BLACKHOLE for e in held))
 
     def _all_leases(self, *, clear_dirty: bool = False) -> list[Lease]:
         """Every known lease (and, with *clear_dirty*, nothing left for the next step)."""
@@ -717,6 +746,8 @@ class Daemon:
             for subnet, lease in ordered:
                 keys.add(fam.peers.update(subnet, lease))
             note = fam.peers.poll(msgs)
+            if fam.blackhole.subnet in note.keys.routes:
+                self._keep_blackhole(fam)
             if note.device:
                 self._full_sync(fam, "device changed", reload=True)
             elif note.resync:
@@ -739,6 +770,7 @@ class Daemon:
         if self.cfg.backend.direct_routing:
             self._full_sync(fam, "resync", reload=False)  # which peers are on-link: ask again
             return
+        self._keep_blackhole(fam)
         repaired = self._check_device(fam)
         if repaired is not None:
             # A link that was down lost its routes without a notification: re-read it all.
@@ -761,12 +793,18 @@ class Daemon:
         if self._own.taken_by is not None:
             who = _holder(self._own.taken_by.attrs)
             raise LeaseLost(f"our lease {self.lease.key} was overwritten by {who}")
+        # After a failed etcd call, the next try waits for the backoff: the loop comes here on
+        # every event and notification, and must neither hammer etcd nor repeat its lines.
+        if self._lease_retry_at and time.time() < self._lease_retry_at:
+            return self._lease_retry_at
         if self._own.gone:
-            log.warning(
-                "lease_lost",
-                subnet=str(self.lease.key),
-                action="re-acquiring the same subnet; data path untouched",
-            )
+            if not self._lost_logged:
+                self._lost_logged = True
+                log.warning(
+                    "lease_lost",
+                    subnet=str(self.lease.key),
+                    action="re-acquiring the same subnet; data path untouched",
+                )
             lost = f"lease {self.lease.key} lost; re-acquiring it"
             self.stats.set_blocker(lost)
             if self._serving:
@@ -775,8 +813,11 @@ class Daemon:
                 self.lease = self.manager.reacquire(self.lease, self.attrs)
             except RegistryUnavailable as exc:
                 log.warning("lease_reacquire_failed", problem=str(exc))
-                return time.time() + backoff.next()
+                self._lease_retry_at = time.time() + backoff.next()
+                return self._lease_retry_at
             self._own.gone = False
+            self._lost_logged = False
+            self._lease_retry_at = 0.0
             self.stats.etcd_ok()
             if self._serving:
                 self._phase = None
@@ -788,8 +829,10 @@ class Daemon:
                 self.lease = self.manager.renew(self.lease, self.attrs)
             except RegistryUnavailable as exc:
                 log.warning("lease_renew_failed", problem=str(exc))
-                return time.time() + min(backoff.next(), 60.0)
+                self._lease_retry_at = time.time() + min(backoff.next(), 60.0)
+                return self._lease_retry_at
             backoff.reset()
+            self._lease_retry_at = 0.0
             self.stats.etcd_ok()
             self._own.stale = False
             log.info(

@@ -1,8 +1,10 @@
 """Choose the external (underlay) interface and the public IP, as flanneld does (§4.1).
 
 ``--iface`` (names or addresses, in order), then ``--iface-regex`` (matched against addresses,
-then names), then the interface that owns ``--public-ip``, then the interface of the default
-route.  The public IP is ``--public-ip`` if given, else the interface's address.
+then names), then ``--iface-can-reach`` (the device of the kernel's route to that address, with
+the route's source address); with none of them, the interface that owns ``--public-ip``, then
+the interface of the default route.  The public IP is ``--public-ip`` if given, else the
+interface's address.
 
 IPv6 (:func:`with_ipv6` for a dual-stack network, :func:`choose_external_ipv6` for an
 IPv6-only one): the same order over IPv6 addresses (``--iface`` by name or IPv6 address,
@@ -21,7 +23,7 @@ from dataclasses import dataclass, replace
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
 
 from pyflannel.errors import ConfigError
-from pyflannel.kernel.records import Link
+from pyflannel.kernel.records import Link, RoutePath
 from pyflannel.lease import NO_PUBLIC_IP
 
 
@@ -77,50 +79,65 @@ def _by_name_or_ip(links: list[Link], spec: str) -> Link | None:
     return next((lk for lk in links if any(a.ip == ip for a in lk.addresses)), None)
 
 
+def _by_regex(links: list[Link], pattern: str) -> Link | None:
+    try:
+        rx = re.compile(pattern)
+    except re.error as exc:
+        raise ConfigError(f"--iface-regex {pattern!r}: {exc}") from None
+    usable = [lk for lk in links if _first_ipv4(lk) is not None]
+    return next((lk for lk in usable if any(rx.search(str(a.ip)) for a in lk.addresses)), None) or (
+        next((lk for lk in usable if rx.search(lk.name)), None)
+    )
+
+
+def _by_route(links: list[Link], path: RoutePath | None) -> tuple[Link, IPv4Address] | None:
+    """The link ``ip route get`` answered and its source address (flanneld takes the route's
+    source, not the link's first address); None without a route or through the loopback."""
+    if path is None:
+        return None
+    link = next((lk for lk in links if lk.index == path.oif), None)
+    ip = path.src or (_first_ipv4(link) if link is not None else None)
+    if link is None or ip is None or ip.is_loopback:
+        return None
+    return link, ip
+
+
 def choose_external(
     links: list[Link],
     default_route_index: int | None,
     *,
     ifaces: tuple[str, ...] = (),
     iface_regexes: tuple[str, ...] = (),
+    can_reach: IPv4Address | None = None,
+    reach: RoutePath | None = None,
     public_ip: IPv4Address | None = None,
 ) -> ExternalInterface:
-    """Pick the external interface among *links* (pure; the caller reads the kernel)."""
+    """Pick the external interface among *links* (pure; the caller reads the kernel, *reach*
+    being its route to *can_reach*).
+
+    As flanneld: each ``--iface`` in order, then each ``--iface-regex``, then the route to
+    ``--iface-can-reach``; when one of them is given and none matches, nothing else is tried.
+    """
     chosen: Link | None = None
-    how = ""
-    if ifaces:
+    ip: IPv4Address | None = None
+    if ifaces or iface_regexes or can_reach is not None:
         for spec in ifaces:
             chosen = _by_name_or_ip(links, spec)
             if chosen is not None and _first_ipv4(chosen) is not None:
                 break
             chosen = None
-        if chosen is None:
-            raise ConfigError(
-                f"no interface with an IPv4 address matches --iface {','.join(ifaces)}"
-            )
-        how = "--iface"
-    elif iface_regexes:
-        for pattern in iface_regexes:
-            try:
-                rx = re.compile(pattern)
-            except re.error as exc:
-                raise ConfigError(f"--iface-regex {pattern!r}: {exc}") from None
-            chosen = next(
-                (
-                    lk
-                    for lk in links
-                    if _first_ipv4(lk) is not None
-                    and any(rx.search(str(a.ip)) for a in lk.addresses)
-                ),
-                None,
-            ) or next(
-                (lk for lk in links if _first_ipv4(lk) is not None and rx.search(lk.name)), None
-            )
+        for pattern in () if chosen is not None else iface_regexes:
+            chosen = _by_regex(links, pattern)
             if chosen is not None:
                 break
+        if chosen is None and can_reach is not None and (found := _by_route(links, reach)):
+            chosen, ip = found
         if chosen is None:
-            raise ConfigError(f"no interface matches --iface-regex {','.join(iface_regexes)}")
-        how = "--iface-regex"
+            tried = [f"--iface {','.join(ifaces)}"] if ifaces else []
+            tried += [f"--iface-regex {','.join(iface_regexes)}"] if iface_regexes else []
+            if can_reach is not None:
+                tried.append(f"--iface-can-reach {can_reach} (no route, or through loopback)")
+            raise ConfigError(f"no interface with an IPv4 address matches {'; '.join(tried)}")
     else:
         if public_ip is not None:
             chosen = _by_name_or_ip(links, str(public_ip))
@@ -130,9 +147,9 @@ def choose_external(
             raise ConfigError(
                 "cannot choose the external interface: no default route; use --iface or --public-ip"
             )
-    ip = _first_ipv4(chosen)
+    ip = ip or _first_ipv4(chosen)
     if ip is None:
-        raise ConfigError(f"interface {chosen.name} has no IPv4 address {how}".strip())
+        raise ConfigError(f"interface {chosen.name} has no IPv4 address")
     if chosen.mtu == 0:
         raise ConfigError(f"interface {chosen.name} reports MTU 0")
     return ExternalInterface(chosen, ip, public_ip or ip)
@@ -206,15 +223,17 @@ def with_ipv6(
     *,
     ifaces: tuple[str, ...] = (),
     iface_regexes: tuple[str, ...] = (),
+    chosen_by_route: bool = False,
     public_ipv6: IPv6Address | None = None,
 ) -> ExternalInterface:
     """*ext* (chosen for IPv4) with its IPv6 address, for a dual-stack network (pure).
 
-    One interface carries both families.  Without ``--iface``/``--iface-regex`` an IPv6
-    default route on another interface is refused, as flanneld does: the IPv6 VXLAN would
-    leave through a device that is not the one chosen.
+    One interface carries both families.  Unless a flag chose it (``--iface``,
+    ``--iface-regex``, ``--iface-can-reach``: *chosen_by_route*) an IPv6 default route on
+    another interface is refused, as flanneld does: the IPv6 VXLAN would leave through a
+    device that is not the one chosen.
     """
-    chosen_by_flag = bool(ifaces or iface_regexes)
+    chosen_by_flag = bool(ifaces or iface_regexes or chosen_by_route)
     if not chosen_by_flag and default_route_index6 not in (None, ext.link.index):
         raise ConfigError(
             f"the IPv6 default route is not on {ext.link.name}, the IPv4 one's interface: "

@@ -33,7 +33,7 @@ from enum import Enum
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Any
 
-from pyflannel.ipnet import NO_IPV4, SubnetKey, ipv6_text
+from pyflannel.ipnet import NO_IPV4, SubnetKey, ipv6_text, parse_ipv4
 from pyflannel.untrusted import UntrustedInput, excerpt, load_json
 
 #: The longest lease value decoded.  flanneld writes about 150 bytes; anything past this is not
@@ -126,7 +126,7 @@ def _decode_attrs(text: str | bytes) -> LeaseAttrs:
     if not isinstance(ip, str):
         raise LeaseDecodeError("PublicIP missing or not a string")
     try:
-        public_ip = IPv4Address(ip)
+        public_ip = parse_ipv4(ip)
     except ValueError:
         raise LeaseDecodeError(f"PublicIP {excerpt(ip)} is not an IPv4 address") from None
     btype = obj.get("backendtype") or ""

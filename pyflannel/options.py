@@ -23,11 +23,13 @@ class DaemonOptions:
     etcd_api: str = "v2"
     ifaces: tuple[str, ...] = ()
     iface_regexes: tuple[str, ...] = ()
+    iface_can_reach: IPv4Address | None = None
     public_ip: IPv4Address | None = None
     public_ipv6: IPv6Address | None = None
     subnet_file: Path = Path("/run/flannel/subnet.env")
     renew_margin_minutes: int = 60
     lease_ttl: int = 86400
+    ip_blackhole_route: bool = False
     ip_masq: bool = False
     ip_masq_random_fully_disable: bool = False
     iptables_forward_rules: bool = True

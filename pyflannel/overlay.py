@@ -17,6 +17,7 @@ from __future__ import annotations
 from ipaddress import IPv4Interface, IPv6Interface
 
 from pyflannel.backend.vxlan import PeerScope
+from pyflannel.blackhole import BlackholeRoute
 from pyflannel.config import VXLAN_OVERHEAD, NetworkConfig
 from pyflannel.errors import ConfigError
 from pyflannel.iface import ExternalInterface
@@ -75,9 +76,11 @@ class Overlay:
             gbp=backend.gbp,
         )
         self.direct_routing = backend.direct_routing
-        # Set by the daemon: the device as created or reused, then the engine of its peers.
+        # Set by the daemon: the device as created or reused, then the engine of its peers
+        # and the keeper of our subnet's blackhole route (--ip-blackhole-route).
         self.dev: Link
         self.peers: PeerSync
+        self.blackhole: BlackholeRoute
 
     @property
     def name(self) -> str:

@@ -95,7 +95,10 @@ def load_json(
 ) -> Any:
     """Parse *value* as JSON within the bounds; :class:`UntrustedInput` for anything else."""
     text = as_text(value, max_chars, what)
-    if json_depth(text, max_depth) > max_depth:
+    # Nesting can be no deeper than the number of opening brackets: counting them is C speed,
+    # and spares the scan for every ordinary record (a lease value has two or three).
+    few = text.count("[") + text.count("{") <= max_depth
+    if not few and json_depth(text, max_depth) > max_depth:
         raise UntrustedInput(f"{what} nests deeper than {max_depth} levels")
     try:
         return json.loads(text)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set up (scripts/setup.sh), then run the seed's two-cell VXLAN demo in network namespaces:
+# Set up (scripts/setup.sh), then run the two-cell VXLAN demo (docs/demo.md) in network namespaces:
 # pyflannel-lab up, check (curl across cells), status, and down.  Needs root.
 #   bash scripts/demo.sh            the whole walkthrough, leaving nothing behind
 #   bash scripts/demo.sh --keep     leave the lab up to explore (then: pyflannel-lab down)

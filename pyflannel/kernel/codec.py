@@ -60,6 +60,7 @@ RTPROT_BOOT = 3  # what flanneld and `ip route` tag their routes with
 RT_SCOPE_UNIVERSE = 0
 RT_SCOPE_NOWHERE = 255  # in a delete: "any scope"
 RTN_UNICAST = 1
+RTN_BLACKHOLE = 6
 RTNH_F_ONLINK = 4
 RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_PRIORITY, RTA_TABLE = 1, 4, 5, 6, 15
 

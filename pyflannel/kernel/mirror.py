@@ -37,6 +37,7 @@ from pyflannel.kernel.codec import (
     RTM_NEWLINK,
     RTM_NEWNEIGH,
     RTM_NEWROUTE,
+    RTN_BLACKHOLE,
     RTNH_F_ONLINK,
     LinkMsg,
     NeighMsg,
@@ -44,7 +45,20 @@ from pyflannel.kernel.codec import (
     RouteMsg,
     mac_bytes,
 )
-from pyflannel.kernel.plan import Desired, Keys, Ownership, address_type, network_type
+from pyflannel.kernel.plan import (
+    Desired,
+    Keys,
+    Ownership,
+    RawFdb,
+    RawRoutes,
+    address_type,
+    compact_fdb,
+    compact_routes,
+    default_metric,
+    expand_routes,
+    fdb_remotes,
+    network_type,
+)
 from pyflannel.kernel.records import Fdb, IPAddress, IPNetwork, RouteEntry
 
 _RTPROT_KERNEL = 2
@@ -125,14 +139,17 @@ class Mirror:
         self._size = 16 if self.version == 6 else 4  # bytes of an address
         self._addr = address_type(self.version)
         self._net = network_type(self.version)
+        self._metric = default_metric(self.version)  # of our usual route (held compact)
         # When the kernel holds what the leases want (nearly always, for nearly every key), the
         # value folded is stored as the very object *canon* holds for that key: equal values
         # shared, not copied (about 2 MB at 10,000 peers, and as much less garbage per re-read).
         self._canon = canon
         self._link: _LinkKey | None = None
         self._neighs: dict[int, bytes] = {}
-        self._fdb: dict[bytes, tuple[int, ...]] = {}
-        self._routes: dict[tuple[int, int], tuple[_RVal, ...]] = {}
+        # Both in the compact forms Desired uses (RawFdb, RawRoutes): one remote as an int, the
+        # usual route as its gateway.
+        self._fdb: dict[bytes, RawFdb] = {}
+        self._routes: dict[tuple[int, int], RawRoutes] = {}
         # Kept by every fold, so that counting (a metrics scrape) is O(1): FDB remotes, and
         # routes on the device that are not the kernel's own.
         self._fdb_n = 0
@@ -160,7 +177,7 @@ class Mirror:
         for m in fdb:
             if m.ifindex != self.dev or m.family != AF_BRIDGE or m.lladdr is None:
                 continue
-            have = self._fdb.get(m.lladdr)
+            have = self._remotes(m.lladdr)
             dst = _ip(m.dst, self._size)
             if not have:
                 self._fold_fdb(m)
@@ -240,7 +257,7 @@ class Mirror:
         if mac is None:
             return None
         dst = _ip(m.dst, self._size)  # a remote of the other family: none of ours
-        have = self._fdb.get(mac, ())
+        have = self._remotes(mac)
         resync = False
         if m.type == RTM_DELNEIGH:
             if dst is None or dst not in have:
@@ -259,9 +276,10 @@ class Mirror:
             resync = len(have) > 1  # append or replace of one of several remotes? unknowable
             left = (dst,)
         if left:
-            if self._canon is not None and (want := self._canon.raw_fdb.get(mac)) == left:
-                left = want
-            self._fdb[mac] = left
+            held = compact_fdb(left)
+            if self._canon is not None and (want := self._canon.raw_fdb.get(mac)) == held:
+                held = want
+            self._fdb[mac] = held
         else:
             self._fdb.pop(mac, None)
         self._fdb_n += len(left) - len(have)
@@ -286,24 +304,37 @@ class Mirror:
             m.kind,
             m.flags,
         )
-        have = self._routes.get(key, ())
+        have = self._vals(key)
         others = tuple(v for v in have if v[:2] != val[:2])
         if m.type == RTM_NEWROUTE:
             if val in have:
                 return None
             now: tuple[_RVal, ...] = (*others, val)
-            if self._canon is not None and (want := self._canon.raw_routes.get(key)) == now:
-                now = want
-            self._routes[key] = now
+            self._store_routes(key, now)
         elif len(others) == len(have):
             return None
         elif others:
-            now = self._routes[key] = others
+            now = others
+            self._store_routes(key, now)
         else:
             now = ()
             del self._routes[key]
         self._dev_routes += self._on_dev(now) - self._on_dev(have)
         return key
+
+    def _store_routes(self, key: tuple[int, int], vals: tuple[_RVal, ...]) -> None:
+        held = compact_routes(vals, self.dev, self._metric)
+        if self._canon is not None and (want := self._canon.raw_routes.get(key)) == held:
+            held = want
+        self._routes[key] = held
+
+    def _vals(self, key: tuple[int, int]) -> tuple[_RVal, ...]:
+        held = self._routes.get(key)
+        return () if held is None else expand_routes(held, self.dev, self._metric)
+
+    def _remotes(self, mac: bytes) -> tuple[int, ...]:
+        held = self._fdb.get(mac)
+        return () if held is None else fdb_remotes(held)
 
     def _on_dev(self, vals: tuple[_RVal, ...]) -> int:
         return sum(1 for v in vals if v[2] == self.dev and v[4] != _RTPROT_KERNEL)
@@ -321,7 +352,11 @@ class Mirror:
 
     def fdb(self) -> set[Fdb]:
         """Permanent ``self`` FDB entries on the device (one per remote)."""
-        return {Fdb(_mac(mac), self._addr(d)) for mac, dsts in self._fdb.items() for d in dsts}
+        return {
+            Fdb(_mac(mac), self._addr(d))
+            for mac, held in self._fdb.items()
+            for d in fdb_remotes(held)
+        }
 
     def _entry(self, net: IPNetwork, v: _RVal) -> RouteEntry:
         prio, _, oif, gw, proto, scope, kind, flags = v
@@ -329,12 +364,22 @@ class Mirror:
         onlink = bool(flags & RTNH_F_ONLINK)
         return RouteEntry(net, gateway, oif, proto, scope, kind, prio, onlink)
 
+    def blackholes(self) -> list[tuple[IPNetwork, int]]:
+        """Every main-table blackhole route of its family: (destination, metric)."""
+        return [
+            (self._net(key), v[0])
+            for key, held in self._routes.items()
+            if not isinstance(held, int)  # the usual route on our device, never a blackhole
+            for v in held
+            if v[6] == RTN_BLACKHOLE
+        ]
+
     def dev_routes(self) -> list[RouteEntry]:
         """Every main-table route on the device (any prefix, with or without a gateway)."""
         return [
             self._entry(self._net(key), v)
-            for key, vals in self._routes.items()
-            for v in vals
+            for key in self._routes
+            for v in self._vals(key)
             if v[2] == self.dev
         ]
 
@@ -347,17 +392,18 @@ class Mirror:
 
     def fdb_dsts(self, mac: str) -> tuple[IPAddress, ...]:
         """The remotes of the permanent ``self`` FDB entry *mac* on the device."""
-        return tuple(self._addr(d) for d in self._fdb.get(mac_bytes(mac), ()))
+        return tuple(self._addr(d) for d in self._remotes(mac_bytes(mac)))
 
     def routes_to(self, dst: IPNetwork) -> list[RouteEntry]:
         """Every main-table route to exactly *dst*, on any device."""
         key = (int(dst.network_address), dst.prefixlen)
-        return [self._entry(dst, v) for v in self._routes.get(key, ())]
+        return [self._entry(dst, v) for v in self._vals(key)]
 
     def keys(self, owner: Ownership) -> Keys:
         """Every neighbour IP, FDB MAC and destination of an owned route present."""
         routes = set()
-        for (addr, plen), vals in self._routes.items():
+        for (addr, plen), held in self._routes.items():
+            vals = expand_routes(held, self.dev, self._metric)
             # Cheap filter first: most main-table routes at scale are ours, on the device.
             if any(v[2] == self.dev for v in vals) or owner.direct is not None:
                 net = self._net((addr, plen))
@@ -393,9 +439,9 @@ class Mirror:
             (desired.raw_routes, self._routes, "routes"),
         ]
         for want, held, kind in steps:
-            items = list(want.items())  # a snapshot: the dict may change between steps
-            for start in range(0, len(items), chunk):
-                part = [k for k, v in items[start : start + chunk] if held.get(k) != v]
+            keys = list(want)  # a snapshot of the keys: the dict may change between steps
+            for start in range(0, len(keys), chunk):
+                part = [k for k in keys[start : start + chunk] if held.get(k) != want.get(k)]
                 yield _keys(kind, part, self.version)
             stray = held.keys() - want.keys()
             if kind == "routes":
@@ -405,7 +451,7 @@ class Mirror:
         part = [
             k
             for k, gw in list(direct.items())
-            if len(vals := self._routes.get(k, ())) != 1 or not _route_is(vals[0], None, gw, False)
+            if len(vals := self._vals(k)) != 1 or not _route_is(vals[0], None, gw, False)
         ]
         yield _keys("routes", part, self.version)
 
@@ -418,6 +464,6 @@ class Mirror:
         """(neighbours, FDB remotes, main-table routes) held."""
         return (
             len(self._neighs),
-            sum(len(v) for v in self._fdb.values()),
-            sum(len(v) for v in self._routes.values()),
+            sum(len(fdb_remotes(v)) for v in self._fdb.values()),
+            sum(len(expand_routes(v, self.dev, self._metric)) for v in self._routes.values()),
         )

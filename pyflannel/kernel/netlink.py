@@ -12,29 +12,31 @@ are called at start-up and when the device is re-created only.
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
-from ipaddress import IPv4Interface, IPv4Network, IPv6Interface, IPv6Network
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Interface, IPv6Network
 from typing import Any
 
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
-from pyroute2.netns import setns
-
 from pyflannel.errors import KernelError
+from pyflannel.kernel._pyroute2 import IPRoute, NetlinkError, setns
+from pyflannel.kernel.codec import RTN_BLACKHOLE, RTPROT_BOOT
 from pyflannel.kernel.monitor import Monitor
 from pyflannel.kernel.plan import Ownership, address_in
-from pyflannel.kernel.records import IPNetwork, Link, VxlanSpec
+from pyflannel.kernel.records import IPNetwork, Link, RoutePath, VxlanSpec
 from pyflannel.kernel.sync import KernelSync, open_monitor
 
 RT_TABLE_MAIN = 254
 #: ifaddrmsg flags (linux/if_addr.h): an address being withdrawn is not one to choose.
 IFA_F_DEPRECATED = 0x20
 RT_SCOPE_HOST = 254
+# What `ip route get` answers when there is no usable route: no route at all, a blackhole or
+# unreachable route (EINVAL, EHOSTUNREACH), a prohibit route (EACCES).
+_NO_ROUTE = {errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EINVAL, errno.EACCES}
 
 
 def random_vtep_mac() -> str:
@@ -45,10 +47,13 @@ def random_vtep_mac() -> str:
 
 
 @contextmanager
-def _kernel(op: str, target: object) -> Iterator[None]:
+def _kernel(op: str, target: object, fine: Collection[int] = ()) -> Iterator[None]:
+    """NetlinkError as KernelError; the errnos in *fine* (EEXIST for an add...) are success."""
     try:
         yield
     except NetlinkError as exc:
+        if exc.code in fine:
+            return
         raise KernelError(op, str(target), exc.code, os.strerror(exc.code)) from None
 
 
@@ -135,6 +140,34 @@ class Netlink:
             if msg["dst_len"] == 0 and msg.get_attr("RTA_OIF"):
                 return int(msg.get_attr("RTA_OIF"))
         return None
+
+    def route_to(self, dst: IPv4Address) -> RoutePath | None:
+        """``ip route get DST``: the device and source address the kernel uses to reach *dst*;
+        None when it has no usable route."""
+        try:
+            msgs = self._ipr.route("get", dst=str(dst))
+        except NetlinkError as exc:
+            if exc.code in _NO_ROUTE:
+                return None
+            raise KernelError("route.get", str(dst), exc.code, os.strerror(exc.code)) from None
+        for msg in msgs:
+            oif = msg.get_attr("RTA_OIF")
+            if oif:
+                src = msg.get_attr("RTA_PREFSRC")
+                return RoutePath(int(oif), IPv4Address(src) if src else None)
+        return None
+
+    def add_blackhole(self, dst: IPNetwork, metric: int) -> None:
+        """``ip route add blackhole DST metric METRIC proto boot``; present already is fine."""
+        with _kernel("route.add", f"blackhole {dst}", fine={errno.EEXIST}):
+            self._ipr.route(
+                "add", dst=str(dst), type=RTN_BLACKHOLE, proto=RTPROT_BOOT, priority=metric
+            )
+
+    def del_blackhole(self, dst: IPNetwork, metric: int) -> None:
+        """``ip route del blackhole DST metric METRIC``; gone already is fine."""
+        with _kernel("route.del", f"blackhole {dst}", fine={errno.ESRCH}):
+            self._ipr.route("del", dst=str(dst), type=RTN_BLACKHOLE, priority=metric)
 
     def connected_routes(self, index: int, version: int = 4) -> list[IPNetwork]:
         """Main-table routes of IP *version* through link *index* without a gateway (what it

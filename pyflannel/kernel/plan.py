@@ -75,11 +75,11 @@ class Keys:
 
 
 #: One peer's entries in compact form: (neighbour IP, VTEP MAC, FDB value, route key, route
-#: value), the values being the very objects stored in the ``raw_*`` dicts (shared, not
-#: copied); a route value is a 1-tuple of :data:`RawRoute` for a route on a device, or the
-#: gateway (int, or None) of a direct route.
+#: value, direct), the values being the very objects stored in the ``raw_*`` dicts (shared, not
+#: copied); *direct* says whether the route value is in ``raw_direct`` (a direct route) or in
+#: ``raw_routes``.
 _Peer = tuple[
-    int | None, bytes | None, tuple[int] | None, tuple[int, int], "tuple[RawRoute] | int | None"
+    int | None, bytes | None, "RawFdb | None", tuple[int, int], "RawRoutes | int | None", bool
 ]
 
 
@@ -108,16 +108,19 @@ class Desired:
     :meth:`neigh`, :meth:`fdb_dst` and :meth:`route`.
     """
 
-    def __init__(self, version: int = 4) -> None:
+    def __init__(self, dev: int | None = None, *, version: int = 4) -> None:
+        #: Our device: a route ``via <gw> dev <dev> onlink`` is held as its gateway alone.
+        self.dev = dev
         self.version = version
+        self.metric = default_metric(version)  # our routes' metric: part of the usual form
         self._addr = address_type(version)
         self._net = network_type(version)
         self.peers: dict[IPNetwork, _Peer] = {}
         self.raw_neighs: dict[int, bytes] = {}
-        self.raw_fdb: dict[bytes, tuple[int]] = {}
-        # Routes on a device, exactly as the mirror will hold them once written; direct routes
-        # (the kernel picks the device) by gateway only.
-        self.raw_routes: dict[tuple[int, int], tuple[RawRoute]] = {}
+        self.raw_fdb: dict[bytes, RawFdb] = {}
+        # Routes on a device, exactly as the mirror will hold them once written (see
+        # RawRoutes); direct routes (the kernel picks the device) by gateway only.
+        self.raw_routes: dict[tuple[int, int], RawRoutes] = {}
         self.raw_direct: dict[tuple[int, int], int | None] = {}
 
     def set(self, subnet: IPNetwork, entries: PeerEntries | None) -> Keys:
@@ -126,7 +129,7 @@ class Desired:
         keys = Keys()
         old = self.peers.pop(subnet, None)
         if old is not None:
-            nip, mac, fval, rkey, rval = old
+            nip, mac, fval, rkey, rval, direct = old
             keys.routes.add(subnet)
             # Only what this peer put there: two peers sharing a VTEP MAC is a misconfiguration
             # the last writer wins, but removing one must not take the other's entry away.
@@ -138,8 +141,8 @@ class Desired:
                 keys.macs.add(mac.hex(":"))
                 if fval is not None and self.raw_fdb.get(mac) == fval:
                     del self.raw_fdb[mac]
-            if isinstance(rval, tuple):
-                if self.raw_routes.get(rkey) == rval:
+            if not direct:
+                if rval is not None and self.raw_routes.get(rkey) == rval:
                     del self.raw_routes[rkey]
             elif rkey in self.raw_direct and self.raw_direct[rkey] == rval:
                 del self.raw_direct[rkey]
@@ -151,17 +154,18 @@ class Desired:
     def _put(self, neigh: Neigh | None, fdb: Fdb | None, route: Route | None) -> _Peer:
         nip: int | None = None
         mac: bytes | None = None
-        fval: tuple[int] | None = None
+        fval: RawFdb | None = None
         if neigh is not None:
             nip, mac = int(neigh.ip), _raw_mac(neigh.mac)
             self.raw_neighs[nip] = mac
         if fdb is not None:
             if neigh is None or fdb.mac != neigh.mac or mac is None:
                 mac = _raw_mac(fdb.mac)
-            fval = (int(fdb.dst),)
+            fval = int(fdb.dst)  # the lease's own int (IPv4Address keeps it): shared
             self.raw_fdb[mac] = fval
         rkey: tuple[int, int] = (0, 0)
-        rval: tuple[RawRoute] | int | None = None
+        rval: RawRoutes | int | None = None
+        direct = False
         if route is not None:
             rkey = _raw_dst(route.dst)
             gw: int | None = None
@@ -170,10 +174,12 @@ class Desired:
                 same = neigh is not None and nip is not None and neigh.ip == route.gateway
                 gw = nip if same else int(route.gateway)
             if route.oif is None:
+                direct = True
                 rval = self.raw_direct[rkey] = gw
             else:
-                rval = self.raw_routes[rkey] = (_raw_route(route, gw),)
-        return (nip, mac, fval, rkey, rval)
+                raw = (_raw_route(route, gw),)
+                rval = self.raw_routes[rkey] = compact_routes(raw, self.dev, self.metric)
+        return (nip, mac, fval, rkey, rval, direct)
 
     # --- what the planner looks up ---------------------------------------------------------
 
@@ -185,14 +191,16 @@ class Desired:
     def fdb_dst(self, mac: str) -> IPAddress | None:
         """The remote wanted for VTEP *mac*, or None."""
         val = self.raw_fdb.get(_raw_mac(mac))
-        return None if val is None else self._addr(val[0])
+        return None if val is None else self._addr(fdb_remotes(val)[0])
 
     def route(self, dst: IPNetwork) -> Route | None:
         """The route wanted to *dst*, or None."""
         key = _raw_dst(dst)
         held = self.raw_routes.get(key)
         if held is not None:
-            prio, _tos, oif, gw, _proto, _scope, _type, flags = held[0]
+            prio, _tos, oif, gw, _proto, _scope, _type, flags = expand_routes(
+                held, self.dev, self.metric
+            )[0]
             gateway = None if gw is None else self._addr(gw)
             return Route(dst, gateway, oif, bool(flags & _RTNH_F_ONLINK), prio)
         if key in self.raw_direct:
@@ -201,9 +209,10 @@ class Desired:
         return None
 
     @classmethod
-    def of(cls, state: KernelState, version: int = 4) -> Desired:
-        """The entries of *state*, not grouped by peer (for tests and tools)."""
-        d = cls(version)
+    def of(cls, state: KernelState, dev: int | None = None, *, version: int = 4) -> Desired:
+        """The entries of *state*, not grouped by peer (for tests and tools), *dev* being
+        the device whose usual routes are held compact, *version* their IP version."""
+        d = cls(dev, version=version)
         for ip, mac in state.neighs.items():
             d._put(Neigh(ip, mac), None, None)
         for f in state.fdb:
@@ -246,6 +255,53 @@ def raw_route(r: Route) -> RawRoute:
 def _raw_route(r: Route, gw: int | None) -> RawRoute:
     flags = _RTNH_F_ONLINK if r.onlink else 0
     return (r.priority, 0, r.oif, gw, RTPROT_BOOT, _RT_SCOPE_UNIVERSE, _RTN_UNICAST, flags)
+
+
+#: Every route to one destination as the mirror and Desired hold it: the usual one alone, ours
+#: ``via <gw> dev <our device> onlink`` with the family's metric (IPv4 0, IPv6 1024), as its
+#: gateway (an int: 10,000 routes cost no tuples); anything else as the tuple of every route,
+#: in the kernel's terms.
+RawRoutes = int | tuple[RawRoute, ...]
+#: The remotes of one FDB MAC: one as the int alone, several as a tuple.
+RawFdb = int | tuple[int, ...]
+
+
+def compact_routes(vals: tuple[RawRoute, ...], dev: int | None, metric: int = 0) -> RawRoutes:
+    """*vals* in the :data:`RawRoutes` form for device *dev* (our routes' *metric*)."""
+    if len(vals) == 1 and dev is not None:
+        v = vals[0]
+        gw = v[3]
+        usual = (metric, 0, dev, gw, RTPROT_BOOT, 0, _RTN_UNICAST, _RTNH_F_ONLINK)
+        if gw is not None and v == usual:
+            return gw
+    return vals
+
+
+def expand_routes(held: RawRoutes, dev: int | None, metric: int = 0) -> tuple[RawRoute, ...]:
+    """The routes a :data:`RawRoutes` value stands for."""
+    if isinstance(held, int):
+        usual = (
+            metric,
+            0,
+            dev,
+            held,
+            RTPROT_BOOT,
+            _RT_SCOPE_UNIVERSE,
+            _RTN_UNICAST,
+            _RTNH_F_ONLINK,
+        )
+        return (usual,)
+    return held
+
+
+def compact_fdb(remotes: tuple[int, ...]) -> RawFdb:
+    """*remotes* (at least one) in the :data:`RawFdb` form."""
+    return remotes[0] if len(remotes) == 1 else remotes
+
+
+def fdb_remotes(held: RawFdb) -> tuple[int, ...]:
+    """The remotes a :data:`RawFdb` value stands for."""
+    return (held,) if isinstance(held, int) else held
 
 
 def _raw_mac(mac: str) -> bytes:

@@ -100,6 +100,15 @@ class PeerEntries:
 
 
 @dataclass(frozen=True)
+class RoutePath:
+    """The kernel's answer to ``ip route get ADDR``: the output device and the source address
+    it would use (what ``--iface-can-reach`` picks)."""
+
+    oif: int
+    src: IPv4Address | None
+
+
+@dataclass(frozen=True)
 class VxlanSpec:
     """What the VXLAN device must look like (flannel-behaviour.md §4.2)."""
 
@@ -140,5 +149,6 @@ __all__ = [
     "PeerEntries",
     "Route",
     "RouteEntry",
+    "RoutePath",
     "VxlanSpec",
 ]

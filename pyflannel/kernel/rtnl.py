@@ -18,10 +18,9 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Self, TypeVar
 
-from pyroute2.netns import setns
-
 from pyflannel.errors import KernelError
 from pyflannel.kernel import codec
+from pyflannel.kernel._pyroute2 import setns
 from pyflannel.kernel.mirror import Mirror
 from pyflannel.kernel.records import IPAddress
 

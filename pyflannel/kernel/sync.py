@@ -131,7 +131,7 @@ class KernelSync:
         self.family = codec.AF_INET6 if version == 6 else codec.AF_INET
         self.dev = dev
         self.owner = owner
-        self.desired = Desired(version)
+        self.desired = Desired(dev, version=version)
         self.mirror = Mirror(dev, self.desired)
         # A re-read in a helper thread (see start_reload), and the notifications folded while
         # it runs, to fold again into the mirror it builds.
@@ -151,8 +151,9 @@ class KernelSync:
         """The device was re-created with index *dev*: forget the mirror and every desired
         entry (routes name the device); the caller sets the peers again and reloads."""
         self.dev, self.owner = dev, owner
-        self.mirror = Mirror(dev, self.desired)
         self.desired.clear()
+        self.desired.dev = dev
+        self.mirror = Mirror(dev, self.desired)
         self._reload = None  # its mirror is of the old device
 
     def set_peer(self, subnet: IPNetwork, entries: PeerEntries | None) -> Keys:

@@ -1,1 +1,2 @@
-"""The seed demo on one machine: network namespaces as the etcd host, a router and the cells."""
+"""The blog post's flannel demo on one machine: network namespaces as the etcd host, a router
+and the cells (see docs/demo.md)."""

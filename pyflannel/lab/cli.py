@@ -1,14 +1,19 @@
-"""``pyflannel-lab``: the seed's two-cell VXLAN walkthrough on one machine, in seconds.
+"""pyflannel-lab: the classic flannel VXLAN walkthrough on one machine, in seconds: an etcd
+host, a router joining two underlay subnets, and hosts ("cells") running pyflannel, each with
+containers, all in network namespaces.
 
-    pyflannel-lab up [--api v2|v3] [--cells N] [--ipv6 | --ipv6-only]
-                                                 build it: etcd, router, cells, containers
-    pyflannel-lab check                          curl across cells, pass/fail table with paths
-    pyflannel-lab status                         leases, flannel.1 and programmed entries
-    pyflannel-lab down                           remove everything (also after a crash)
+    pyflannel-lab up [--api v2|v3] [--cells N] [--cni] [--ipv6 | --ipv6-only]
+                             build it and start everything (--ipv6: dual stack,
+                             --ipv6-only: no IPv4 anywhere)
+    pyflannel-lab check      curl across cells (over each family): a pass/fail table with
+                             the packet path
+    pyflannel-lab status     leases, flannel.1 (and flannel-v6.1) and the entries pyflannel
+                             programmed
+    pyflannel-lab down       remove everything (also after a crash)
 
-Everything lives in network namespaces named ``pfl-…`` and in the work directory
-(``/run/pyflannel-lab`` by default); nothing is added to the root namespace, and only processes
-inside the lab's namespaces are ever killed.
+Everything lives in network namespaces named pfl-... and in the work directory
+(/run/pyflannel-lab by default); nothing is added to the root namespace, and only processes
+inside the lab's namespaces are ever killed.  Needs root.
 """
 
 from __future__ import annotations
@@ -53,6 +58,7 @@ def _up(args: argparse.Namespace) -> int:
         resync_interval=10,
         stack=stack,
     )
+    lab.down()  # work files of a lab that was not taken down (a subnet.env would look fresh)
     underlay = {
         "ipv4": "10.0.1.0/24 and 10.0.2.0/24",
         "dual": "10.0.1.0/24 + fd00:1::/64 and 10.0.2.0/24 + fd00:2::/64",
@@ -60,14 +66,14 @@ def _up(args: argparse.Namespace) -> int:
     }[stack]
     etcd = f"[{ETCD_IP6}]" if stack == "ipv6" else ETCD_IP
     network = {
-        "ipv4": "the seed's",
-        "dual": f"the seed's, with IPv6Network {IPV6_NETWORK}",
-        "ipv6": f"IPv6 only: IPv6Network {IPV6_NETWORK}",
+        "ipv4": "172.16.0.0/16, /24 leases, VXLAN on UDP 8472",
+        "dual": f"172.16.0.0/16 and {IPV6_NETWORK}, /24 and /64 leases, VXLAN on UDP 8472",
+        "ipv6": f"IPv6 only: {IPV6_NETWORK}, /64 leases, VXLAN on UDP 8472",
     }[stack]
     try:
         step(f"underlay: router, {underlay}", lab.build_underlay)
         step(f"etcd at {etcd}:2379 (serving the {args.api} API)", lab.start_etcd)
-        step(f"network config /coreos.com/network/config ({network})", lab.put_config)
+        step(f"network config /coreos.com/network/config: {network}", lab.put_config)
         lab.start_cells(lab.cells, 2, cni=args.cni)
         for cell in lab.cells:
             env = read_env(lab.subnet_file(cell))
@@ -227,15 +233,28 @@ def _status_device(cell: Cell, family: str, dev: str) -> None:
 
 
 def _down(args: argparse.Namespace) -> int:
+    t0 = time.monotonic()
     try:
         lab = Lab.load(args.workdir)
     except (OSError, ValueError, KeyError):
         # No state (a crash during `up`): cell directories are found by name.
         cells = len(list(args.workdir.glob("cell-*"))) if args.workdir.is_dir() else 0
         lab = Lab(args.workdir, prefix=args.prefix, cells=cells)
-    before = prefixed_namespaces(lab.prefix)
-    lab.down()
-    print(f"lab down: removed {len(before)} namespaces" if before else "nothing to remove")
+    gone = lab.down()
+    if not (gone.processes or gone.namespaces or gone.files):
+        print("nothing to remove")
+        return 0
+    for what, items in (
+        ("stopped processes", gone.processes),
+        ("deleted network namespaces", gone.namespaces),
+        (f"removed from {args.workdir}", gone.files),
+    ):
+        if items:
+            print(f"  {what}: {', '.join(items)}")
+    print(
+        f"lab down: removed {len(gone.processes)} processes, {len(gone.namespaces)} "
+        f"namespaces and {len(gone.files)} work files in {time.monotonic() - t0:.1f} s"
+    )
     return 0
 
 
@@ -246,18 +265,25 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR)
+    p.add_argument(
+        "--workdir",
+        type=Path,
+        default=DEFAULT_WORKDIR,
+        help=f"where the lab keeps etcd's data, logs and state (default: {DEFAULT_WORKDIR})",
+    )
     p.add_argument("--prefix", default=PREFIX, help=argparse.SUPPRESS)
     sub = p.add_subparsers(dest="cmd", required=True)
     up = sub.add_parser("up", help="build the topology and start everything")
-    up.add_argument("--api", choices=["v2", "v3"], default="v2", help="etcd API pyflannel uses")
+    up.add_argument(
+        "--api", choices=["v2", "v3"], default="v2", help="etcd API pyflannel uses (default: v2)"
+    )
     up.add_argument(
         "--cells",
         type=int,
         default=2,
         choices=range(2, 9),
         metavar="N",
-        help="number of cells (2-8), alternating between the two subnets",
+        help="number of cells, 2 to 8, alternating between the two underlay subnets (default: 2)",
     )
     up.add_argument(
         "--cni",
@@ -269,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
         "--ipv6",
         action="store_true",
         help="dual stack: an IPv6 underlay (fd00:1::/64, fd00:2::/64) too, IPv6Network "
-        f"{IPV6_NETWORK} next to the seed's Network, containers with both families",
+        f"{IPV6_NETWORK} next to the IPv4 Network, containers with both families",
     )
     family.add_argument(
         "--ipv6-only",

@@ -1,4 +1,4 @@
-"""Build and tear down the seed's topology from network namespaces.
+"""Build and tear down the demo's topology (docs/demo.md) from network namespaces.
 
 Two underlay subnets joined by a router namespace: 10.0.1.0/24 (etcd at .2, cell-1 at .3) and
 10.0.2.0/24 (cell-2 at .3); more cells alternate between the two subnets.  Each cell runs the
@@ -268,7 +268,7 @@ class Lab:
             try:
                 done, status = os.waitpid(pid, os.WNOHANG)
             except ChildProcessError:  # not our child (a previous `up`): poll for it
-                if not Path(f"/proc/{pid}").exists():
+                if not alive(pid):
                     break
                 time.sleep(0.05)
                 continue
@@ -442,7 +442,7 @@ class Lab:
         return tally
 
     def put_config(self, config: dict[str, object] | None = None) -> None:
-        """Store the network config (by default the seed's, with IPv6 as the stack says)."""
+        """Store the network config (by default the demo's, with IPv6 as the stack says)."""
         self.put("/coreos.com/network/config", json.dumps(config or config_for(self.stack)))
 
     # --- cells ----------------------------------------------------------------------------------
@@ -738,20 +738,50 @@ class Lab:
 
     # --- teardown -------------------------------------------------------------------------------
 
-    def down(self) -> None:
+    def down(self) -> Removed:
         """Kill the lab's processes, delete its namespaces and its work directory's contents;
-        safe to call at any point, also after a crash or a half-finished start."""
-        for name in list(self._pids()):
-            self.kill(name, signal.SIGKILL, wait=5)
-        remove_prefixed(self.prefix)
-        for entry in LAB_FILES:
+        safe to call at any point, also after a crash or a half-finished start.  Returns what
+        was removed."""
+        names = {pid: name for name, pid in self._pids().items()}
+        for proc in self._procs.values():  # ours: reaped below, without a zombie's wait
+            if proc.poll() is None:
+                proc.kill()
+        stopped = remove_prefixed(self.prefix)
+        for proc in self._procs.values():
+            proc.wait()
+        self._procs.clear()
+        files = []
+        for entry in (*LAB_FILES, *(c.name for c in self.cells)):
             path = self.workdir / entry
-            if path.is_dir():
+            if path.is_dir() and not path.is_symlink():
                 shutil.rmtree(path, ignore_errors=True)
-            else:
+            elif path.exists() or path.is_symlink():
                 path.unlink(missing_ok=True)
-        for cell in self.cells:
-            shutil.rmtree(self.workdir / cell.name, ignore_errors=True)
+            else:
+                continue
+            files.append(entry)
+        return Removed(
+            processes=[
+                names.get(pid, f"pid {pid} in {ns}") for pid, ns in sorted(stopped.pids.items())
+            ],
+            namespaces=stopped.namespaces,
+            files=files,
+        )
+
+
+@dataclass
+class Removed:
+    """What :meth:`Lab.down` removed: process names, namespaces, work-directory entries."""
+
+    processes: list[str] = field(default_factory=list)
+    namespaces: list[str] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Stopped:
+    pids: dict[int, str]  # pid -> the namespace it ran in
+    namespaces: list[str]
 
 
 def _text(addr: IPv4Address | IPv6Address | None) -> str:
@@ -765,17 +795,53 @@ def prefixed_namespaces(prefix: str) -> list[str]:
     return [n for n in names if n.startswith(prefix)]
 
 
-def remove_prefixed(prefix: str) -> list[str]:
-    """Kill what still runs inside the namespaces named *prefix*…, then delete them.
+def alive(pid: int) -> bool:
+    """True while *pid* runs: a zombie has exited (its parent, maybe init, reaps it later)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
 
-    Only processes inside the lab's own namespaces are signalled (``ip netns pids``), so this is
-    safe after a crash, when the PID records may be gone.
+
+def _pids_in(namespaces: list[str]) -> dict[int, str]:
+    """The processes whose network namespace is one of *namespaces* (what ``ip netns pids``
+    finds, for all of them in one pass over /proc)."""
+    ids = {}
+    for name in namespaces:
+        with contextlib.suppress(OSError):
+            st = os.stat(f"/run/netns/{name}")
+            ids[st.st_dev, st.st_ino] = name
+    found = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            st = os.stat(f"/proc/{entry}/ns/net")
+        except OSError:
+            continue  # gone, or a zombie (its namespaces are released)
+        if (st.st_dev, st.st_ino) in ids:
+            found[int(entry)] = ids[st.st_dev, st.st_ino]
+    return found
+
+
+def remove_prefixed(prefix: str, wait: float = 5.0) -> _Stopped:
+    """Kill what runs inside the namespaces named *prefix*…, then delete them.
+
+    Only processes inside the lab's own namespaces are signalled, so this is safe after a
+    crash, when the PID records may be gone, and a recorded PID reused by another process is
+    never hit.  Every process is killed at once and counts as gone when it is a zombie:
+    waiting for each in turn until its parent (init, for the orphans of an earlier ``up``)
+    reaped it is what made ``down`` take seconds per process.
     """
     gone = prefixed_namespaces(prefix)
-    for name in gone:
-        for pid in run("ip", "netns", "pids", name, check=False).stdout.split():
-            with contextlib.suppress(ProcessLookupError, ValueError):
-                os.kill(int(pid), signal.SIGKILL)
+    pids = _pids_in(gone)
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + wait
+    while any(alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.01)
     for name in gone:
         run("ip", "netns", "del", name, check=False)
-    return gone
+    return _Stopped(pids, gone)

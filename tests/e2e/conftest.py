@@ -96,13 +96,36 @@ def lab(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
         yield lab
 
 
-def alive(pid: int) -> bool:
-    """True if *pid* exists and is not a zombie."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
+def spawn_pyflannel(
+    lab: Lab,
+    cell: Cell,
+    name: str,
+    prefix: str,
+    *extra: str,
+    subnet_file: Path | None = None,
+    wrapper: Sequence[str] = (),
+    env: dict[str, str] | None = None,
+) -> None:
+    """Start pyflannel on *cell* as *name*, on the lab's etcd under its own etcd *prefix* and
+    subnet file (or *subnet_file*), behind the *wrapper* command if any, with *env* added;
+    JSON logs in ``<workdir>/<name>/pyflannel.log``."""
+    lab.spawn(
+        name,
+        cell.ns,
+        [
+            *wrapper,
+            sys.executable,
+            "-m",
+            "pyflannel",
+            "--etcd-endpoints=http://10.0.1.2:2379",
+            f"--etcd-prefix={prefix}",
+            f"--subnet-file={subnet_file or lab.workdir / name / 'subnet.env'}",
+            "--log-format=json",
+            *extra,
+        ],
+        lab.workdir / name / "pyflannel.log",
+        env=env,
+    )
 
 
 def ip_json(cell: Cell, *args: str) -> list[dict[str, object]]:

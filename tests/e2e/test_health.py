@@ -36,9 +36,19 @@ OTHER_HOST = (
 _runs = iter(range(1000))
 
 
-def wait(cond: Callable[[], object], timeout: float = 15.0, what: str = "condition") -> None:
-    """Poll until *cond()* is true."""
-    Lab.wait(cond, timeout, what, interval=0.1)
+def wait(
+    cond: Callable[[], object],
+    timeout: float = 15.0,
+    what: str = "condition",
+    detail: Callable[[], object] | None = None,
+) -> None:
+    """Poll until *cond()* is true; a timeout names *detail()* (what was seen last)."""
+    try:
+        Lab.wait(cond, timeout, what, interval=0.1)
+    except TimeoutError as exc:
+        if detail is None:
+            raise
+        raise TimeoutError(f"{exc}; last seen: {detail()}") from None
 
 
 class Notify:
@@ -273,18 +283,17 @@ def test_metrics_match_the_kernel(lab: Lab, runs: list[Run]) -> None:
     runs.append(r)
     r.wait_ready()
 
+    last: list[object] = []
+
     def agree(peers: int) -> bool:
         m = r.metrics()
         entries = m["pyflannel_kernel_entries"]
         seen = tuple(int(one(entries, kind=k)) for k in ("route", "neigh", "fdb"))
-        return (
-            one(m["pyflannel_peers_known"]) == peers
-            and one(m["pyflannel_peers_programmed"]) == peers
-            and seen == (peers, peers, peers)
-            and kernel_counts(r.cell) == seen
-        )
+        known, programmed = one(m["pyflannel_peers_known"]), one(m["pyflannel_peers_programmed"])
+        last[:] = [known, programmed, seen, kernel_counts(r.cell)]  # for the failure message
+        return known == programmed == peers and seen == (peers, peers, peers) == last[3]
 
-    wait(lambda: agree(2), 15, "metrics = kernel with cell-1 and cell-2")
+    wait(lambda: agree(2), 15, "metrics = kernel with cell-1 and cell-2", detail=lambda: last)
     m = r.metrics()
     info = next(iter(m["pyflannel_build_info"]))
     assert dict(info)["version"] == __version__ and dict(info)["etcd_api"] == lab.api
@@ -296,10 +305,10 @@ def test_metrics_match_the_kernel(lab: Lab, runs: list[Run]) -> None:
     key = lease_key("172.16.77.0/24")
     lab.put(key, OTHER_HOST.replace("10.0.2.200", "10.0.2.77"))
     try:
-        wait(lambda: agree(3), 15, "metrics = kernel with a third peer")
+        wait(lambda: agree(3), 15, "metrics = kernel with a third peer", detail=lambda: last)
     finally:
         lab.delete(key)
-    wait(lambda: agree(2), 15, "metrics = kernel once it left")
+    wait(lambda: agree(2), 15, "metrics = kernel once it left", detail=lambda: last)
 
 
 def test_etcd_outage_keeps_readiness(lab: Lab, runs: list[Run], notify: Notify) -> None:

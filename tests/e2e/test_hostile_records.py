@@ -23,9 +23,9 @@ from ipaddress import IPv4Address, IPv4Network
 
 import pytest
 
-from pyflannel.lab.topo import Cell, Lab
+from pyflannel.lab.topo import Cell, Lab, alive
 
-from .conftest import alive, daemon_log, fdb, ip_json, lease_key, subnet_of, vtep_mac
+from .conftest import daemon_log, fdb, ip_json, lease_key, subnet_of, vtep_mac
 
 pytestmark = [pytest.mark.e2e]
 

@@ -116,8 +116,8 @@ def lease(public_ip: str, mac4: str | None, public_ipv6: str, mac6: str) -> str:
 
 @pytest.fixture(scope="module", params=["v2", "v3"])
 def dual(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    """Two dual-stack cells with two containers each (cell-1 masquerades), an outside host on
-    IPv4 and IPv6, and an idle cell-3."""
+    """Two dual-stack cells with two containers each (cell-1 masquerades, cell-2 blackholes
+    its unassigned addresses), an outside host on IPv4 and IPv6, and an idle cell-3."""
     api = request.param
     with running_lab(
         tmp_path_factory.mktemp(f"dual-{api}"),
@@ -129,7 +129,7 @@ def dual(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
         resync_interval=1.0,
         stack="dual",
         outside=True,
-        daemon_args={"cell-1": ["--ip-masq"]},
+        daemon_args={"cell-1": ["--ip-masq"], "cell-2": ["--ip-blackhole-route"]},
     ) as lab:
         assert lab.outside_ns is not None
         lab.start_whoami(lab.outside_ns, "outside")
@@ -188,8 +188,8 @@ def test_each_cell_programs_the_others_ipv6_half(dual: Lab) -> None:
         net = subnet6(dual, peer)
         wait(lambda: programmed6(me, net, mac(peer, V6DEV), str(peer.underlay_ip6)), what="v6")
         assert routes6(me)[str(net)]["metric"] == 1024
-        own = routes6(me).get(str(subnet6(dual, me)))
-        assert own is None or own["dev"] == "br0"  # our own subnet is not programmed
+        own = [r for r in ip_json(me, "-6", "route", "show", str(subnet6(dual, me)))]
+        assert all(r.get("dev") != V6DEV for r in own)  # our own subnet is not programmed
         v4 = run("ip", "-n", me.ns, "-4", "route", "show", "dev", "flannel.1").stdout
         assert subnet4(dual, peer) in v4
 
@@ -352,6 +352,25 @@ def test_ip6tables_masquerade(dual: Lab) -> None:
     assert dual.whoami(c1.containers[0].ns, OUTSIDE_IP6) == str(c1.underlay_ip6)
     con = c2.containers[0]
     assert dual.whoami(con.ns, OUTSIDE_IP6) == str(con.ip6)
+
+
+def test_blackhole_routes_for_both_subnets(dual: Lab) -> None:
+    """--ip-blackhole-route on a dual-stack cell: a blackhole for its IPv4 and for its IPv6
+    subnet (as flanneld adds both), at the lowest preference, so the containers on br0 stay
+    reachable; one deleted by hand comes back."""
+    c1, c2 = dual.cells[:2]
+    net6 = str(subnet6(dual, c2))
+
+    def blackholes(family: str) -> set[str]:
+        routes = ip_json(c2, family, "route", "show", "type", "blackhole")
+        return {str(r["dst"]) for r in routes}
+
+    wait(lambda: net6 in blackholes("-6"), what="IPv6 blackhole")
+    assert subnet4(dual, c2) in blackholes("-4")
+    run("ip", "-n", c2.ns, "-6", "route", "del", "blackhole", net6, "metric", str(2**32 - 1))
+    wait(lambda: net6 in blackholes("-6"), what="IPv6 blackhole put back")
+    assert dual.curl(c1.containers[0].ns, c2.containers[1].ip6) == "200"
+    assert "blackhole" not in run("ip", "-n", c1.ns, "-6", "route", "show").stdout
 
 
 # --- the IPv6-only lab ----------------------------------------------------------------------

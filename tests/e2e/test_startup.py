@@ -8,7 +8,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator, Sequence
 from ipaddress import IPv4Network
@@ -18,7 +17,7 @@ import pytest
 
 from pyflannel.lab.topo import Cell, Lab
 
-from .conftest import _require
+from .conftest import _require, spawn_pyflannel
 
 pytestmark = [pytest.mark.e2e]
 
@@ -49,24 +48,8 @@ def start(
     """Start a daemon on cell-1 with its own etcd prefix and subnet file (or *subnet_file*),
     behind the *wrapper* command if any; return its log name."""
     cell = lab.cells[0]
-    n = next(_runs)
-    name = f"run{n}"
-    lab.spawn(
-        name,
-        cell.ns,
-        [
-            *wrapper,
-            sys.executable,
-            "-m",
-            "pyflannel",
-            "--etcd-endpoints=http://10.0.1.2:2379",
-            f"--etcd-prefix={prefix}",
-            f"--subnet-file={subnet_file or lab.workdir / name / 'subnet.env'}",
-            "--log-format=json",
-            *extra,
-        ],
-        lab.workdir / name / "pyflannel.log",
-    )
+    name = f"run{next(_runs)}"
+    spawn_pyflannel(lab, cell, name, prefix, *extra, subnet_file=subnet_file, wrapper=wrapper)
     return cell, name
 
 
@@ -202,21 +185,7 @@ def test_ready_is_notified_after_subnet_env_and_peers(lab1: Lab, tmp_path: Path)
         sock.settimeout(20)
         cell = lab1.cells[0]
         name = "notify"
-        lab1.spawn(
-            name,
-            cell.ns,
-            [
-                sys.executable,
-                "-m",
-                "pyflannel",
-                "--etcd-endpoints=http://10.0.1.2:2379",
-                "--etcd-prefix=/t7",
-                f"--subnet-file={lab1.workdir / name / 'subnet.env'}",
-                "--log-format=json",
-            ],
-            lab1.workdir / name / "pyflannel.log",
-            env={"NOTIFY_SOCKET": str(sock_path)},
-        )
+        spawn_pyflannel(lab1, cell, name, "/t7", env={"NOTIFY_SOCKET": str(sock_path)})
         msg = sock.recv(4096).decode()
         while "READY=1" not in msg.split("\n"):  # STATUS= lines say what start-up does
             assert msg.startswith("STATUS="), msg

@@ -161,7 +161,7 @@ PEERS = [peer6(0x51), peer6(0x52), peer6(0x53)]
 
 def converge(ks: KernelSync, desired: KernelState) -> None:
     """Want *desired*, re-read the kernel, sync every key; nothing may fail."""
-    ks.desired = Desired.of(desired, 6)
+    ks.desired = Desired.of(desired, ks.dev, version=6)
     ks.reload()
     assert ks.sync().report.errors == []
 
@@ -373,7 +373,9 @@ def test_dual_stack_devices_share_one_notification_socket(
             ),
         )
         for ks, scope, d in ((ks4, scope4, dev4), (ks6, SCOPE6, dev)):
-            ks.desired = Desired.of(desired_state([dual], d.index, scope).state, ks.version)
+            ks.desired = Desired.of(
+                desired_state([dual], d.index, scope).state, d.index, version=ks.version
+            )
             ks.reload()
             assert ks.sync().report.errors == []
         time.sleep(0.2)  # the echoes, and flannel.1's link-local address

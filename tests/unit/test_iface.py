@@ -8,7 +8,7 @@ import pytest
 
 from pyflannel.errors import ConfigError
 from pyflannel.iface import choose_external
-from pyflannel.kernel.records import Link
+from pyflannel.kernel.records import Link, RoutePath
 
 
 def link(index: int, name: str, *addrs: str, mtu: int = 1500) -> Link:
@@ -163,3 +163,70 @@ def test_mtu_zero_rejected() -> None:
     """An interface reporting MTU 0 is refused, as flanneld does."""
     with pytest.raises(ConfigError, match="MTU"):
         choose_external([link(2, "eth0", "10.0.1.3/24", mtu=0)], 2)
+
+
+REACH = IPv4Address("10.0.2.200")
+
+
+def test_can_reach_takes_the_routes_device_and_source() -> None:
+    """--iface-can-reach: the device of the route to the address, and the route's source
+    address (not the device's first), as flanneld's `ip route get`."""
+    ext = choose_external(
+        LINKS, ETH0.index, can_reach=REACH, reach=RoutePath(ETH1.index, IPv4Address("10.0.2.99"))
+    )
+    assert ext.link is ETH1
+    assert ext.iface_ip == ext.public_ip == IPv4Address("10.0.2.99")
+
+
+def test_can_reach_without_source_uses_the_devices_address() -> None:
+    """A route without a source address: the device's first address."""
+    ext = choose_external(LINKS, None, can_reach=REACH, reach=RoutePath(WLAN.index, None))
+    assert ext.iface_ip == IPv4Address("192.168.7.20")
+
+
+def test_can_reach_with_public_ip() -> None:
+    """--public-ip still names what goes into the lease."""
+    ext = choose_external(
+        LINKS,
+        None,
+        can_reach=REACH,
+        reach=RoutePath(ETH1.index, None),
+        public_ip=IPv4Address("203.0.113.5"),
+    )
+    assert ext.link is ETH1 and ext.public_ip == IPv4Address("203.0.113.5")
+
+
+@pytest.mark.parametrize(
+    ("ifaces", "regexes", "name"),
+    [
+        (("wlan0",), (), "wlan0"),  # --iface first
+        ((), ("^wlan",), "wlan0"),  # then --iface-regex
+        (("nope",), ("^wlan",), "wlan0"),  # an --iface that matches nothing falls through
+        (("nope",), ("^zzz",), "eth1"),  # ... to the route
+        (("bare0",), (), "eth1"),
+    ],
+)
+def test_precedence_iface_then_regex_then_can_reach(
+    ifaces: tuple[str, ...], regexes: tuple[str, ...], name: str
+) -> None:
+    """As flanneld: every --iface, then every --iface-regex, then --iface-can-reach."""
+    ext = choose_external(
+        LINKS,
+        ETH0.index,
+        ifaces=ifaces,
+        iface_regexes=regexes,
+        can_reach=REACH,
+        reach=RoutePath(ETH1.index, IPv4Address("10.0.2.3")),
+    )
+    assert ext.link.name == name
+
+
+@pytest.mark.parametrize(
+    "reach",
+    [None, RoutePath(LO.index, IPv4Address("127.0.0.1")), RoutePath(99, IPv4Address("10.9.9.9"))],
+)
+def test_can_reach_no_usable_route_is_an_error(reach: RoutePath | None) -> None:
+    """No route, a route through the loopback (the address is our own), or a device that is
+    gone: a ConfigError naming the flag; the default route is not used instead."""
+    with pytest.raises(ConfigError, match=r"--iface-can-reach 10\.0\.2\.200"):
+        choose_external(LINKS, ETH0.index, ifaces=("nope",), can_reach=REACH, reach=reach)

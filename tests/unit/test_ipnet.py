@@ -9,6 +9,8 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from pyflannel.ipnet import (
     SubnetKey,
@@ -16,6 +18,7 @@ from pyflannel.ipnet import (
     go_prints_dotted,
     ipv6_subnets_between,
     ipv6_text,
+    parse_ipv4,
     parse_ipv6_cidr,
     parse_subnet_key,
     subnet_key,
@@ -268,3 +271,17 @@ def test_parse_ipv6_cidr(text: str, ok: str | None) -> None:
             parse_ipv6_cidr(text)
     else:
         assert parse_ipv6_cidr(text) == IPv6Network(ok)
+
+
+@given(st.text(alphabet="0123456789.x :\u0663\x00", max_size=20))
+def test_parse_ipv4_is_exactly_as_strict_as_ipaddress(text: str) -> None:
+    """The fast parser accepts and refuses what IPv4Address does, with the same result."""
+    try:
+        want: object = IPv4Address(text)
+    except ValueError:
+        want = ValueError
+    try:
+        got: object = parse_ipv4(text)
+    except ValueError:
+        got = ValueError
+    assert got == want

@@ -147,7 +147,7 @@ class _Kernel:
 
     def __init__(self, dev: int) -> None:
         self.dev = dev
-        self.desired = Desired(6)
+        self.desired = Desired(version=6)
 
     def set_peer(self, subnet: IPv6Network, entries: PeerEntries | None) -> Keys:
         return self.desired.set(subnet, entries)
@@ -174,7 +174,7 @@ def test_peer_sync_takes_only_the_ipv6_half() -> None:
 def test_ipv6_plan_compares_metric_1024() -> None:
     """The kernel reports our IPv6 routes at metric 1024: equal to what we want, no change; a
     second route of ours at another metric is deleted by that metric."""
-    d = Desired(6)
+    d = Desired(version=6)
     keys = d.set(S6, entries6())
     held = KernelState(
         neighs={S6.network_address: M6}, fdb={Fdb(M6, P6)}, routes={S6: entries6().route}

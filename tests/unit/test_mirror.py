@@ -230,7 +230,7 @@ def test_captured_notifications_fold() -> None:
 
 def desired_peer2() -> Desired:
     """What loaded() holds for the peer 10.5.2.0, as desired entries."""
-    d = Desired()
+    d = Desired(DEV)
     d.set(
         N("10.5.2.0/24"),
         PeerEntries(

@@ -513,7 +513,7 @@ def entries(subnet: IPv4Network, ip: IPv4Address, mac: str) -> PeerEntries:
 
 def test_desired_set_returns_old_and_new_keys() -> None:
     """Changing a peer's MAC touches its neighbour, both MACs and its route: nothing else."""
-    d = Desired()
+    d = Desired(DEV)
     d.set(S1, entries(S1, P1, M1))
     d.set(S2, entries(S2, P2, M2))
     keys = d.set(S1, entries(S1, P1, M3))
@@ -525,7 +525,7 @@ def test_desired_set_returns_old_and_new_keys() -> None:
 
 def test_desired_removal_keeps_entries_another_peer_wrote() -> None:
     """Two peers claiming one VTEP MAC: removing one leaves the other's FDB entry wanted."""
-    d = Desired()
+    d = Desired(DEV)
     d.set(S1, entries(S1, P1, M1))
     d.set(S2, entries(S2, P2, M1))  # last writer wins
     d.set(S1, None)
@@ -539,7 +539,7 @@ def test_desired_removal_keeps_entries_another_peer_wrote() -> None:
 def test_plan_for_keys_looks_at_nothing_else() -> None:
     """A keyed plan compares only those keys: a drifted entry elsewhere waits for its own
     event or the resync."""
-    d = Desired()
+    d = Desired(DEV)
     for s, ip, mac in ((S1, P1, M1), (S2, P2, M2)):
         d.set(s, entries(s, ip, mac))
     view = StateView(KernelState())  # nothing programmed at all
