@@ -19,6 +19,9 @@ starts ``.venv/bin/pyflannel`` in the cell and prints:
    (v3: watch connection cut while SIGSTOPped + compaction; v2: > 1000 events behind).
 
 Run as root: ``.venv/bin/python bench/scale.py [--peers 1000 10000] [--api v2 v3] [--quick]``.
+``--dual --start-only``: the same start with a dual-stack network (an IPv6Network in the config,
+an IPv6 address on the cell's eth0, every lease dual-stack in flanneld's form), so 3N entries on
+``flannel.1`` and 3N on ``flannel-v6.1``; its baseline writes both sets with ip/bridge -batch.
 Prints figures and a Markdown summary; asserts nothing.  Uses only the daemon's CLI, its JSON
 logs and the kernel, so it works against any daemon that keeps those.
 """
@@ -68,8 +71,11 @@ CONFIG = {
     "SubnetMax": "10.255.254.0",
     "Backend": {"Type": "vxlan", "VNI": 1, "Port": 8472},
 }
+NETWORK6 = ipaddress.IPv6Network("fd80::/48")
+CELL_IP6 = "fd99::2"
 VNI = 1
 DEV = f"flannel.{VNI}"
+DEV6 = f"flannel-v6.{VNI}"
 LEASE_TTL = 86400
 PYFLANNEL = Path(sys.executable).parent / "pyflannel"
 # Another daemon build or a wrapper (a profiler) can be measured the same way.
@@ -131,21 +137,43 @@ def mac_of(i: int) -> str:
     return f"02:00:00:{(i >> 16) & 255:02x}:{(i >> 8) & 255:02x}:{i & 255:02x}"
 
 
-def lease_value(i: int) -> str:
-    """flanneld's exact lease JSON for peer *i*."""
-    return json.dumps(
-        {
-            "PublicIP": public_ip_of(i),
-            "PublicIPv6": None,
-            "BackendType": "vxlan",
-            "BackendData": {"VNI": VNI, "VtepMAC": mac_of(i)},
-        },
-        separators=(",", ":"),
-    )
+def subnet6_of(i: int) -> ipaddress.IPv6Network:
+    """Peer *i*'s IPv6 /64 (fd80:0:0:1::/64 onwards)."""
+    return ipaddress.IPv6Network((int(NETWORK6.network_address) + ((i + 1) << 64), 64))
 
 
-def lease_key(net: ipaddress.IPv4Network) -> str:
-    return f"{PREFIX}/subnets/{net.network_address}-{net.prefixlen}"
+def public_ipv6_of(i: int) -> str:
+    """Peer *i*'s PublicIPv6: inside the cell's eth0 /64 (never sent any traffic)."""
+    return str(ipaddress.IPv6Address(f"fd99::{i + 16:x}"))
+
+
+def mac6_of(i: int) -> str:
+    return f"06:00:00:{(i >> 16) & 255:02x}:{(i >> 8) & 255:02x}:{i & 255:02x}"
+
+
+def lease_value(i: int, dual: bool = False) -> str:
+    """flanneld's exact lease JSON for peer *i* (dual stack: with its IPv6 half)."""
+    value: dict[str, Any] = {
+        "PublicIP": public_ip_of(i),
+        "PublicIPv6": public_ipv6_of(i) if dual else None,
+        "BackendType": "vxlan",
+        "BackendData": {"VNI": VNI, "VtepMAC": mac_of(i)},
+    }
+    if dual:
+        value["BackendV6Data"] = {"VNI": VNI, "VtepMAC": mac6_of(i)}
+    return json.dumps(value, separators=(",", ":"))
+
+
+def lease_key(net: ipaddress.IPv4Network, net6: ipaddress.IPv6Network | None = None) -> str:
+    key = f"{PREFIX}/subnets/{net.network_address}-{net.prefixlen}"
+    if net6 is not None:
+        key += f"&{net6.network_address}-{net6.prefixlen}"
+    return key
+
+
+def peer_key(i: int, dual: bool) -> str:
+    """Peer *i*'s etcd key (dual stack: both halves, as flanneld names them)."""
+    return lease_key(subnet_of(i), subnet6_of(i) if dual else None)
 
 
 def b64(text: str) -> str:
@@ -314,11 +342,12 @@ class RouteListener:
         self.sock.close()
 
 
-def counts(ns: str) -> tuple[int, int, int]:
+def counts(ns: str, dev: str = DEV) -> tuple[int, int, int]:
     """(permanent neighbours, self permanent FDB entries with dst, routes) on the device."""
-    neigh = sh("ip", "-n", ns, "neigh", "show", "dev", DEV, "nud", "permanent", check=False)
-    fdb = sh("bridge", "-n", ns, "fdb", "show", "dev", DEV, check=False)
-    routes = sh("ip", "-n", ns, "route", "show", "dev", DEV, check=False)
+    family = "-6" if dev == DEV6 else "-4"
+    neigh = sh("ip", "-n", ns, family, "neigh", "show", "dev", dev, "nud", "permanent", check=False)
+    fdb = sh("bridge", "-n", ns, "fdb", "show", "dev", dev, check=False)
+    routes = sh("ip", "-n", ns, family, "route", "show", "dev", dev, "proto", "boot", check=False)
     n_fdb = sum(
         1
         for line in fdb.splitlines()
@@ -493,6 +522,8 @@ class Run:
         for ns, addr in ((self.etcd_ns, ETCD_IP), (self.cell_ns, CELL_IP)):
             sh("ip", "-n", ns, "addr", "add", f"{addr}/{UNDERLAY_LEN}", "dev", "eth0")
             sh("ip", "-n", ns, "link", "set", "eth0", "up")
+        if self.args.dual:
+            sh("ip", "-n", self.cell_ns, "addr", "add", f"{CELL_IP6}/64", "dev", "eth0", "nodad")
         etcd = shutil.which("etcd") or "etcd"
         log = (workdir / "etcd.log").open("wb")
         self.procs.append(
@@ -523,7 +554,10 @@ class Run:
             if time.monotonic() > deadline:
                 raise RuntimeError("etcd not healthy in 20 s")
             time.sleep(0.05)
-        self.etcd.put(self.api, f"{PREFIX}/config", json.dumps(CONFIG))
+        config: dict[str, Any] = dict(CONFIG)
+        if self.args.dual:
+            config.update(EnableIPv6=True, IPv6Network=str(NETWORK6))
+        self.etcd.put(self.api, f"{PREFIX}/config", json.dumps(config))
 
     def teardown(self) -> None:
         if self._back is not None:
@@ -543,12 +577,13 @@ class Run:
     # --- writing leases
 
     def write_peers(self, indexes: list[int]) -> float:
+        dual = self.args.dual
         t0 = time.monotonic()
         if self.api == "v2":
             with ThreadPoolExecutor(8) as pool:
                 list(
                     pool.map(
-                        lambda i: self.etcd.put("v2", lease_key(subnet_of(i)), lease_value(i), 1),
+                        lambda i: self.etcd.put("v2", peer_key(i, dual), lease_value(i, dual), 1),
                         indexes,
                     )
                 )
@@ -557,7 +592,7 @@ class Run:
             with ThreadPoolExecutor(8) as pool:
                 grants = list(pool.map(lambda _: self.etcd.grant(), range(0, len(indexes), per)))
             items = [
-                (lease_key(subnet_of(i)), lease_value(i), grants[k // per])
+                (peer_key(i, dual), lease_value(i, dual), grants[k // per])
                 for k, i in enumerate(indexes)
             ]
             chunks = [items[k : k + 100] for k in range(0, len(items), 100)]
@@ -610,6 +645,14 @@ class Run:
         assert self.daemon is not None
         return self.daemon
 
+    def counts(self) -> tuple[int, int, int]:
+        """The entries on flannel.1 (dual stack: the fewer of it and flannel-v6.1's)."""
+        got = counts(self.cell_ns)
+        if self.args.dual:
+            got6 = counts(self.cell_ns, DEV6)
+            got = (min(got[0], got6[0]), min(got[1], got6[1]), min(got[2], got6[2]))
+        return got
+
     def phase_start(self, workdir: Path) -> bool:
         d = self.daemon = Daemon(
             self.cell_ns, self.api, workdir, self.args.resync_interval, self.args.daemon_log_level
@@ -629,16 +672,19 @@ class Run:
         ready = t_ready - d.t_spawn
         want = self.n
         deadline = time.monotonic() + timeout
-        got = counts(self.cell_ns)
+        got = self.counts()
         # Complete at the first count after ready: then every entry was in the kernel when the
         # daemon logged its first `reconciled` (it logs after the kernel's ACK of each write),
         # and that is the time; counting again and again would only add the dumps' own time
         # (~0.3 s at 10,000 peers) and take CPU from the daemon.
-        t_reconciled = d.wait_event("reconciled", d.t_spawn, 0)
+        # (Dual stack: each device logs its own; the second one's is the time.)
+        with d.cond:
+            done = [t for t, ev in d.events if ev.get("event") == "reconciled" and t <= t_ready]
+        t_reconciled = done[1 if self.args.dual else 0] if len(done) > self.args.dual else None
         t_kernel = (t_reconciled or t_ready) - d.t_spawn
         while min(got) < want and time.monotonic() < deadline:
             time.sleep(0.2)
-            got = counts(self.cell_ns)
+            got = self.counts()
             t_kernel = time.monotonic() - d.t_spawn
         complete = min(got) >= want
         self.say(f"start -> ready: {ready:.2f} s")
@@ -651,7 +697,8 @@ class Run:
         self.say(f"start timeline (s after spawn): {', '.join(steps)}")
         self.say(
             f"start -> kernel {'complete' if complete else 'INCOMPLETE'}: {t_kernel:.2f} s "
-            f"(neighbours {got[0]}, fdb {got[1]}, routes {got[2]}; want {want} each)"
+            f"(neighbours {got[0]}, fdb {got[1]}, routes {got[2]}; want {want} each"
+            f"{' on each device' if self.args.dual else ''})"
         )
         self.res.figures["start"] = f"{ready:.2f} s"
         self.res.figures["kernel"] = f"{t_kernel:.2f} s" if complete else f"incomplete {got}"
@@ -675,6 +722,14 @@ class Run:
             own = self.own or subnet_of(self.n + 100000)
             sh("ip", "-n", ns, "addr", "add", f"{own.network_address}/32", "dev", DEV)
             sh("ip", "-n", ns, "link", "set", DEV, "up")
+            if self.args.dual:
+                sh("ip", "-n", ns, "addr", "add", f"{CELL_IP6}/64", "dev", "eth0", "nodad")
+                sh(
+                    "ip", "-n", ns, "link", "add", DEV6, "mtu", str(mtu - 20), "type", "vxlan",
+                    "id", str(VNI), "local", CELL_IP6, "dev", "eth0", "dstport", "8472",
+                    "nolearning",
+                )  # fmt: skip
+                sh("ip", "-n", ns, "link", "set", DEV6, "up")
             fdb, ipb = [], []
             for i in range(self.n):
                 net, pub, mac = subnet_of(i), public_ip_of(i), mac_of(i)
@@ -682,6 +737,12 @@ class Run:
                 fdb.append(f"fdb append {mac} dev {DEV} dst {pub} self permanent")
                 ipb.append(f"neigh add {gw} lladdr {mac} dev {DEV} nud permanent")
                 ipb.append(f"route add {net} via {gw} dev {DEV} onlink")
+                if self.args.dual:
+                    net6, pub6, mac6 = subnet6_of(i), public_ipv6_of(i), mac6_of(i)
+                    gw6 = net6.network_address
+                    fdb.append(f"fdb append {mac6} dev {DEV6} dst {pub6} self permanent")
+                    ipb.append(f"neigh add {gw6} lladdr {mac6} dev {DEV6} nud permanent")
+                    ipb.append(f"route add {net6} via {gw6} dev {DEV6} onlink proto boot")
             # The daemon is paused meanwhile: its resync dumps would compete for the CPU and
             # the kernel's RTNL lock, and the baseline is meant to be the kernel alone.
             os.kill(self.daemon_().pid, signal.SIGSTOP)
@@ -694,6 +755,9 @@ class Run:
             finally:
                 os.kill(self.daemon_().pid, signal.SIGCONT)
             got = counts(ns)
+            if self.args.dual:
+                got6 = counts(ns, DEV6)
+                got = (min(got[0], got6[0]), min(got[1], got6[1]), min(got[2], got6[2]))
             base = t2 - t0
             self.say(
                 f"baseline bridge -batch + ip -batch: {base:.3f} s (fdb {t1 - t0:.3f} + "
@@ -949,7 +1013,12 @@ def main() -> int:
     ap.add_argument("--v2-updates", type=int, default=1200, help="writes behind the v2 watch")
     ap.add_argument("--keys-per-lease", type=int, default=1, help="v3: peer keys per etcd lease")
     ap.add_argument("--start-timeout", type=float, default=0, help="0: 60 s + 30 ms per peer")
+    ap.add_argument(
+        "--dual", action="store_true", help="with --start-only: every lease dual-stack (IPv6 too)"
+    )
     args = ap.parse_args()
+    if args.dual and not args.start_only:
+        ap.error("--dual measures the start only: add --start-only")
     if args.quick:
         args.peers = [1000]
     print("command:", shlex.join([sys.executable, *sys.argv]), flush=True)
