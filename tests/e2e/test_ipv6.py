@@ -339,6 +339,28 @@ def test_ipv6_device_deleted_by_hand_is_recreated(dual: Lab) -> None:
     wait(lambda: dual.curl(c2.containers[0].ns, c1.containers[0].ip6) == "200", 10, "traffic")
 
 
+def test_restart_reuses_both_devices_and_the_lease(dual: Lab) -> None:
+    """A restarted dual-stack daemon finds its lease by PublicIP, reuses flannel.1 and
+    flannel-v6.1 with their MACs (nothing changes for the peers) and IPv6 keeps flowing."""
+    c1, c2 = dual.cells[:2]
+    key, macs = key_of(dual, c1), (mac(c1, "flannel.1"), mac(c1, V6DEV))
+    value = dual.get(key)
+    assert dual.kill(f"pyflannel-{c1.name}") == 0
+    before = len(daemon_log(dual, c1))
+    dual.start_daemon(c1)
+    wait(
+        lambda: any(e.get("event") == "ready" for e in daemon_log(dual, c1)[before:]),
+        20,
+        "restarted daemon ready",
+    )
+    new = daemon_log(dual, c1)[before:]
+    reused = [e["device"] for e in new if e.get("event") == "device_reused"]
+    assert reused == ["flannel.1", V6DEV]
+    assert (mac(c1, "flannel.1"), mac(c1, V6DEV)) == macs
+    assert key_of(dual, c1) == key and dual.get(key) == value
+    assert dual.curl(c2.containers[0].ns, c1.containers[0].ip6) == "200"
+
+
 def test_ip6tables_masquerade(dual: Lab) -> None:
     """cell-1 (--ip-masq) holds flanneld's IPv6 rules in ip6tables and its containers reach the
     outside host with cell-1's IPv6 underlay address; cell-2's keep their own address."""
