@@ -285,11 +285,21 @@ class Lab:
 
     # --- underlay and etcd ----------------------------------------------------------------------
 
+    def add_namespace(self, ns: str) -> None:
+        """A new namespace of the lab, its loopback up.  With IPv6, no duplicate address
+        detection on the links made in it later: every lab address is unique by construction,
+        and a link-local address still tentative delays a container's first IPv6 packets by
+        about two seconds."""
+        run("ip", "netns", "add", ns)
+        ip(ns, "link", "set", "lo", "up")
+        if self.ipv6:
+            for conf in ("all", "default"):
+                run("sysctl", "-qw", f"net.ipv6.conf.{conf}.accept_dad=0", ns=ns)
+
     def build_underlay(self) -> None:
         """Namespaces, the router with two switches, etcd host and cells on their subnets."""
         for ns in (self.etcd_ns, self.router_ns, *(c.ns for c in self.cells)):
-            run("ip", "netns", "add", ns)
-            ip(ns, "link", "set", "lo", "up")
+            self.add_namespace(ns)
         r = self.router_ns
         for n in (1, 2):
             ip(r, "link", "add", f"sw{n}", "type", "bridge")
@@ -325,8 +335,7 @@ class Lab:
         if self.outside_ns is not None:
             # Knows no route to the overlay: only masqueraded traffic gets answers by default.
             out = self.outside_ns
-            run("ip", "netns", "add", out)
-            ip(out, "link", "set", "lo", "up")
+            self.add_namespace(out)
             ip(r, "link", "add", "p-out", "type", "veth", "peer", "name", "eth0", "netns", out)
             ip(r, "link", "set", "p-out", "up")
             ip(out, "link", "set", "eth0", "up")
@@ -521,8 +530,7 @@ class Lab:
                 net.network_address + 2 + k if net is not None else None,
                 ip6=net6.network_address + 2 + k if net6 is not None else None,
             )
-            run("ip", "netns", "add", con.ns)
-            ip(con.ns, "link", "set", "lo", "up")
+            self.add_namespace(con.ns)
             ip(
                 ns,
                 "link",
@@ -598,8 +606,7 @@ class Lab:
         for k in range(count):
             letter = CONTAINER_NAMES[start + k]
             con = Container(f"con_{letter}", f"{self.prefix}con_{letter}", "")
-            run("ip", "netns", "add", con.ns)
-            ip(con.ns, "link", "set", "lo", "up")
+            self.add_namespace(con.ns)
             result = self.cni(cell, "ADD", con)
             ips = result.get("ips")
             assert isinstance(ips, list) and ips, result
