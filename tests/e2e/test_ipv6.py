@@ -7,14 +7,17 @@ device and its entries, ip6tables masquerading."""
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from ipaddress import IPv6Interface, IPv6Network
+from pathlib import Path
 
 import pytest
 
-from pyflannel.lab.topo import OUTSIDE_IP6, Cell, Lab, ip, run
+from pyflannel.lab.topo import OUTSIDE_IP6, Cell, Lab, ip, prefixed_namespaces, run
 
-from .conftest import capture_vxlan, daemon_log, ip_json, running_lab
+from .conftest import _require, capture_vxlan, daemon_log, ip_json, running_lab
+from .test_lab import lab_cmd
 
 pytestmark = [pytest.mark.e2e]
 
@@ -489,3 +492,39 @@ def test_ipv6_only_lease_taken_by_another_ipv6_host(only6: Lab) -> None:
     assert only6.wait_exit(f"pyflannel-{c3.name}", 20) == 1
     fatal = [e for e in daemon_log(only6, c3) if e.get("event") == "fatal"]
     assert fatal and "fd00:2::99" in str(fatal[-1]["error"])
+
+
+# --- pyflannel-lab, as a newcomer runs it ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("flag", "api", "cni", "passed"),
+    [("--ipv6", "v2", True, 16), ("--ipv6-only", "v3", False, 8)],
+)
+def test_lab_up_ipv6_check_status_down(
+    tmp_path: Path, flag: str, api: str, cni: bool, passed: int
+) -> None:
+    """`pyflannel-lab up --ipv6` (containers through pyflannel-cni: host-local gets a range per
+    family) and `--ipv6-only`: check passes every pair over each family the lab has, status
+    shows flannel-v6.1 and its entries, down leaves nothing."""
+    _require()
+    prefix = f"pfl6{os.getpid() % 10000}{api}-"
+    workdir = tmp_path / "lab"
+    try:
+        up = lab_cmd(workdir, prefix, "up", "--api", api, flag, *(["--cni"] if cni else []))
+        assert up.returncode == 0, up.stdout + up.stderr
+        check = lab_cmd(workdir, prefix, "check")
+        assert check.returncode == 0, check.stdout + check.stderr
+        assert f"{passed} passed, 0 failed" in check.stdout
+        assert "flannel-v6.1 → UDP 8472 fd00:1::3 → fd00:2::3" in check.stdout
+        assert ("flannel.1 →" in check.stdout) == (flag == "--ipv6")
+        status = lab_cmd(workdir, prefix, "status")
+        assert status.returncode == 0, status.stderr
+        assert status.stdout.count('"BackendV6Data":{"VNI":1,') == 2
+        assert (
+            "flannel-v6.1: mac" in status.stdout and "dst fd00:2::3 self permanent" in status.stdout
+        )
+        assert lab_cmd(workdir, prefix, "down").returncode == 0
+        assert prefixed_namespaces(prefix) == []
+    finally:
+        lab_cmd(workdir, prefix, "down")
