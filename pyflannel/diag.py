@@ -52,20 +52,17 @@ def capture_vxlan(
             "vni": int(p[VXLAN].vni) if VXLAN in p else None,
         }
         inner = p[VXLAN].payload if VXLAN in p else None
-        if inner is not None and IP in inner:
-            rec.update(
-                inner_family=4,
-                inner_src=inner[IP].src,
-                inner_dst=inner[IP].dst,
-                inner_proto=int(inner[IP].proto),
-            )
-        elif inner is not None and IPv6 in inner:
-            rec.update(
-                inner_family=6,
-                inner_src=inner[IPv6].src,
-                inner_dst=inner[IPv6].dst,
-                inner_proto=int(inner[IPv6].nh),
-            )
+        # The inner packet's network layer: IPv4 (protocol) or IPv6 (next header).
+        for family, layer, proto in ((4, IP, "proto"), (6, IPv6, "nh")):
+            if inner is not None and layer in inner:
+                net = inner[layer]
+                rec.update(
+                    inner_family=family,
+                    inner_src=net.src,
+                    inner_dst=net.dst,
+                    inner_proto=int(getattr(net, proto)),
+                )
+                break
         out.append(rec)
     return out
 

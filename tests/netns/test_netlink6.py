@@ -36,6 +36,9 @@ from pyflannel.kernel.records import IPV6_ROUTE_METRIC, KernelState, Link, Vxlan
 from pyflannel.kernel.sync import KernelSync
 from pyflannel.lease import NO_PUBLIC_IP, Lease, LeaseAttrs
 
+# The helpers and the netlink fixtures (nl, eth0) of the IPv4 tests; the namespace is ours.
+from .test_netlink import _eth0, _nl, ip, run  # noqa: F401
+
 pytestmark = [
     pytest.mark.netns,
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces"),
@@ -53,19 +56,6 @@ NETWORK4 = IPv4Network("10.5.0.0/16")
 LOCAL4 = IPv4Address("192.0.2.10")
 DEV6 = "flannel-v6.1"
 _counter = itertools.count()
-
-
-def run(*cmd: str) -> str:
-    """Run *cmd*, fail the test with its stderr if it fails, return its stdout."""
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=10, check=False)
-    if res.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed: {res.stderr.strip()}")
-    return res.stdout
-
-
-def ip(ns: str, *args: str) -> str:
-    """``ip -n NS ARGS``."""
-    return run("ip", "-n", ns, *args)
 
 
 def jsn(ns: str, tool: str, *args: str) -> list[dict[str, object]]:
@@ -91,22 +81,6 @@ def _ns() -> Iterator[str]:
         yield name
     finally:
         subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
-
-
-@pytest.fixture(name="nl")
-def _nl(ns: str) -> Iterator[Netlink]:
-    nl = Netlink(netns=ns)
-    try:
-        yield nl
-    finally:
-        nl.close()
-
-
-@pytest.fixture(name="eth0")
-def _eth0(nl: Netlink) -> Link:
-    link = nl.link("eth0")
-    assert link is not None
-    return link
 
 
 def spec6(eth0: Link, **changes: object) -> VxlanSpec:
