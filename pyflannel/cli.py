@@ -21,7 +21,7 @@ from typing import Any, NoReturn
 
 from pyflannel import __version__
 from pyflannel import flagvalues as fv
-from pyflannel.options import ANY_IPV4, DaemonOptions
+from pyflannel.options import ANY_IPV4, LEASE_TAKEN_LINGER, DaemonOptions
 from pyflannel.registry import EtcdOptions
 from pyflannel.retry import REMINDER_PERIOD
 from pyflannel.untrusted import clip, excerpt
@@ -251,11 +251,17 @@ FLAGS: tuple[_Flag, ...] = (
     ),
 )
 
-#: pyflannel's own variables (no flag): how often a wait is logged again, in seconds, and a
-#: test hook that wedges the main loop after that many seconds of serving (for the watchdog
-#: test; never set it in production).
+#: pyflannel's own variables (no flag): how often a wait is logged again, in seconds; how
+#: long a daemon whose lease another host took keeps answering health checks before it exits;
+#: and a test hook that wedges the main loop after that many seconds of serving (for the
+#: watchdog test; never set it in production).
 WAIT_REMINDER_VAR = "PYFLANNEL_WAIT_REMINDER"
+LINGER_VAR = "PYFLANNEL_LEASE_TAKEN_LINGER"
 TEST_WEDGE_VAR = "PYFLANNEL_TEST_WEDGE_AFTER"
+
+
+def _or(value: float | None, default: float) -> float:
+    return default if value is None else value
 
 
 def _seconds(text: str) -> float:
@@ -407,7 +413,11 @@ def parse_args(argv: Sequence[str], env: Mapping[str, str]) -> DaemonOptions:
             f"shorter than --subnet-lease-ttl ({values['subnet-lease-ttl']} s)"
         )
     hidden: dict[str, float | None] = {}
-    for var, parse in ((WAIT_REMINDER_VAR, _positive), (TEST_WEDGE_VAR, _seconds)):
+    for var, parse in (
+        (WAIT_REMINDER_VAR, _positive),
+        (LINGER_VAR, _seconds),
+        (TEST_WEDGE_VAR, _seconds),
+    ):
         raw = env.get(var, "")
         try:
             hidden[var] = parse(raw) if raw else None
@@ -443,6 +453,7 @@ def parse_args(argv: Sequence[str], env: Mapping[str, str]) -> DaemonOptions:
         healthz_ip=values["healthz-ip"],
         healthz_port=values["healthz-port"],
         wait_reminder=hidden[WAIT_REMINDER_VAR] or REMINDER_PERIOD,
+        lease_taken_linger=_or(hidden[LINGER_VAR], LEASE_TAKEN_LINGER),
         test_wedge_after=hidden[TEST_WEDGE_VAR],
     )
 

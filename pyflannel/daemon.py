@@ -110,9 +110,6 @@ T = TypeVar("T")
 POLL = 0.2
 #: One periodic resync in this many re-reads the kernel (see serve()).
 REDUMP_EVERY = 10
-#: With the health listener on, how long a daemon whose lease another host took keeps
-#: answering (/readyz: 503 with the reason) before it exits 1; a signal ends it at once.
-LEASE_TAKEN_LINGER = 30.0
 #: STATUS= and the numbers a scrape reads are refreshed at most this often (seconds).
 STATUS_EVERY = 1.0
 _DONE = object()  # what next() returns for a finished resync
@@ -946,7 +943,7 @@ class Daemon:
 
     def _linger(self) -> None:
         """Another host took our lease.  With the health listener on, say so (/readyz 503
-        with the reason, STATUS=) for LEASE_TAKEN_LINGER seconds before the exit, so that
+        with the reason, STATUS=) for ``lease_taken_linger`` seconds before the exit, so that
         monitoring sees why; a signal ends the wait at once.  Without it: exit at once."""
         holder = self._own.taken_by
         who = _holder(holder.attrs) if holder is not None else "another host"
@@ -959,10 +956,12 @@ class Daemon:
             "lease_taken",
             subnet=str(self.lease.key),
             by=str(who),
-            action=f"exiting in {LEASE_TAKEN_LINGER:.0f} s; /readyz answers 503 meanwhile",
+            action=(
+                f"exiting in {self.opts.lease_taken_linger:.0f} s; /readyz answers 503 meanwhile"
+            ),
         )
         self._tick(force=True)
-        deadline = time.monotonic() + LEASE_TAKEN_LINGER
+        deadline = time.monotonic() + self.opts.lease_taken_linger
         while not self.stopping() and time.monotonic() < deadline:
             self._tick()
             self.stop.wait(POLL)

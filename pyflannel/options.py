@@ -11,6 +11,10 @@ from pathlib import Path
 from pyflannel.registry import EtcdOptions
 from pyflannel.retry import REMINDER_PERIOD
 
+#: How long a daemon whose lease another host took keeps answering /healthz and /readyz
+#: (503, naming the holder) before it exits 1, so that a health check sees why.
+LEASE_TAKEN_LINGER = 30.0
+
 #: flanneld's --healthz-ip default: every IPv4 address.
 ANY_IPV4 = IPv4Address("0.0.0.0")
 
@@ -43,4 +47,5 @@ class DaemonOptions:
     # From PYFLANNEL_* variables, not flags: how often a wait says so again (seconds), and a
     # test hook that wedges the main loop after that many seconds of serving (None: never).
     wait_reminder: float = REMINDER_PERIOD
+    lease_taken_linger: float = LEASE_TAKEN_LINGER
     test_wedge_after: float | None = None

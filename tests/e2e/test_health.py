@@ -337,7 +337,9 @@ def test_lease_taken_by_another_host(lab: Lab, runs: list[Run], notify: Notify) 
     """Another host's lease written over ours: /readyz 503 naming it, STATUS= too, /healthz
     still answering while the daemon lingers, then exit 1 (v2: on its own after the linger;
     v3: at once on SIGTERM)."""
-    r = Run(lab, env={"NOTIFY_SOCKET": str(notify.path)})
+    # A shorter linger than the 30 s default: the test needs a few seconds of it.
+    env = {"NOTIFY_SOCKET": str(notify.path), "PYFLANNEL_LEASE_TAKEN_LINGER": "6"}
+    r = Run(lab, env=env)
     runs.append(r)
     subnet = r.wait_ready()
     lab.put(lease_key(subnet), OTHER_HOST)
