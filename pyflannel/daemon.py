@@ -691,6 +691,7 @@ class Daemon:
             # for tens of milliseconds at 10,000 peers.
             memory.release()  # the listing's and the dumps' temporaries
             gc.freeze()
+            gc.set_threshold(_GC_DEFAULT[0], *gc.get_threshold()[1:])
 
     def _full_sync(
         self, fam: Overlay, reason: str, *, reload: bool, leases: list[Lease] | None = None
@@ -1035,8 +1036,17 @@ def _holder(attrs: LeaseAttrs) -> str:
     return str(attrs.public_ip)
 
 
+#: The cyclic collector's first threshold until the first reconcile: start-up builds some
+#: hundred thousand objects (10,000 leases, their entries, the listing's temporaries), and at
+#: the default (700) full passes over all of them would run again and again; the few cycles
+#: made meanwhile are collected at the end of start-up all the same.
+START_GC_THRESHOLD = 50_000
+_GC_DEFAULT = gc.get_threshold()
+
+
 def run(opts: DaemonOptions) -> int:
     """Run a daemon with *opts*; returns the process exit code."""
+    gc.set_threshold(START_GC_THRESHOLD, *gc.get_threshold()[1:])
     stats = Stats(__version__, opts.etcd_api)
     try:
         registry = open_registry(opts.etcd_api, opts.etcd, on_error=stats.etcd_error)
