@@ -500,7 +500,8 @@ class Daemon:
         first, self.manager.snapshot = self.manager.snapshot, None
         own = self.lease.key
         if first is not None:  # acquire's listing: the watch goes on from there
-            # It predates our own write, which the watch delivers next: take our key from that.
+            # Our own key is the lease we hold, not a peer: it is left out (the listing may
+            # predate our write, which the watch then delivers, or follow it).
             self._ingest(replace(first, leases=tuple(x for x in first.leases if x.key != own)))
             revision = first.revision
         relist = "start"

@@ -252,7 +252,11 @@ class LeaseManager:
         """Compare-and-set guards a whole key, and two keys can share a half (``10.5.1.0-24``
         and ``10.5.1.0-24&fc00:0:0:1::-64``): look again, and if another key created earlier
         holds one of our halves, give ours up (the next attempt sees the other as taken)."""
-        rivals = holders(self._registry.list_subnets().leases, new.key)
+        snap = self._registry.list_subnets()
+        # The newer listing (it holds our key too) is the one the watch starts from: the watch
+        # then does not replay our own creation, and no listing is made for nothing.
+        self.snapshot = snap
+        rivals = holders(snap.leases, new.key)
         earlier = [h for h in rivals if h.revision < new.revision]
         if not earlier:
             return False

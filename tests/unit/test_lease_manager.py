@@ -277,8 +277,11 @@ def manager6(registry: MemoryRegistry, public_ip: IPv4Address = ME, seed: int = 
 def test_dual_stack_acquire_writes_flanneld_key_and_bytes(registry: MemoryRegistry) -> None:
     """A dual-stack lease is stored under ``<v4>-<len>&<v6>-<len>`` with exactly the bytes
     flanneld writes, and read back as the same lease."""
-    lease = manager6(registry).acquire(DUAL_CFG, MY_DUAL)
+    m = manager6(registry)
+    lease = m.acquire(DUAL_CFG, MY_DUAL)
     assert lease.key.ipv4 is not None and lease.key.ipv6 is not None
+    # The listing that checked for a rival on either half is the one the watch starts from.
+    assert m.snapshot is not None and [x.key for x in m.snapshot.leases] == [lease.key]
     name = lease.key.name
     assert name == (
         f"{lease.key.ipv4.network_address}-24&{ipv6_text(lease.key.ipv6.network_address)}-64"
