@@ -33,10 +33,10 @@ def _install_stub() -> None:
         nonlocal executed
         if name.startswith("__") and name not in ("__all__", "__version__"):
             raise AttributeError(name)  # probes (inspect, the import system): not a reason
-        if not executed and importlib.util.find_spec(f"pyroute2.{name}") is not None:
-            return importlib.import_module(f"pyroute2.{name}")  # `from pyroute2 import config`
-        if executed:
+        if executed:  # the real __init__ ran and does not define it either
             raise AttributeError(f"module 'pyroute2' has no attribute {name!r}")
+        if importlib.util.find_spec(f"pyroute2.{name}") is not None:
+            return importlib.import_module(f"pyroute2.{name}")  # `from pyroute2 import config`
         executed = True
         loader.exec_module(package)  # the real __init__, into this very module
         return getattr(package, name)
