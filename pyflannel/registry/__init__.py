@@ -25,7 +25,7 @@ from pyflannel.lease import (
     LeaseDecodeError,
     LeaseEvent,
     Snapshot,
-    decode_attrs,
+    decode_value,
 )
 from pyflannel.untrusted import clip, excerpt
 
@@ -160,11 +160,10 @@ def _decode_record(
     if value is None:
         return invalid(key, "no value", subnet)
     try:
-        attrs = decode_attrs(value)
+        attrs, exact = decode_value(value)
     except LeaseDecodeError as exc:
         return invalid(key, str(exc), subnet)
-    text = value.decode() if isinstance(value, bytes) else value  # decode_attrs checked UTF-8
-    lease = Lease(subnet, attrs, expiration, revision, exact=text == attrs.encode())
+    lease = Lease(subnet, attrs, expiration, revision, exact=exact)
     return LeaseEvent(EventKind.ADDED, key, subnet=subnet, lease=lease)
 
 

@@ -285,3 +285,41 @@ def test_parse_ipv4_is_exactly_as_strict_as_ipaddress(text: str) -> None:
     except ValueError:
         got = ValueError
     assert got == want
+
+
+_OCTETS = st.one_of(
+    st.integers(0, 255).map(str),
+    st.sampled_from(["00", "01", "010", "256", "999", "0000", "", "1a", "٣"]),
+)
+
+
+def _oracle_v4_key(name: str) -> SubnetKey | None:
+    """What an IPv4-only key names, by ipaddress alone: the address as IPv4Address takes it,
+    the length without leading zeros, no host bits, not 0.0.0.0/0."""
+    addr, sep, plen = name.partition("-")
+    if not sep or not plen.isascii() or not plen.isdigit() or (len(plen) > 1 and plen[0] == "0"):
+        return None
+    if len(plen) > 2 or "\n" in name:
+        return None
+    try:
+        net = IPv4Network((IPv4Address(addr), int(plen)))
+    except ValueError:
+        return None
+    return None if net.prefixlen == 0 else SubnetKey(net)
+
+
+@given(
+    st.lists(_OCTETS, min_size=3, max_size=5),
+    st.sampled_from(["-", "/", "--", "-\n"]),
+    st.one_of(st.integers(0, 40).map(str), st.sampled_from(["08", "", "1 ", "x", "240"])),
+    st.sampled_from(["", "/coreos.com/network/subnets/", "\n"]),
+)
+def test_ipv4_key_fast_path_agrees_with_ipaddress(
+    octets: list[str], sep: str, plen: str, prefix: str
+) -> None:
+    """Every IPv4-only key (the fast path) names what ipaddress says it names, and anything
+    else near it is no key."""
+    name = ".".join(octets) + sep + plen
+    got = parse_subnet_key(prefix + name)
+    want = _oracle_v4_key(name) if prefix != "\n" else _oracle_v4_key(prefix + name)
+    assert got == want

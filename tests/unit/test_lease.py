@@ -7,6 +7,8 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from pyflannel.ipnet import SubnetKey
 from pyflannel.lease import (
@@ -21,6 +23,7 @@ from pyflannel.lease import (
     LeaseTracker,
     Snapshot,
     decode_attrs,
+    decode_value,
 )
 from pyflannel.registry import decode_record
 
@@ -493,3 +496,74 @@ def test_empty_snapshot_removes_everything() -> None:
     changes = t.apply(Snapshot((), revision=10))
     assert kinds(changes) == [(EventKind.REMOVED, NET_A), (EventKind.REMOVED, NET_B)]
     assert t.leases == {}
+
+
+_VARIANTS = {
+    "ip": st.one_of(
+        st.sampled_from(
+            ["192.168.64.3", "0.0.0.0", "255.255.255.255", "01.2.3.4", "1.2.3", "1.2.3.256"]
+        ),
+        st.ip_addresses(v=4).map(str),
+    ),
+    "v6": st.sampled_from(["null", '"fd00::3"', '"1.2.3.4"', "0", '""']),
+    "btype": st.sampled_from(
+        ["vxlan", "VXLAN", "host-gw", "", "x" * 16, "x" * 17, "v\u00e9", "a\\"]
+    ),
+    "vni": st.one_of(
+        st.integers(0, 1 << 25).map(str), st.sampled_from(["01", "-1", "1.0", "true", '"1"'])
+    ),
+    "mac": st.sampled_from(
+        [
+            "c6:d2:32:6f:8f:44",
+            "C6:D2:32:6F:8F:44",
+            "c6-d2-32-6f-8f-44",
+            "c6:d2:32:6f:8f",
+            "zz:d2:32:6f:8f:44",
+        ]
+    ),
+    "sep": st.sampled_from([",", ", ", ",\n"]),
+    "ipkey": st.sampled_from(["PublicIP", "publicip", "PublicIp"]),
+    "tail": st.sampled_from(["", " ", "\n", ',"Extra":1']),
+}
+
+
+_CANONICAL = {
+    "ip": "192.168.64.3",
+    "v6": "null",
+    "btype": "vxlan",
+    "vni": "1",
+    "mac": "c6:d2:32:6f:8f:44",
+    "sep": ",",
+    "ipkey": "PublicIP",
+    "tail": "",
+}
+
+
+@given(st.data(), st.booleans())
+def test_fast_value_decode_agrees_with_the_general_path(data: st.DataObject, raw: bool) -> None:
+    """decode_value's one-regex path gives what JSON decoding and re-encoding give: the same
+    attributes, the same verdict on exactness, the same refusal.  Values are flanneld's form
+    with up to three parts changed, so both paths are taken often."""
+    parts = dict(_CANONICAL)
+    for name in data.draw(st.lists(st.sampled_from(sorted(_VARIANTS)), max_size=3)):
+        parts[name] = data.draw(_VARIANTS[name])
+    text = (
+        f'{{"{parts["ipkey"]}":"{parts["ip"]}"{parts["sep"]}"PublicIPv6":{parts["v6"]},'
+        f'"BackendType":"{parts["btype"]}","BackendData":{{"VNI":{parts["vni"]},'
+        f'"VtepMAC":"{parts["mac"]}"}}{parts["tail"]}}}'
+    )
+    value: str | bytes = text.encode() if raw else text
+    try:
+        attrs = decode_attrs(value)
+    except LeaseDecodeError:
+        with pytest.raises(LeaseDecodeError):
+            decode_value(value)
+        return
+    assert decode_value(value) == (attrs, text == attrs.encode())
+
+
+def test_fast_value_decode_takes_flanneld_bytes() -> None:
+    """flanneld's own bytes are exact, and decode as the general path decodes them."""
+    attrs, exact = decode_value(FLANNELD_BYTES.encode())
+    assert exact and attrs == decode_attrs(FLANNELD_BYTES)
+    assert attrs.vtep_mac == "c6:d2:32:6f:8f:44" and attrs.vni == 1
