@@ -757,13 +757,24 @@ class Daemon:
                     fam.peers.sync(keys, "event")
                 if note.reloaded:
                     memory.release()  # the old mirror and the dump's temporaries
-                    self._resync = self._resync_steps()  # compare with the re-read kernel
 
     def _resync_steps(self) -> Iterator[None]:
         """The periodic resync, in steps of a few milliseconds: the main loop serves lease
         events and notifications between them, so none waits behind a full comparison."""
         for fam in self.fams:
             yield from self._resync_device(fam)
+
+    def _reload_steps(self) -> Iterator[None]:
+        """The resync that re-reads every device's entries from the kernel first, about a
+        millisecond per step; :meth:`step` swaps each new mirror in once it is complete."""
+        for fam in self.fams:
+            fam.peers.kernel.start_reload()
+        for fam in self.fams:
+            while fam.peers.kernel.reload_step():
+                yield
+        while any(fam.peers.kernel.reload_pending for fam in self.fams):
+            yield  # the next step() swaps it in
+        yield from self._resync_steps()  # compare with the re-read kernel
 
     def _resync_device(self, fam: Overlay) -> Iterator[None]:
         if self.cfg.backend.direct_routing:
@@ -876,11 +887,10 @@ class Daemon:
                             # The mirror follows the kernel's notifications (a lost one is
                             # reported as ENOBUFS and re-read at once), so a resync compares
                             # against it; every REDUMP_EVERY-th re-reads the kernel first, in
-                            # a helper thread (the comparison starts when it is in).
+                            # steps (the comparison starts when the new mirror is in).
                             resyncs += 1
                             if resyncs % REDUMP_EVERY == 0:
-                                for fam in self.fams:
-                                    fam.peers.kernel.start_reload()
+                                self._resync = self._reload_steps()
                             else:
                                 self._resync = self._resync_steps()
                             next_resync = time.monotonic() + self.opts.resync_interval
@@ -898,7 +908,9 @@ class Daemon:
                     log.info("ready", subnet=str(self.lease.key), peers=self.peer_count)
                     if self.opts.test_wedge_after is not None:
                         wedge_at = time.monotonic() + self.opts.test_wedge_after
-            timeout = next_resync - time.monotonic()
+            # Until the first listing is in, nothing is due but the lease: the watch thread
+            # wakes us (a zero timeout here would spin against its ingest of 10,000 leases).
+            timeout = next_resync - time.monotonic() if ready else POLL
             if renew_at is not None:
                 timeout = min(timeout, renew_at - time.time())
             if self._resync is not None:

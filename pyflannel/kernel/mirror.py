@@ -62,6 +62,9 @@ from pyflannel.kernel.plan import (
 from pyflannel.kernel.records import Fdb, IPAddress, IPNetwork, RouteEntry
 
 _RTPROT_KERNEL = 2
+#: Messages folded per step of a stepped re-read (:meth:`Mirror.load_steps`): about a
+#: millisecond, so a lease event waits at most that long behind one.
+LOAD_STEP = 256
 
 # A route: (priority, tos, oif, gateway, protocol, scope, kind, flags); oif/gateway may be None.
 _RVal = tuple[int, int, int | None, int | None, int, int, int, int]
@@ -165,16 +168,34 @@ class Mirror:
         routes: Iterable[RouteMsg],
     ) -> None:
         """Start over from full dumps (*link* is the device itself, None if it is gone)."""
+        for _ in self.load_steps(link, neighs, fdb, routes):
+            pass
+
+    def load_steps(
+        self,
+        link: LinkMsg | None,
+        neighs: Iterable[NeighMsg],
+        fdb: Iterable[NeighMsg],
+        routes: Iterable[RouteMsg],
+        every: int = LOAD_STEP,
+    ) -> Iterator[None]:
+        """:meth:`load`, pausing (a yield) after every *every* messages: a caller reading the
+        dumps as they come can serve other work between the steps."""
         self._link = self._link_key(link) if link is not None else None
         self._neighs.clear()
         self._fdb.clear()
         self._routes.clear()
         self._fdb_n = self._dev_routes = 0
         family = self.family
-        for m in neighs:
+        for i, m in enumerate(neighs, 1):
             if m.ifindex == self.dev and m.family == family:
                 self._fold_ip_neigh(m)
-        for m in fdb:
+            if not i % every:
+                yield
+        yield  # and between the dumps
+        for i, m in enumerate(fdb, 1):
+            if not i % every:
+                yield
             if m.ifindex != self.dev or m.family != AF_BRIDGE or m.lladdr is None:
                 continue
             have = self._remotes(m.lladdr)
@@ -185,8 +206,11 @@ class Mirror:
                 # A dump lists each remote of a MAC as its own entry: they add up.
                 self._fdb[m.lladdr] = (*have, dst)
                 self._fdb_n += 1
-        for r in routes:
+        yield
+        for i, r in enumerate(routes, 1):
             self._fold_route(r)
+            if not i % every:
+                yield
 
     def apply(self, msg: Parsed) -> Touched:
         """Fold one notification; return what it changed."""

@@ -337,10 +337,16 @@ class Rtnl(NetlinkSocket):
     def load_mirror(self, mirror: Mirror) -> None:
         """Fill *mirror* from full dumps of its device's entries and the main table of its
         family, streamed into it (a 10,000-peer dump never exists as a list of messages)."""
+        for _ in self.load_mirror_steps(mirror):
+            pass
+
+    def load_mirror_steps(self, mirror: Mirror) -> Iterator[None]:
+        """:meth:`load_mirror` in steps of about a millisecond (see Mirror.load_steps); the
+        kernel goes on with a dump only as it is read, so nothing piles up between steps."""
         dev, family = mirror.dev, mirror.family
         for _ in range(DUMP_TRIES):
             try:
-                mirror.load(
+                yield from mirror.load_steps(
                     self.link(dev),
                     self.stream(
                         codec.encode_neigh_dump(dev, family=family), codec.NeighMsg, "neigh.dump"

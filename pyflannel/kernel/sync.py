@@ -27,8 +27,7 @@ from __future__ import annotations
 
 import errno as errnos
 import os
-import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface, IPv6Address, IPv6Interface
 
@@ -93,7 +92,7 @@ class Notified:
     keys: Keys = field(default_factory=Keys)
     device: bool = False  # our device changed (down, MTU, address, deleted): check and re-dump
     resync: bool = False  # the mirror cannot tell what the kernel holds: re-dump
-    reloaded: bool = False  # a background re-read finished: compare every key now
+    reloaded: bool = False  # a stepped re-read finished and its mirror is in
 
 
 @dataclass(frozen=True)
@@ -133,14 +132,15 @@ class KernelSync:
         self.owner = owner
         self.desired = Desired(dev, version=version)
         self.mirror = Mirror(dev, self.desired)
-        # A re-read in a helper thread (see start_reload), and the notifications folded while
-        # it runs, to fold again into the mirror it builds.
+        # A re-read made in steps (see start_reload), and the notifications folded while it
+        # runs, to fold again into the mirror it builds.
         self._reload: _Reload | None = None
 
     def close(self) -> None:
         """Close its netlink sockets (a shared notification socket is the caller's)."""
         if self._own_monitor:
             self._monitor.close()
+        self._drop_reload()
         self._rtnl.close()
 
     def fileno(self) -> int:
@@ -154,7 +154,7 @@ class KernelSync:
         self.desired.clear()
         self.desired.dev = dev
         self.mirror = Mirror(dev, self.desired)
-        self._reload = None  # its mirror is of the old device
+        self._drop_reload()  # its mirror is of the old device
 
     def set_peer(self, subnet: IPNetwork, entries: PeerEntries | None) -> Keys:
         """Want *entries* for the peer on *subnet* (None: nothing); returns the keys to sync."""
@@ -167,19 +167,35 @@ class KernelSync:
         mirror = Mirror(self.dev, self.desired)
         self._rtnl.load_mirror(mirror)
         self.mirror = mirror
-        self._reload = None  # a background re-read under way would swap in an older one
+        self._drop_reload()  # a stepped re-read under way would swap in an older one
 
     def start_reload(self) -> None:
-        """Re-read the kernel in a helper thread, so that lease events and notifications keep
-        being served meanwhile (a re-read takes ~0.3 s at 10,000 peers); :meth:`poll` swaps
-        the new mirror in when it is ready.
+        """Begin a re-read of the kernel made in steps (:meth:`reload_step`), so that lease
+        events and notifications keep being served meanwhile (a re-read takes ~0.3 s at
+        10,000 peers); :meth:`poll` swaps the new mirror in when it is complete.
 
-        Correctness: every notification folded while the thread dumps is folded again into
+        Correctness: every notification folded while the re-read dumps is folded again into
         the new mirror.  Notifications come in order and each sets the state of its key, so
         whatever point of that sequence the dump saw, the replay ends at the latest state.
         """
         if self._reload is None:
             self._reload = _Reload(self.dev, self._netns, self.desired)
+
+    def reload_step(self) -> bool:
+        """Advance the re-read begun by :meth:`start_reload` by about a millisecond; True
+        while it has more to do (the next :meth:`poll` swaps the new mirror in)."""
+        return self._reload is not None and self._reload.step()
+
+    @property
+    def reload_pending(self) -> bool:
+        """True from :meth:`start_reload` until :meth:`poll` swaps the new mirror in (or the
+        re-read is dropped)."""
+        return self._reload is not None
+
+    def _drop_reload(self) -> None:
+        if self._reload is not None:
+            self._reload.close()
+            self._reload = None
 
     def read_notifications(self) -> list[codec.Parsed] | Overflow:
         """The notifications queued now on its socket (shared or not), for :meth:`poll`.
@@ -196,7 +212,7 @@ class KernelSync:
             msgs = self.read_notifications()
         if isinstance(msgs, Overflow):
             out.resync = True
-            self._reload = None  # what it would replay is incomplete: re-read for real
+            self._drop_reload()  # what it would replay is incomplete: re-read for real
             return out
         for m in msgs:
             if isinstance(m, codec.AddrMsg):
@@ -339,31 +355,52 @@ class KernelSync:
 
 
 class _Reload:
-    """Dumps into a new mirror (of *canon*'s family) in a thread of its own, on a socket of
-    its own."""
+    """Dumps into a new mirror (of *canon*'s family) on a socket of its own, a step at a time
+    (:meth:`step`), so that the caller serves lease events between the steps.
+
+    Not a thread: one parsing 30,000 entries would hold the GIL in 5 ms slices (the
+    interpreter's switch interval) against the thread serving an event, which then waited
+    several such slices (etcd acknowledgement to route up to 11 ms, instead of 3).
+    """
 
     def __init__(self, dev: int, netns: str | None, canon: Desired) -> None:
         self.mirror: Mirror | None = None
         self.replay: list[codec.Parsed] = []
-        self._thread = threading.Thread(
-            target=self._run, args=(dev, netns, canon), name="kernel-reread", daemon=True
-        )
-        self._thread.start()
-
-    def _run(self, dev: int, netns: str | None, canon: Desired) -> None:
-        # canon is read here while the main thread changes it: each lookup is one atomic dict
-        # get, and a value is shared only when equal, so a race costs a copy, never a wrong entry.
+        self._finished = False
+        self._new = Mirror(dev, canon)
+        self._rtnl: Rtnl | None = None
+        self._steps: Iterator[None] | None = None
         try:
-            with Rtnl(netns) as rtnl:
-                m = Mirror(dev, canon)
-                rtnl.load_mirror(m)
-        except (OSError, KernelError):
-            return  # mirror stays None: the caller re-reads in the main thread
-        self.mirror = m
+            self._rtnl = Rtnl(netns)
+            self._steps = self._rtnl.load_mirror_steps(self._new)
+        except OSError:
+            self.close()  # mirror stays None: the caller re-reads at once
+
+    def step(self) -> bool:
+        """Read and fold about a millisecond's worth; True while there is more to do."""
+        if self._steps is None:
+            return False
+        try:
+            next(self._steps)
+            return True
+        except StopIteration:
+            self.mirror = self._new
+        except (OSError, KernelError, codec.CodecError):
+            pass  # mirror stays None: the caller re-reads at once
+        self.close()
+        return False
 
     def done(self) -> bool:
-        """True once the thread has finished (successfully or not)."""
-        return not self._thread.is_alive()
+        """True once every step is made (successfully or not)."""
+        return self._finished
+
+    def close(self) -> None:
+        """Stop (unfinished, the mirror stays None) and close the socket."""
+        self._finished = True
+        self._steps = None
+        if self._rtnl is not None:
+            self._rtnl.close()
+            self._rtnl = None
 
 
 def _target(op: Op) -> str:

@@ -691,19 +691,21 @@ def test_device_down_is_noticed(ns: str, ks: KernelSync, dev: Link) -> None:
     assert seen
 
 
-def test_background_reread_swaps_in_an_exact_mirror(ns: str, ks: KernelSync, dev: Link) -> None:
-    """A re-read in the helper thread, with the kernel changing meanwhile, ends with a mirror
+def test_stepped_reread_swaps_in_an_exact_mirror(ns: str, ks: KernelSync, dev: Link) -> None:
+    """A re-read made in steps, with the kernel changing between them, ends with a mirror
     equal to a fresh dump; the notifications folded while it ran are not lost."""
     converge(ks, desired_state(PEERS, dev.index, SCOPE).state)
     settle(ks)
     ks.start_reload()
-    ip(ns, "route", "del", "10.5.53.0/24")  # while (or just before) the thread dumps
+    assert ks.reload_step()  # the device and the first neighbours are read
+    ip(ns, "route", "del", "10.5.53.0/24")  # before the route dump
     deadline = time.monotonic() + 5
     reloaded = False
     while not reloaded:
         assert time.monotonic() < deadline, "the re-read never finished"
-        select.select([ks.fileno()], [], [], 0.05)
+        ks.reload_step()
         reloaded = ks.poll().reloaded
+    assert not ks.reload_pending
     m = ks.mirror
     swapped = (m.neighs(), m.fdb(), sorted(map(str, m.dev_routes())))
     ks.reload()  # a fresh dump, in this thread
