@@ -712,9 +712,11 @@ class Daemon:
             # Which peers are on-link can change with the underlay's routes: ask again.  The
             # changes waiting for the next step stay for the other device, if any.
             leases = self._all_leases(clear_dirty=len(self.fams) == 1)
+        reload = reload or repaired is not None
         if leases is not None:
-            fam.peers.set_all(leases)
-        fam.peers.sync(None, repaired or reason, reload=reload or repaired is not None)
+            fam.peers.sync_all(leases, repaired or reason, reload=reload)
+        else:
+            fam.peers.sync(None, repaired or reason, reload=reload)
         if repaired == "device re-created":
             memory.release()
             gc.freeze()
@@ -757,6 +759,10 @@ class Daemon:
                     fam.peers.sync(keys, "event")
                 if note.reloaded:
                     memory.release()  # the old mirror and the dump's temporaries
+                    routes, neighs, fdb = fam.peers.kernel.mirror.entry_counts()
+                    log.debug(
+                        "kernel_reread", device=fam.name, routes=routes, neighs=neighs, fdb=fdb
+                    )
 
     def _resync_steps(self) -> Iterator[None]:
         """The periodic resync, in steps of a few milliseconds: the main loop serves lease

@@ -13,7 +13,7 @@ not ours, a kernel operation refused) is logged once per distinct cause, never p
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 import structlog
 
@@ -28,6 +28,10 @@ from pyflannel.lease import Lease
 from pyflannel.stats import Stats
 
 log = structlog.get_logger("pyflannel")
+
+#: Peers computed and written per chunk of a full set (see :meth:`PeerSync.sync_all`): small
+#: enough that the kernel starts on the routes early, large enough to keep the batches full.
+CHUNK = 1000
 
 
 class PeerSync:
@@ -103,6 +107,30 @@ class PeerSync:
         for lease in leases:
             self.update(lease.key, lease)
 
+    def sync_all(self, leases: Iterable[Lease], reason: str, *, reload: bool = False) -> SyncResult:
+        """Recompute every peer's entries and make the kernel match (start, a DirectRouting
+        resync), in chunks of :data:`CHUNK` peers: the kernel writes one chunk's routes while
+        the next is computed (see KernelSync.sync_chunks).  With *reload*, re-read the kernel
+        first."""
+        started = time.monotonic()
+        if reload:
+            self.kernel.reload()
+        self.kernel.desired.clear()
+        result = self.kernel.sync_chunks(self._chunks(leases))
+        self._done(result, reason, started)
+        return result
+
+    def _chunks(self, leases: Iterable[Lease]) -> Iterator[Keys]:
+        """Set the peers of *leases*, yielding the keys of every CHUNK of them."""
+        keys, n = Keys(), 0
+        for lease in leases:
+            keys.add(self.update(lease.key, lease))
+            n += 1
+            if n == CHUNK:
+                yield keys
+                keys, n = Keys(), 0
+        yield keys
+
     def poll(self, msgs: list[Parsed] | Overflow | None = None) -> Notified:
         """Fold kernel notifications (*msgs* read from a shared socket, or those queued on the
         device's own); see :meth:`KernelSync.poll`."""
@@ -114,10 +142,13 @@ class PeerSync:
         if reload:
             self.kernel.reload()
         result = self.kernel.sync(keys)
+        self._done(result, reason, started)
+        return result
+
+    def _done(self, result: SyncResult, reason: str, started: float) -> None:
         report = result.report
         self._stats.reconciled(time.monotonic() - started, report.applied, report.failed)
         self._report(result, reason, started)
-        return result
 
     def _report(self, result: SyncResult, reason: str, started: float) -> None:
         p, report = result.plan, result.report

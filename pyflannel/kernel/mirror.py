@@ -447,6 +447,24 @@ class Mirror:
             keys.add(part)
         return keys
 
+    def strays(self, desired: Desired, owner: Ownership) -> Keys:
+        """The keys held (routes: held and ours) that no peer wants."""
+        keys = Keys()
+        for kind in ("neighs", "macs", "routes"):
+            keys.add(self._strays(desired, owner, kind))
+        return keys
+
+    def _strays(self, desired: Desired, owner: Ownership, kind: str) -> Keys:
+        stray: set[Any]
+        if kind == "neighs":
+            stray = self._neighs.keys() - desired.raw_neighs.keys()
+        elif kind == "macs":
+            stray = self._fdb.keys() - desired.raw_fdb.keys()
+        else:
+            # A direct route's key is wanted too (iter_suspects compares its value apart).
+            stray = self._routes.keys() - desired.raw_routes.keys() - desired.raw_direct.keys()
+        return _keys(kind, list(stray), self.version, self, owner)
+
     def iter_suspects(
         self, desired: Desired, owner: Ownership, chunk: int = 2000
     ) -> Iterator[Keys]:
@@ -467,10 +485,7 @@ class Mirror:
             for start in range(0, len(keys), chunk):
                 part = [k for k in keys[start : start + chunk] if held.get(k) != want.get(k)]
                 yield _keys(kind, part, self.version)
-            stray = held.keys() - want.keys()
-            if kind == "routes":
-                stray -= desired.raw_direct.keys()  # compared below
-            yield _keys(kind, list(stray), self.version, self, owner)
+            yield self._strays(desired, owner, kind)
         direct = desired.raw_direct
         part = [
             k

@@ -495,6 +495,16 @@ class BatchWriter(Protocol):
         ...
 
 
+class LaterWriter(Protocol):
+    """Writes operations after those handed to it before, while the caller goes on (see
+    :meth:`~pyflannel.kernel.sync.KernelSync.sync_chunks`)."""
+
+    def submit(self, ops: Sequence[Op], report: ApplyReport) -> None:
+        """Write *ops* in order, each independently, after what was submitted before; count
+        them and their failures into *report* (complete once the writer is closed)."""
+        ...
+
+
 @dataclass
 class ApplyReport:
     """What :func:`apply` did."""
@@ -508,8 +518,12 @@ class ApplyReport:
         return len(self.errors)
 
 
-def apply(p: Plan, writer: BatchWriter) -> ApplyReport:
-    """Execute *p* in two batches; every operation is attempted, failures are collected."""
+def apply(p: Plan, writer: BatchWriter, later: LaterWriter | None = None) -> ApplyReport:
+    """Execute *p* in two batches; every operation is attempted, failures are collected.
+
+    With *later*, the second batch (routes, then deletions) is handed to it once the first
+    is written, and the report is complete when *later* is closed.
+    """
     report = ApplyReport()
 
     def run(ops: list[Op]) -> set[int]:
@@ -535,8 +549,31 @@ def apply(p: Plan, writer: BatchWriter) -> ApplyReport:
     second += [Op("delete_route", r) for r in p.del_routes]
     second += [Op("delete_neigh", n) for n in p.del_neighs]
     second += [Op("delete_fdb", f) for f in p.del_fdb]
-    run(second)
+    if later is not None:
+        if second:
+            later.submit(second, report)
+    else:
+        run(second)
     return report
+
+
+def merge_plans(plans: Sequence[Plan]) -> Plan:
+    """One plan holding the operations of *plans*, in order (for reporting a chunked sync)."""
+    if len(plans) == 1:
+        return plans[0]
+    vtep_macs: dict[IPAddress, str] = {}
+    for p in plans:
+        vtep_macs.update(p.vtep_macs)
+    return Plan(
+        tuple(x for p in plans for x in p.set_neighs),
+        tuple(x for p in plans for x in p.set_fdb),
+        tuple(x for p in plans for x in p.set_routes),
+        tuple(x for p in plans for x in p.del_routes),
+        tuple(x for p in plans for x in p.del_neighs),
+        tuple(x for p in plans for x in p.del_fdb),
+        tuple(x for p in plans for x in p.conflicts),
+        vtep_macs,
+    )
 
 
 # --- KernelState as a View (tests, and the pure planner's table tests) -------------------------

@@ -356,3 +356,48 @@ def test_unwritable_subnet_env_exits_1_naming_the_path(lab1: Lab, how: str) -> N
     line = one_error(lab1, name)
     assert str(path) in line or str(path.parent) in line, line
     assert reason.lower() in line.lower(), line
+
+
+def test_periodic_reread_in_steps_keeps_serving(lab1: Lab) -> None:
+    """Every 10th resync re-reads the kernel in steps on the main loop.  With 200 peers and a
+    resync every 0.05 s: re-reads complete (the new mirror counts every entry), leases written
+    meanwhile are programmed, and a route deleted by hand comes back."""
+    prefix = "/t10"
+    lab1.put(f"{prefix}/config", '{"Network":"10.60.0.0/16","Backend":{"Type":"vxlan"}}')
+
+    def lease(i: int) -> tuple[str, bytes, bytes, int]:
+        value = {
+            "PublicIP": f"10.0.9.{i}",
+            "PublicIPv6": None,
+            "BackendType": "vxlan",
+            "BackendData": {"VNI": 1, "VtepMAC": f"02:00:00:00:3c:{i:02x}"},
+        }
+        key = f"{prefix}/subnets/10.60.{i}.0-24".encode()
+        return ("put", key, json.dumps(value, separators=(",", ":")).encode(), 0)
+
+    assert lab1.bulk([lease(i) for i in range(1, 201)])["ok"] == 200
+    cell, name = start(lab1, prefix, "--resync-interval=0.05", "--log-level=debug")
+
+    def rereads() -> list[dict[str, object]]:
+        return events(lab1, name, "kernel_reread")
+
+    Lab.wait(lambda: len(rereads()) >= 2, 20, "two re-reads")
+    assert rereads()[0]["routes"] == rereads()[0]["neighs"] == rereads()[0]["fdb"] == 200
+    assert lab1.bulk([lease(i) for i in range(201, 221)])["ok"] == 20  # during re-reads
+
+    def routes() -> str:
+        out = subprocess.run(
+            ["ip", "-n", cell.ns, "route", "show", "dev", "flannel.1"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        return out
+
+    Lab.wait(lambda: "10.60.220.0/24" in routes(), 10, "leases written meanwhile")
+    seen = len(rereads())
+    Lab.wait(lambda: len(rereads()) > seen + 1, 20, "more re-reads")
+    assert rereads()[-1]["routes"] == 220
+    subprocess.run(["ip", "-n", cell.ns, "route", "del", "10.60.7.0/24"], check=True)
+    Lab.wait(lambda: "10.60.7.0/24 via 10.60.7.0" in routes(), 10, "route back")
+    assert lab1.kill(name, signal.SIGTERM) == 0

@@ -8,6 +8,7 @@ kernel with ``ip``/``bridge``, as a user would.
 
 from __future__ import annotations
 
+import errno
 import itertools
 import os
 import re
@@ -20,12 +21,12 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
 import pytest
 
-from pyflannel.backend.vxlan import PeerScope, desired_state
+from pyflannel.backend.vxlan import PeerScope, desired_state, peer_entries
 from pyflannel.errors import KernelError
 from pyflannel.ipnet import SubnetKey
 from pyflannel.kernel.netlink import Netlink
-from pyflannel.kernel.plan import Desired, Op, Ownership, Plan, plan
-from pyflannel.kernel.records import Fdb, KernelState, Link, Neigh, Route, VxlanSpec
+from pyflannel.kernel.plan import Desired, Keys, Op, Ownership, Plan, plan
+from pyflannel.kernel.records import Fdb, KernelState, Link, Neigh, PeerEntries, Route, VxlanSpec
 from pyflannel.kernel.sync import KernelSync, SyncResult
 from pyflannel.lease import Lease, LeaseAttrs
 
@@ -491,6 +492,72 @@ def test_apply_converges_and_is_idempotent(ns: str, ks: KernelSync, dev: Link) -
     fdb = bridge(ns, "fdb", "show", "dev", "flannel.1")
     for le in PEERS:
         assert f"{le.attrs.vtep_mac} dst {le.attrs.public_ip} self permanent" in fdb
+
+
+def set_in_chunks(ks: KernelSync, leases: list[Lease], size: int) -> Iterator[Keys]:
+    """Want the peers of *leases*, *size* at a time, yielding each chunk's keys (what
+    PeerSync.sync_all hands to KernelSync.sync_chunks)."""
+    ks.desired.clear()
+    for start in range(0, len(leases), size):
+        keys = Keys()
+        for le in leases[start : start + size]:
+            entries = peer_entries(le, ks.dev, SCOPE)
+            assert not isinstance(entries, str)
+            keys.add(ks.set_peer(le.subnet, entries))
+        yield keys
+
+
+MANY = [
+    peer(f"10.5.{i}.0/24", f"192.0.2.{100 + i}", f"5a:1e:02:33:45:{i:02x}") for i in range(60, 90)
+]
+
+
+def test_chunked_sync_programs_every_peer_and_removes_strays(
+    ns: str, ks: KernelSync, dev: Link
+) -> None:
+    """Peers set chunk by chunk, their routes written by the helper thread: the kernel ends
+    with exactly the peers' entries; a wrong neighbour is fixed, and a route, a neighbour and
+    an FDB entry that no lease backs are removed; the next plan is empty."""
+    converge(ks, desired_state(MANY[:2], dev.index, SCOPE).state)
+    perm = ("dev", "flannel.1", "nud", "permanent")
+    ip(ns, "neigh", "replace", "10.5.61.0", "lladdr", "5a:1e:02:33:45:ff", *perm)
+    ip(ns, "route", "add", "10.5.99.0/24", "via", "10.5.99.0", "dev", "flannel.1", "onlink")
+    ip(ns, "neigh", "add", "10.5.98.0", "lladdr", "5a:1e:02:33:45:98", *perm)
+    bridge(ns, "fdb", "append", "5a:1e:02:33:45:97", "dev", "flannel.1", "dst", "192.0.2.97")
+    ks.reload()
+    result = ks.sync_chunks(set_in_chunks(ks, MANY, 7))
+    assert result.report.errors == []
+    desired = desired_state(MANY, dev.index, SCOPE).state
+    assert observe(ks) == desired
+    assert len(result.plan.set_routes) == len(MANY) - 2  # the first two were there already
+    assert result.plan.set_neighs[0].ip == IPv4Address("10.5.61.0")
+    routes, neighs = ip(ns, "route", "show"), ip(ns, "neigh", "show", "dev", "flannel.1")
+    assert "10.5.99.0" not in routes and "10.5.98.0" not in neighs
+    assert "5a:1e:02:33:45:97" not in bridge(ns, "fdb", "show", "dev", "flannel.1")
+    assert replan(ks, desired).empty
+
+
+def test_chunked_sync_names_a_failure_and_writes_the_rest(
+    ns: str, ks: KernelSync, dev: Link
+) -> None:
+    """A route the kernel refuses (over a device that does not exist), written by the helper
+    thread, is reported by name; every other peer is programmed."""
+    chunks = set_in_chunks(ks, MANY[:10], 4)
+    bad = IPv4Network("10.5.95.0/24")
+
+    def with_bad_route() -> Iterator[Keys]:
+        yield next(chunks)
+        route = Route(bad, bad.network_address, 9999, True)
+        yield ks.set_peer(bad, PeerEntries(route))
+        yield from chunks
+
+    ks.reload()
+    result = ks.sync_chunks(with_bad_route())
+    assert [(e.op, e.errno) for e in result.report.errors] == [("replace_route", errno.ENODEV)]
+    assert "10.5.95.0/24 via 10.5.95.0 dev #9999 onlink" in str(result.report.errors[0])
+    assert result.report.applied == 30
+    routes = ip(ns, "route", "show")
+    assert all(str(le.subnet) in routes for le in MANY[:10])
 
 
 def test_apply_peer_changes(ns: str, ks: KernelSync, dev: Link) -> None:

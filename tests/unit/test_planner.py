@@ -13,6 +13,7 @@ from pyflannel.backend.vxlan import PeerScope, desired_state, unsafe_reason
 from pyflannel.errors import KernelError
 from pyflannel.ipnet import SubnetKey
 from pyflannel.kernel.plan import (
+    ApplyReport,
     Desired,
     Keys,
     Op,
@@ -20,6 +21,7 @@ from pyflannel.kernel.plan import (
     Plan,
     StateView,
     apply,
+    merge_plans,
     plan,
 )
 from pyflannel.kernel.records import Fdb, KernelState, Neigh, PeerEntries, Route, RouteEntry
@@ -578,6 +580,57 @@ def test_apply_is_two_batches() -> None:
     )
     apply(plan_states(many, programmed((S1, P1, M1))), w)
     assert w.batches == 2
+
+
+@dataclass
+class LaterRecorder:
+    """A LaterWriter that writes (with *writer*) only when told to flush, as a helper thread
+    may write well after apply returns."""
+
+    writer: RecordingWriter
+    queued: list[tuple[Sequence[Op], ApplyReport]] = field(default_factory=list)
+
+    def submit(self, ops: Sequence[Op], report: ApplyReport) -> None:
+        self.queued.append((ops, report))
+
+    def flush(self) -> None:
+        for ops, report in self.queued:
+            failed = self.writer.write(ops)
+            report.applied += len(ops) - len(failed)
+            report.errors.extend(failed[i] for i in sorted(failed))
+        self.queued.clear()
+
+
+def test_apply_later_takes_the_second_batch_after_the_first_is_written() -> None:
+    """With a later writer, apply writes neighbours and FDB entries itself and hands over the
+    routes and deletions, still holding back the route of a peer whose neighbour failed; the
+    report counts both once the later writer is done."""
+    w = RecordingWriter(fail={("replace_neigh", vtep(S1))})
+    later = LaterRecorder(w)
+    actual = programmed((S3, P3, M3))
+    report = apply(plan_states(programmed((S1, P1, M1), (S2, P2, M2)), actual), w, later)
+    assert [op for op, _ in w.calls] == ["replace_neigh"] * 2 + ["replace_fdb"] * 2
+    assert (report.applied, report.failed) == (3, 1)  # the second batch is not written yet
+    later.flush()
+    assert w.calls[4:] == [
+        ("replace_route", S2),
+        ("delete_route", S3),
+        ("delete_neigh", vtep(S3)),
+        ("delete_fdb", M3),
+    ]
+    assert (report.applied, report.failed) == (7, 1)
+
+
+def test_merge_plans_keeps_every_operation_in_order() -> None:
+    """Chunks' plans merged report what each planned, first chunk first."""
+    p1 = plan_states(programmed((S1, P1, M1)), KernelState())
+    p2 = plan_states(programmed((S2, P2, M2)), programmed((S3, P3, M3)))
+    merged = merge_plans([p1, p2])
+    assert merged.set_routes == p1.set_routes + p2.set_routes
+    assert merged.del_fdb == p2.del_fdb
+    assert merged.changes == p1.changes + p2.changes
+    assert merged.vtep_macs == {**p1.vtep_macs, **p2.vtep_macs}
+    assert merge_plans([]).empty
 
 
 class _Kernel:
