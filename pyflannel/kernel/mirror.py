@@ -64,7 +64,7 @@ from pyflannel.kernel.records import Fdb, IPAddress, IPNetwork, RouteEntry
 _RTPROT_KERNEL = 2
 #: Messages folded per step of a stepped re-read (:meth:`Mirror.load_steps`): about a
 #: millisecond, so a lease event waits at most that long behind one.
-LOAD_STEP = 256
+LOAD_STEP = 64
 
 # A route: (priority, tos, oif, gateway, protocol, scope, kind, flags); oif/gateway may be None.
 _RVal = tuple[int, int, int | None, int | None, int, int, int, int]

@@ -363,7 +363,9 @@ def test_periodic_reread_in_steps_keeps_serving(lab1: Lab) -> None:
     resync every 0.05 s: re-reads complete (the new mirror counts every entry), leases written
     meanwhile are programmed, and a route deleted by hand comes back."""
     prefix = "/t10"
-    lab1.put(f"{prefix}/config", '{"Network":"10.60.0.0/16","Backend":{"Type":"vxlan"}}')
+    # Our own lease above the peers' subnets (10.60.1-220.0), which the test writes blindly.
+    config = {"Network": "10.60.0.0/16", "SubnetMin": "10.60.230.0", "Backend": {"Type": "vxlan"}}
+    lab1.put(f"{prefix}/config", json.dumps(config))
 
     def lease(i: int) -> tuple[str, bytes, bytes, int]:
         value = {
