@@ -25,7 +25,7 @@ from typing import Protocol
 import structlog
 
 from pyflannel.errors import KernelError
-from pyflannel.kernel.plan import contains
+from pyflannel.ipnet import contains
 from pyflannel.kernel.records import IPNetwork
 
 log = structlog.get_logger("pyflannel")

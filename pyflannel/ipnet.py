@@ -194,6 +194,22 @@ def parse_subnet_key(key: str) -> SubnetKey | None:
         return None
 
 
+def contains(net: IPv4Network | IPv6Network, sub: IPv4Network | IPv6Network) -> bool:
+    """True when *sub* is inside *net* (same family).  Ints only: subnet_of() and overlaps()
+    would cache a broadcast address and a host mask in each network they touch (about 160
+    bytes per lease subnet)."""
+    if sub.version != net.version or sub.prefixlen < net.prefixlen:
+        return False
+    shift = net.max_prefixlen - net.prefixlen
+    return int(sub.network_address) >> shift == int(net.network_address) >> shift
+
+
+def address_in(ip: IPv4Address | IPv6Address, net: IPv4Network | IPv6Network) -> bool:
+    """True when address *ip* is inside *net* (same family; ``in`` does not check that)."""
+    shift = net.max_prefixlen - net.prefixlen
+    return ip.version == net.version and int(ip) >> shift == int(net.network_address) >> shift
+
+
 def _walk(cls: type[_Net], bits: int, first: int, last: int, prefixlen: int) -> Iterator[_Net]:
     step = 1 << (bits - prefixlen)
     addr = first

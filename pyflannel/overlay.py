@@ -21,8 +21,7 @@ from pyflannel.blackhole import BlackholeRoute
 from pyflannel.config import VXLAN_OVERHEAD, NetworkConfig
 from pyflannel.errors import ConfigError
 from pyflannel.iface import ExternalInterface
-from pyflannel.ipnet import SubnetKey
-from pyflannel.kernel.plan import address_in
+from pyflannel.ipnet import SubnetKey, address_in
 from pyflannel.kernel.records import IPAddress, IPNetwork, Link, VxlanSpec
 from pyflannel.peersync import PeerSync
 

@@ -34,8 +34,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address, IPv6Network
 
-from pyflannel.ipnet import SubnetKey
-from pyflannel.kernel.plan import contains
+from pyflannel.ipnet import SubnetKey, contains
 from pyflannel.kernel.records import (
     IPV6_ROUTE_METRIC,
     Fdb,

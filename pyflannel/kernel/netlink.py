@@ -23,10 +23,11 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Interface, IP
 from typing import Any
 
 from pyflannel.errors import KernelError
+from pyflannel.ipnet import address_in
 from pyflannel.kernel._pyroute2 import IPRoute, NetlinkError, setns
 from pyflannel.kernel.codec import RTN_BLACKHOLE, RTPROT_BOOT
 from pyflannel.kernel.monitor import Monitor
-from pyflannel.kernel.plan import Ownership, address_in
+from pyflannel.kernel.plan import Ownership
 from pyflannel.kernel.records import IPNetwork, Link, RoutePath, VxlanSpec
 from pyflannel.kernel.sync import KernelSync, open_monitor
 

@@ -28,6 +28,7 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Protocol
 
 from pyflannel.errors import KernelError
+from pyflannel.ipnet import contains
 from pyflannel.kernel.records import (
     IPV6_ROUTE_METRIC,
     Fdb,
@@ -310,22 +311,6 @@ def _raw_mac(mac: str) -> bytes:
 
 def _raw_dst(dst: IPNetwork) -> tuple[int, int]:
     return int(dst.network_address), dst.prefixlen
-
-
-def contains(net: IPNetwork, sub: IPNetwork) -> bool:
-    """True when *sub* is inside *net* (same family).  Ints only: subnet_of() and overlaps()
-    would cache a broadcast address and a host mask in each network they touch (about 160
-    bytes per lease subnet)."""
-    if sub.version != net.version or sub.prefixlen < net.prefixlen:
-        return False
-    shift = net.max_prefixlen - net.prefixlen
-    return int(sub.network_address) >> shift == int(net.network_address) >> shift
-
-
-def address_in(ip: IPAddress, net: IPNetwork) -> bool:
-    """True when address *ip* is inside *net* (same family; ``in`` does not check that)."""
-    shift = net.max_prefixlen - net.prefixlen
-    return ip.version == net.version and int(ip) >> shift == int(net.network_address) >> shift
 
 
 @dataclass(frozen=True)
