@@ -27,9 +27,15 @@ _KEY_RE = re.compile(
 )
 
 
-#: One decimal octet of a dotted quad as ipaddress takes it (no leading zeros), as a group.
-OCTET_PATTERN = r"(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9][0-9]|[0-9])"
-_QUAD_RE = re.compile(r"\.".join([OCTET_PATTERN] * 4), re.ASCII)
+_OCTET = r"(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9][0-9]|[0-9])"
+#: A dotted quad as ipaddress takes it (decimal octets, no leading zeros), one group per octet.
+QUAD_PATTERN = r"\.".join([_OCTET] * 4)
+_QUAD_RE = re.compile(QUAD_PATTERN, re.ASCII)
+
+
+def quad_value(a: str, b: str, c: str, d: str) -> int:
+    """The address of the four octets :data:`QUAD_PATTERN` matched, as an int."""
+    return (int(a) << 24) | (int(b) << 16) | (int(c) << 8) | int(d)
 
 
 def parse_ipv4(text: str) -> IPv4Address:
@@ -39,12 +45,11 @@ def parse_ipv4(text: str) -> IPv4Address:
     m = _QUAD_RE.fullmatch(text)
     if m is None:
         return IPv4Address(text)  # raises, worded as ipaddress words it
-    a, b, c, d = m.groups()
-    return IPv4Address((int(a) << 24) | (int(b) << 16) | (int(c) << 8) | int(d))
+    return IPv4Address(quad_value(*m.groups()))
 
 
 # The IPv4-only key, with its octets as ipaddress takes them (no leading zeros).
-_V4_KEY_RE = re.compile(r"\.".join([OCTET_PATTERN] * 4) + r"-(0|[1-9]\d?)", re.ASCII)
+_V4_KEY_RE = re.compile(QUAD_PATTERN + r"-(0|[1-9]\d?)", re.ASCII)
 
 #: The longest key parse_subnet_key looks at; a dual-stack name is under 70 characters, and
 #: etcd keys under a prefix stay far below this unless someone writes garbage.
@@ -171,7 +176,7 @@ def parse_subnet_key(key: str) -> SubnetKey | None:
         # The usual key, an IPv4 half alone: parsed here at half the cost of the general path
         # below (10,000 of them at start), with the same answer (a property test checks).
         a, b, c, d, plen = v4.groups()
-        addr = (int(a) << 24) | (int(b) << 16) | (int(c) << 8) | int(d)
+        addr = quad_value(a, b, c, d)
         prefixlen = int(plen)
         if 0 < prefixlen <= 32 and not addr & ((1 << (32 - prefixlen)) - 1):
             return SubnetKey(IPv4Network((addr, prefixlen)))

@@ -33,7 +33,14 @@ from enum import Enum
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Any
 
-from pyflannel.ipnet import NO_IPV4, OCTET_PATTERN, SubnetKey, ipv6_text, parse_ipv4
+from pyflannel.ipnet import (
+    NO_IPV4,
+    QUAD_PATTERN,
+    SubnetKey,
+    ipv6_text,
+    parse_ipv4,
+    quad_value,
+)
 from pyflannel.untrusted import UntrustedInput, excerpt, load_json
 
 #: The longest lease value decoded.  flanneld writes about 150 bytes; anything past this is not
@@ -124,7 +131,7 @@ def decode_attrs(text: str | bytes) -> LeaseAttrs:
 # cost of JSON, key folding and the re-encoding that tells an exact value.
 _CANONICAL_V4_RE = re.compile(
     r'\{"PublicIP":"'
-    + r"\.".join([OCTET_PATTERN] * 4)
+    + QUAD_PATTERN
     + r'","PublicIPv6":null,"BackendType":"([A-Za-z0-9_.-]{1,16})",'
     r'"BackendData":\{"VNI":(0|[1-9][0-9]{0,7}),"VtepMAC":"([0-9a-f]{2}(?::[0-9a-f]{2}){5})"\}\}',
     re.ASCII,
@@ -149,7 +156,7 @@ def decode_value(value: str | bytes) -> tuple[LeaseAttrs, bool]:
         if m is not None:
             a, b, c, d, btype, vni, mac = m.groups()
             if int(vni) <= MAX_VNI:
-                ip = IPv4Address((int(a) << 24) | (int(b) << 16) | (int(c) << 8) | int(d))
+                ip = IPv4Address(quad_value(a, b, c, d))
                 return LeaseAttrs(ip, sys.intern(btype), mac, int(vni)), True
     attrs = decode_attrs(value)
     text = value.decode() if isinstance(value, bytes) else value  # decode_attrs checked UTF-8
