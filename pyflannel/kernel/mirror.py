@@ -486,13 +486,33 @@ class Mirror:
                 part = [k for k in keys[start : start + chunk] if held.get(k) != want.get(k)]
                 yield _keys(kind, part, self.version)
             yield self._strays(desired, owner, kind)
-        direct = desired.raw_direct
-        part = [
-            k
-            for k, gw in list(direct.items())
-            if len(vals := self._vals(k)) != 1 or not _route_is(vals[0], None, gw, False)
-        ]
+        part = [k for k, gw in list(desired.raw_direct.items()) if not self._direct_is(k, gw)]
         yield _keys("routes", part, self.version)
+
+    def differing(self, desired: Desired, keys: Keys) -> Keys:
+        """Those of *keys* whose entries the kernel holds otherwise than *desired* wants, by
+        the compact comparison :meth:`iter_suspects` makes: the only ones a plan can change."""
+        want_n, want_f, want_r = desired.raw_neighs, desired.raw_fdb, desired.raw_routes
+        neighs = {ip for ip in keys.neighs if self._neighs.get(int(ip)) != want_n.get(int(ip))}
+        macs = set()
+        for mac in keys.macs:
+            raw = mac_bytes(mac)
+            if self._fdb.get(raw) != want_f.get(raw):
+                macs.add(mac)
+        routes = set()
+        for dst in keys.routes:
+            k = (int(dst.network_address), dst.prefixlen)
+            if k in desired.raw_direct:
+                if not self._direct_is(k, desired.raw_direct[k]):
+                    routes.add(dst)
+            elif self._routes.get(k) != want_r.get(k):
+                routes.add(dst)
+        return Keys(neighs, macs, routes)
+
+    def _direct_is(self, key: tuple[int, int], gw: int | None) -> bool:
+        """Whether the kernel holds exactly the wanted direct route (via *gw*) to *key*."""
+        vals = self._vals(key)
+        return len(vals) == 1 and _route_is(vals[0], None, gw, False)
 
     def entry_counts(self) -> tuple[int, int, int]:
         """(routes, neighbours, FDB remotes) on the device, routes not the kernel's own; O(1)

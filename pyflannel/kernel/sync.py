@@ -294,11 +294,12 @@ class KernelSync:
         """What :meth:`sync` of every key does after every peer is set, for peers set chunk by
         chunk as *chunks* is iterated (each item: the keys of the peers just set).
 
-        Each chunk is planned as soon as it is set, its neighbours and FDB entries written,
-        and its routes handed to a helper thread that writes them on a socket of its own: the
-        kernel installs chunk k's routes (most of a bulk's time: ~0.2 ms each, in a ``send``
-        that releases the GIL) while chunk k+1 is computed.  A route still follows its own
-        neighbour and FDB entry.  Last, the keys the kernel holds and no peer wants.
+        Each chunk is compared with the mirror in compact form (as a resync compares) as soon
+        as it is set; the keys that differ are planned, their neighbours and FDB entries
+        written, and their routes handed to a helper thread that writes them on a socket of
+        its own: the kernel installs chunk k's routes (most of a bulk's time: ~0.2 ms each, in
+        a ``send`` that releases the GIL) while chunk k+1 is computed.  A route still follows
+        its own neighbour and FDB entry.  Last, the keys the kernel holds and no peer wants.
 
         Nothing written here is folded into the mirror (the echoes are, when read): every key
         is planned once, and folding 30,000 entries would cost a quarter of a second.
@@ -308,7 +309,8 @@ class KernelSync:
         now = _Unfolded(self)
         later = _LaterWriter(self)
         try:
-            for keys in chunks:
+            for chunk in chunks:
+                keys = self.mirror.differing(self.desired, chunk)
                 if keys:
                     plans.append(plan(self.desired, self.mirror, self.owner, keys))
                     if not plans[-1].empty:

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from pyflannel.kernel import codec
 from pyflannel.kernel.mirror import Mirror, Touched
-from pyflannel.kernel.plan import Desired, Ownership
+from pyflannel.kernel.plan import Desired, Keys, Ownership
 from pyflannel.kernel.records import Fdb, Neigh, PeerEntries, Route
 
 DEV = 4
@@ -269,6 +269,29 @@ def test_suspects_see_missing_and_stray_fdb_entries() -> None:
         "aa:bb:cc:00:00:02",
         "aa:bb:cc:00:00:05",
     }
+
+
+def test_differing_keeps_only_the_keys_the_kernel_holds_otherwise() -> None:
+    """Of a chunk's keys, only those whose compact entries differ are left to plan: here the
+    neighbour with another MAC, the missing FDB entry and the direct route the kernel does not
+    hold; the matching route, and keys of nothing held or wanted, are dropped."""
+    m = loaded()
+    m.apply(neigh(NEW_N, "10.5.2.0", 7))
+    d = desired_peer2()
+    d.set(N("10.5.3.0/24"), PeerEntries(Route(N("10.5.3.0/24"), A("192.0.2.30"), None, False)))
+    d.set(N("10.5.4.0/24"), PeerEntries(Route(N("10.5.4.0/24"), A("192.0.2.40"), DEV, True)))
+    m.apply(route(NEW_R, "10.5.4.0/24", "192.0.2.40"))  # held exactly as wanted
+    keys = Keys(
+        {A("10.5.2.0"), A("10.5.8.0")},
+        {"aa:bb:cc:00:00:02", "aa:bb:cc:00:00:09"},
+        {N("10.5.2.0/24"), N("10.5.3.0/24"), N("10.5.4.0/24")},
+    )
+    m.apply(fdb(DEL_N, 2, "192.0.2.20"))
+    got = m.differing(d, keys)
+    assert got.neighs == {A("10.5.2.0")}
+    assert got.macs == {"aa:bb:cc:00:00:02"}
+    assert got.routes == {N("10.5.3.0/24")}
+    assert not m.differing(d, Keys(routes={N("10.5.2.0/24"), N("10.5.4.0/24")}))
 
 
 def test_entries_equal_to_the_desired_ones_share_its_objects() -> None:
