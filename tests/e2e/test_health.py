@@ -302,7 +302,9 @@ def test_metrics_match_the_kernel(lab: Lab, runs: list[Run]) -> None:
     assert one(m["pyflannel_reconcile_duration_seconds_count"]) >= 1
     assert one(m["pyflannel_etcd_contact_age_seconds"]) < 30
     assert one(m["process_resident_memory_bytes"]) > 0
-    key = lease_key("172.16.77.0/24")
+    # Above SubnetMax: a subnet no cell of the lab ever leases (172.16.77.0/24, once used
+    # here, was now and then cell-1's own lease, which the test then rewrote and deleted).
+    key = lease_key("172.16.177.0/24")
     lab.put(key, OTHER_HOST.replace("10.0.2.200", "10.0.2.77"))
     try:
         wait(lambda: agree(3), 15, "metrics = kernel with a third peer", detail=lambda: last)
